@@ -1,0 +1,108 @@
+"""What otaflow knows about one device: its module versions, presence and tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from otaflow.domain.tasks import ACTIVE, Task, TaskStatus
+from otaflow.partitioning import device_key
+
+
+@dataclass(slots=True)
+class DeviceState:
+    product_key: str
+    device_name: str
+    online: bool = False
+    modules: dict[str, str] = field(default_factory=dict)
+    tasks: list[Task] = field(default_factory=list)
+    match_counts: dict[str, int] = field(default_factory=dict)
+    last_seen: int = 0
+
+    @property
+    def key(self) -> str:
+        return device_key(self.product_key, self.device_name)
+
+    def task(self, task_id: str) -> Task | None:
+        for task in self.tasks:
+            if task.task_id == task_id:
+                return task
+        return None
+
+    def active_tasks(self, module: str | None = None) -> Iterator[Task]:
+        for task in self.tasks:
+            if task.status in ACTIVE and (module is None or task.module == module):
+                yield task
+
+    def active_task_for(self, batch_id: str) -> Task | None:
+        for task in self.tasks:
+            if task.batch_id == batch_id and task.status in ACTIVE:
+                return task
+        return None
+
+    def current_task(self, module: str, statuses: frozenset[TaskStatus]) -> Task | None:
+        """The device's task for ``module`` in one of ``statuses`` (most recent first)."""
+        for task in reversed(self.tasks):
+            if task.module == module and task.status in statuses:
+                return task
+        return None
+
+    def next_deadline(self) -> int | None:
+        """Earliest event time at which a timer of this device fires (timeout or retry)."""
+        deadline: int | None = None
+        for task in self.tasks:
+            at = task_deadline(task)
+            if at is not None and (deadline is None or at < deadline):
+                deadline = at
+        return deadline
+
+    def prune(self, keep_final: int) -> None:
+        """Drop the oldest finished tasks beyond ``keep_final`` so state stays small.
+
+        Their history lives on the task-events topic; match counts stay.
+        """
+        final = [t for t in self.tasks if t.status not in ACTIVE]
+        if len(final) <= keep_final:
+            return
+        drop = {id(t) for t in final[: len(final) - keep_final]}
+        self.tasks = [t for t in self.tasks if id(t) not in drop]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "product_key": self.product_key,
+            "device_name": self.device_name,
+            "online": self.online,
+            "modules": self.modules,
+            "tasks": [t.to_record() for t in self.tasks],
+            "match_counts": self.match_counts,
+            "last_seen": self.last_seen,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> DeviceState:
+        return cls(
+            product_key=rec["product_key"],
+            device_name=rec["device_name"],
+            online=rec["online"],
+            modules=rec["modules"],
+            tasks=[Task.from_record(t) for t in rec["tasks"]],
+            match_counts=rec["match_counts"],
+            last_seen=rec["last_seen"],
+        )
+
+
+MINUTE_MS = 60_000
+
+
+def task_deadline(task: Task) -> int | None:
+    """When this task's own timer fires: its timeout, or its retry."""
+    if task.status is TaskStatus.FAILED and task.retry_at is not None:
+        return task.retry_at
+    if (
+        task.status in (TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS)
+        and task.timeout_minutes is not None
+        and task.first_progress_at is not None
+    ):
+        return task.first_progress_at + task.timeout_minutes * MINUTE_MS
+    return None

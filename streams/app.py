@@ -1,0 +1,90 @@
+"""The Faust application: settings, topics and tables, in one place.
+
+Agents live in their own modules (``device_agent``, ``rate_agent``, ``command_agent``)
+and import ``app`` from here. Settings come from ``otaflow.config`` (environment).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from otaflow import config, topics
+
+settings = config.load()
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    # RocksDB through rocksdict: one database per partition, so a partition's devices
+    # can be scanned on their own when a batch starts.
+    store="rocksdb://",
+    datadir=str(config.data_dir() / settings.app_id),
+    topic_partitions=settings.partitions,
+    # Topics are created by otaflow.topics.ensure_topics with their real settings.
+    topic_allow_declare=True,
+    topic_disable_leader=True,
+    # One broker on loopback: standbys would double every changelog read for nothing.
+    table_standby_replicas=0,
+    consumer_auto_offset_reset="earliest",
+    # Commit often: a restart replays at most this much (replays are idempotent).
+    broker_commit_every=1000,
+    broker_commit_interval=1.0,
+    web_enabled=False,
+    key_serializer="raw",
+    value_serializer="raw",
+    # Envelopes are large; keep Faust's buffer of them small.
+    stream_buffer_maxsize=64,
+    producer_linger=0.005,
+    producer_max_batch_size=1_048_576,
+    producer_max_request_size=8_388_608,
+    consumer_max_fetch_size=8_388_608,
+)
+
+log = logging.getLogger("otaflow.worker")
+
+
+def topic(spec: topics.TopicSpec) -> faust.TopicT:
+    return app.topic(
+        spec.full_name(settings),
+        partitions=spec.partition_count(settings),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        internal=False,
+    )
+
+
+device_events = topic(topics.DEVICE_EVENTS)
+rate_events = topic(topics.RATE_EVENTS)
+commands = topic(topics.COMMANDS)
+command_results = topic(topics.COMMAND_RESULTS)
+task_events = topic(topics.TASK_EVENTS)
+notifications = topic(topics.NOTIFICATIONS)
+batches_topic = topic(topics.BATCHES)
+
+
+def table(name: str, partitions: int | None = None) -> Any:
+    return app.Table(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions or settings.partitions,
+    )
+
+
+# Device agent state: one DeviceState per device, and per partition the batches it
+# knows and how far it has read each source partition of ota.device.reports.
+devices = table("devices")
+partition_meta = table("device-partition-meta")
+# Rate agent state: one BatchMeter per batch and the chunks of its push queue.
+batch_meters = table("batch-meters")
+push_queue = table("push-queue")
+# Control plane state (single partition, owned by the command agent).
+control_state = table("control-state", partitions=1)
+dead_letters = topic(topics.DEAD_LETTERS)

@@ -1,0 +1,33 @@
+"""Read every key of one table partition, without touching the other partitions.
+
+When a batch starts, each device partition matches its own devices: the fleet is
+scanned in parallel by whoever owns each partition, never by one worker. Faust's
+RocksDB store keeps one database per partition, which is what makes this cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from otaflow.partitioning import partition_for
+
+FAUST_OFFSET_KEY = b"__faust\0offset__"
+
+
+def scan_partition(
+    table: Any, partition: int, prefix: bytes = b""
+) -> Iterator[tuple[bytes, bytes]]:
+    store = table.data
+    if hasattr(store, "_db_for_partition"):
+        db = store._db_for_partition(partition)
+        for key, value in db.items(from_key=prefix) if prefix else db.items():
+            if prefix and not key.startswith(prefix):
+                break
+            if key != FAUST_OFFSET_KEY and value is not None:
+                yield key, value
+        return
+    # Memory store (unit tests): filter by the partition the key hashes to.
+    for key, value in list(store.items()):
+        if key.startswith(prefix) and partition_for(key, table.partitions) == partition:
+            yield key, value

@@ -1,0 +1,286 @@
+"""Rate agent: queued tasks in, releases out, at each batch's push rate on event time.
+
+Keyed by batch: every batch has its own meter and FIFO queue, so a batch at 10 per
+minute never delays one at 10,000. The metering itself (windows, pacing, variable
+steps) is ``otaflow.domain.rate``; this module only stores and forwards.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from otaflow.codec import DecodeError, codec
+from otaflow.domain.rate import (
+    MeterState,
+    RateCondition,
+    RateConfig,
+    change_config,
+    record_release,
+    record_success,
+    releasable,
+)
+from otaflow.partitioning import device_key, partition_for
+from streams.app import app, batch_meters, device_events, push_queue, rate_events, settings
+from streams.effects import send_dead_letter
+from streams.partition_scan import scan_partition
+
+CODEC = codec()
+
+# Windows of push counts kept per batch for statistics (one hour of minutes).
+KEEP_WINDOWS = 60
+
+
+def rate_config(settings_record: dict[str, Any] | None) -> RateConfig | None:
+    """The domain's RateConfig from a batch's RateSettings record (None: no push)."""
+    if settings_record is None:
+        return None
+    if settings_record["kind"] == "constant":
+        return RateConfig.constant(settings_record["max_rate"])
+    return RateConfig.variable(
+        base_rate=settings_record["base_rate"],
+        factor=Decimal(settings_record["factor_hundredths"]) / 100,
+        max_rate=settings_record["max_rate"],
+        threshold=settings_record["threshold"],
+        condition=RateCondition(settings_record["condition"]),
+    )
+
+
+def rate_settings(config: RateConfig | None) -> dict[str, Any] | None:
+    """Inverse of :func:`rate_config`."""
+    if config is None:
+        return None
+    if config.kind == "constant":
+        return {
+            "kind": "constant",
+            "max_rate": config.rate,
+            "base_rate": None,
+            "factor_hundredths": None,
+            "threshold": None,
+            "condition": None,
+        }
+    return {
+        "kind": "variable",
+        "max_rate": config.max_rate,
+        "base_rate": config.base_rate,
+        "factor_hundredths": int(config.factor * 100),
+        "threshold": config.threshold,
+        "condition": config.condition.value if config.condition else None,
+    }
+
+
+class BatchMeter:
+    """A batch's meter and queue pointers, loaded from and saved to the table."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        config = rate_config(record["rate"])
+        pending = rate_config(record["pending_rate"])
+        self.state: MeterState | None = None
+        if config is not None:
+            self.state = MeterState(
+                config=config,
+                window=record["window"] if record["window"] >= 0 else None,
+                released_in_window=record["released_in_window"],
+                pushed_total=record["pushed_total"],
+                succeeded_total=record["succeeded_total"],
+                pending_config=pending,
+            )
+
+    @classmethod
+    def new(cls, batch_id: str, partition: int) -> BatchMeter:
+        return cls(
+            {
+                "batch_id": batch_id,
+                "partition": partition,
+                "rate": None,
+                "pending_rate": None,
+                "window": -1,
+                "released_in_window": 0,
+                "pushed_total": 0,
+                "succeeded_total": 0,
+                "queue_head": 0,
+                "queue_head_index": 0,
+                "queue_tail": 0,
+                "queued": 0,
+                "canceled": False,
+                "windows": {},
+            }
+        )
+
+    @property
+    def batch_id(self) -> str:
+        return str(self.record["batch_id"])
+
+    def save(self) -> None:
+        if self.state is not None:
+            self.record.update(
+                window=self.state.window if self.state.window is not None else -1,
+                released_in_window=self.state.released_in_window,
+                pushed_total=self.state.pushed_total,
+                succeeded_total=self.state.succeeded_total,
+                rate=rate_settings(self.state.config),
+                pending_rate=rate_settings(self.state.pending_config),
+            )
+        batch_meters[self.batch_id.encode()] = CODEC.encode("BatchMeter", self.record)
+
+
+_active: dict[int, set[str]] = {}
+_watermarks: dict[int, int] = defaultdict(int)
+_head_chunks: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+
+
+@app.on_partitions_revoked.connect
+async def _forget(*args: Any, **kwargs: Any) -> None:
+    _active.clear()
+    _head_chunks.clear()
+
+
+@app.on_partitions_assigned.connect
+async def _forget_on_assign(*args: Any, **kwargs: Any) -> None:
+    _active.clear()
+    _head_chunks.clear()
+
+
+def active_batches(partition: int) -> set[str]:
+    active = _active.get(partition)
+    if active is None:
+        active = _active[partition] = set()
+        for key, raw in scan_partition(batch_meters, partition):
+            record = CODEC.decode_as("BatchMeter", raw)
+            if record["queued"] > 0 and not record["canceled"]:
+                active.add(key.decode())
+    return active
+
+
+def load_meter(batch_id: str, partition: int) -> BatchMeter:
+    raw = batch_meters.get(batch_id.encode())
+    if raw is None:
+        return BatchMeter.new(batch_id, partition)
+    return BatchMeter(CODEC.decode_as("BatchMeter", raw))
+
+
+def _chunk_key(batch_id: str, seq: int) -> bytes:
+    return f"{batch_id}/{seq:012d}".encode()
+
+
+def pop_tasks(meter: BatchMeter, n: int) -> list[dict[str, Any]]:
+    """Take up to ``n`` tasks from the head of the batch's queue (FIFO)."""
+    rec = meter.record
+    taken: list[dict[str, Any]] = []
+    while len(taken) < n and rec["queue_head"] < rec["queue_tail"]:
+        seq = rec["queue_head"]
+        cached = _head_chunks.get(meter.batch_id)
+        if cached is None or cached[0] != seq:
+            raw = push_queue.get(_chunk_key(meter.batch_id, seq))
+            tasks = CODEC.decode_as("TasksQueued", raw)["tasks"] if raw else []
+            cached = _head_chunks[meter.batch_id] = (seq, tasks)
+        tasks = cached[1]
+        start = rec["queue_head_index"]
+        end = min(len(tasks), start + n - len(taken))
+        taken.extend(tasks[start:end])
+        if end >= len(tasks):
+            del push_queue[_chunk_key(meter.batch_id, seq)]
+            _head_chunks.pop(meter.batch_id, None)
+            rec["queue_head"] = seq + 1
+            rec["queue_head_index"] = 0
+        else:
+            rec["queue_head_index"] = end
+    rec["queued"] = max(0, rec["queued"] - len(taken))
+    return taken
+
+
+async def release_due(meter: BatchMeter, now: int) -> None:
+    rec = meter.record
+    if meter.state is None or rec["canceled"] or rec["queued"] <= 0:
+        return
+    n = min(rec["queued"], releasable(meter.state, now))
+    if n <= 0:
+        return
+    tasks = pop_tasks(meter, n)
+    meter.state = record_release(meter.state, now, len(tasks))
+    window = str(now // 60_000)
+    windows = rec["windows"]
+    windows[window] = windows.get(window, 0) + len(tasks)
+    if len(windows) > KEEP_WINDOWS:
+        for old in sorted(windows, key=int)[: len(windows) - KEEP_WINDOWS]:
+            del windows[old]
+    by_partition: dict[int, list[bytes]] = defaultdict(list)
+    for task in tasks:
+        key = device_key(task["product_key"], task["device_name"])
+        release = {
+            "batch_id": meter.batch_id,
+            "task_id": task["task_id"],
+            "product_key": task["product_key"],
+            "device_name": task["device_name"],
+            "event_time": now,
+        }
+        by_partition[partition_for(key.encode(), settings.partitions)].append(
+            CODEC.encode("TaskRelease", release)
+        )
+    for partition, items in by_partition.items():
+        await device_events.send(
+            key=None,
+            partition=partition,
+            value=CODEC.encode("DeviceEventBatch", {"items": items}),
+        )
+
+
+async def process_rate_event(partition: int, value: bytes) -> None:
+    try:
+        body_name, body = CODEC.decode_as("RateEvent", value)["body"]
+    except DecodeError as exc:
+        await send_dead_letter(f"rate-events/{partition}", str(exc), value, _watermarks[partition])
+        return
+    now = _watermarks[partition] = max(_watermarks[partition], body["event_time"])
+    active = active_batches(partition)
+    if body_name == "otaflow.Tick":
+        for batch_id in sorted(active):
+            meter = load_meter(batch_id, partition)
+            await release_due(meter, now)
+            if meter.record["queued"] <= 0:
+                active.discard(batch_id)
+            meter.save()
+        return
+    batch_id = (
+        body["batch_id"] if body_name != "otaflow.BatchControl" else body["batch"]["batch_id"]
+    )
+    meter = load_meter(batch_id, partition)
+    rec = meter.record
+    if body_name == "otaflow.TasksQueued":
+        push_queue[_chunk_key(batch_id, rec["queue_tail"])] = CODEC.encode("TasksQueued", body)
+        rec["queue_tail"] += 1
+        rec["queued"] += len(body["tasks"])
+    elif body_name == "otaflow.TaskOutcomes" and meter.state is not None:
+        meter.state = record_success(meter.state, body["succeeded"])
+    elif body_name == "otaflow.BatchControl":
+        apply_control(meter, body)
+    await release_due(meter, now)
+    if rec["queued"] > 0 and not rec["canceled"]:
+        active.add(batch_id)
+    else:
+        active.discard(batch_id)
+    meter.save()
+
+
+def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:
+    rec = meter.record
+    batch = control["batch"]
+    action = control["action"]
+    new_config = rate_config(batch["rate"])
+    if action == "START" and meter.state is None and new_config is not None:
+        meter.state = MeterState.start(new_config)
+    elif action == "UPDATE" and meter.state is not None and new_config is not None:
+        # The rate type is fixed at creation (the API refuses a change); a new
+        # setting of the same type takes effect from the next window.
+        meter.state = change_config(meter.state, new_config)
+    elif action == "CANCEL_TASKS" and "QUEUED" in control["cancel_statuses"]:
+        # Queued tasks are canceled on the device side; the queue just stops.
+        rec["canceled"] = True
+
+
+@app.agent(rate_events)
+async def rate_agent(stream: Any) -> None:
+    async for event in stream.events():
+        await process_rate_event(event.message.partition, event.value)
