@@ -109,7 +109,9 @@ class Codec:
     def _read(schema: Schema, data: bytes) -> Record:
         try:
             record = fastavro.schemaless_reader(
-                io.BytesIO(data[HEADER_LEN:]), schema.parsed, return_record_name=True,
+                io.BytesIO(data[HEADER_LEN:]),
+                schema.parsed,
+                return_record_name=True,
                 return_record_name_override=True,
             )
         except Exception as exc:  # fastavro raises several types for truncated input

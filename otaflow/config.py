@@ -91,7 +91,9 @@ def load() -> Settings:
     package_port = int(env.get("OTAFLOW_PACKAGE_PORT", DEFAULT_PACKAGE_PORT))
     return Settings(
         kafka_bootstrap=env.get("OTAFLOW_KAFKA_BOOTSTRAP", f"127.0.0.1:{DEFAULT_KAFKA_PORT}"),
-        mqtt=MqttAddress.parse(env.get("OTAFLOW_MQTT_URL", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}")),
+        mqtt=MqttAddress.parse(
+            env.get("OTAFLOW_MQTT_URL", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}")
+        ),
         partitions=int(env.get("OTAFLOW_PARTITIONS", DEFAULT_PARTITIONS)),
         topic_prefix=env.get("OTAFLOW_TOPIC_PREFIX", ""),
         api_port=api_port,

@@ -32,45 +32,83 @@ class TopicSpec:
 
 
 DEVICE_REPORTS = TopicSpec(
-    "ota.device.reports", ("DeviceReport",), "productKey/deviceName", public=True,
+    "ota.device.reports",
+    ("DeviceReport",),
+    "productKey/deviceName",
+    public=True,
     doc="One record per device report (version, progress, firmware request).",
 )
 TASK_EVENTS = TopicSpec(
-    "ota.task.events", ("TaskEvent",), "productKey/deviceName", public=True,
+    "ota.task.events",
+    ("TaskEvent",),
+    "productKey/deviceName",
+    public=True,
     doc="One record per task change; what downstream systems consume.",
 )
 NOTIFICATIONS = TopicSpec(
-    "ota.notifications", ("Notification",), "productKey/deviceName", public=True,
+    "ota.notifications",
+    ("Notification",),
+    "productKey/deviceName",
+    public=True,
     doc="Update offers the egress connector publishes on MQTT.",
 )
 DEAD_LETTERS = TopicSpec(
-    "ota.deadletter", ("DeadLetter",), "source", public=True,
+    "ota.deadletter",
+    ("DeadLetter",),
+    "source",
+    public=True,
     doc="Malformed input with the reason and the raw bytes.",
 )
 DEVICE_EVENTS = TopicSpec(
-    "otaflow.device-events", ("DeviceEventBatch",), "partition (batched)", public=False,
+    "otaflow.device-events",
+    ("DeviceEventBatch",),
+    "partition (batched)",
+    public=False,
     doc="Input of the device agent: many device-scoped records per Kafka record, per partition.",
 )
 RATE_EVENTS = TopicSpec(
-    "otaflow.rate-events", ("RateEvent",), "batch id", public=False,
+    "otaflow.rate-events",
+    ("RateEvent",),
+    "batch id",
+    public=False,
     doc="Input of the rate agent: queued tasks, outcomes, batch controls and ticks.",
 )
 COMMANDS = TopicSpec(
-    "otaflow.commands", ("Command",), "request id", public=False, partitions=1,
+    "otaflow.commands",
+    ("Command",),
+    "request id",
+    public=False,
+    partitions=1,
     doc="Control-plane commands; one partition so one agent applies them in order.",
 )
 COMMAND_RESULTS = TopicSpec(
-    "otaflow.command-results", ("CommandResult",), "request id", public=False, partitions=1,
+    "otaflow.command-results",
+    ("CommandResult",),
+    "request id",
+    public=False,
+    partitions=1,
     doc="Outcome of each command, read by the API to answer its caller.",
 )
 BATCHES = TopicSpec(
-    "otaflow.batches", ("Batch",), "batch id", public=False, partitions=1, compacted=True,
+    "otaflow.batches",
+    ("Batch",),
+    "batch id",
+    public=False,
+    partitions=1,
+    compacted=True,
     doc="Latest definition of every batch.",
 )
 
 ALL: tuple[TopicSpec, ...] = (
-    DEVICE_REPORTS, TASK_EVENTS, NOTIFICATIONS, DEAD_LETTERS,
-    DEVICE_EVENTS, RATE_EVENTS, COMMANDS, COMMAND_RESULTS, BATCHES,
+    DEVICE_REPORTS,
+    TASK_EVENTS,
+    NOTIFICATIONS,
+    DEAD_LETTERS,
+    DEVICE_EVENTS,
+    RATE_EVENTS,
+    COMMANDS,
+    COMMAND_RESULTS,
+    BATCHES,
 )
 
 

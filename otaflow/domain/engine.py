@@ -53,9 +53,7 @@ class Effects:
                     "src_version": task.src_version,
                     "dest_version": task.dest_version,
                     "status": task.status.value,
-                    "previous_status": task.previous_status.value
-                    if task.previous_status
-                    else None,
+                    "previous_status": task.previous_status.value if task.previous_status else None,
                     "progress": task.progress,
                     "desc": task.desc,
                     "event_time": now,
