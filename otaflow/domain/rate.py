@@ -1,0 +1,579 @@
+"""Push rate: how many devices per minute a batch may hand a download URL to.
+
+This module is pure (no Kafka, no clock, no I/O) so the same code drives three
+things that must never disagree: the rate agent that meters a live batch on
+*event time*, the ``otaflow plan`` command that predicts how long a rollout
+will take, and the tests that pin the console's documented behaviour.
+
+Semantics (from the console's "Push rate" section):
+
+* **Constant rate** -- ``rate`` devices per minute, for ever.
+* **Variable rate** -- start at ``base_rate``; every time the *counted* devices
+  (pushed, or succeeded, per ``condition``) reach another multiple of
+  ``threshold`` the rate is multiplied by ``factor``, never exceeding
+  ``max_rate``. Base 50, factor 2, max 10,000, threshold 1,000 pushed gives
+  50 for counts 0..999, 100 from 1,000, 200 from 2,000 ... 6,400 from 7,000
+  and 10,000 (not 12,800) from 8,000 on.
+
+Rounding: the rate of step ``k`` is ``min(max_rate, floor(base_rate * factor**k))``
+computed *exactly* (``factor`` is a :class:`~decimal.Decimal`, the power is taken
+in integers). We deliberately do not floor step by step: with base 1 and factor
+1.20 step-wise flooring would give ``floor(1 * 1.2) = 1`` for ever and the rate
+would never grow, while the exact power gives 1, 1, 1, 1, 2 (1.2**4 = 2.07), ...
+which is what an operator who picked "x1.2 per threshold" expects.
+
+Metering works on one-minute windows of event time, ``window = t_ms // 60_000``.
+See :func:`allowance` for how the minute's quota is spread within the window.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any, Literal
+
+__all__ = [
+    "PACING_SLICE_MS",
+    "WINDOW_MS",
+    "MeterState",
+    "OverReleaseError",
+    "Plan",
+    "PlanMinute",
+    "PlanStep",
+    "RateCondition",
+    "RateConfig",
+    "RateKind",
+    "RateSchedule",
+    "RateStep",
+    "RateTypeChangeError",
+    "WindowMeter",
+    "advance",
+    "allowance",
+    "change_config",
+    "current_rate",
+    "plan",
+    "record_release",
+    "record_success",
+    "releasable",
+    "schedule_for",
+]
+
+#: One rate window: the console's rates are "devices per minute".
+WINDOW_MS = 60_000
+
+#: Granularity of pacing inside a window. The quota is released in 60 even
+#: one-second slices rather than per millisecond so that a rate agent ticking
+#: once per second *at any phase* still reaches the full rate by its last tick
+#: of the minute (with per-ms pacing a tick at second 59.000 would leave up to
+#: ``rate/60`` devices of the minute unused, e.g. 166 at 10,000/min).
+PACING_SLICE_MS = 1_000
+
+_SLICES_PER_WINDOW = WINDOW_MS // PACING_SLICE_MS
+
+RateKind = Literal["constant", "variable"]
+
+
+class RateCondition(enum.Enum):
+    """Which counter advances a variable rate (console: "Condition to increase push rate")."""
+
+    PUSHED = "pushed"
+    SUCCEEDED = "succeeded"
+
+
+class RateTypeChangeError(ValueError):
+    """Raised when an operator tries to switch a live batch between constant and variable.
+
+    The console forbids it ("you cannot change the rate type"); carrying a
+    ``code`` lets the API answer with the same shape as :class:`RateRuleError`.
+    """
+
+    code = "iot.ota.RateTypeChangeNotAllowed"
+
+    def __init__(self, old: RateKind, new: RateKind) -> None:
+        self.message = f"cannot change the push rate type from {old} to {new}"
+        super().__init__(self.message)
+
+
+class OverReleaseError(ValueError):
+    """Raised when a caller records more releases than the meter allowed.
+
+    Recording is strict on purpose: the meter is the single authority on the
+    rate, so a caller that pushes more than :func:`releasable` said has a bug
+    that must surface rather than silently exceed the operator's rate.
+    """
+
+
+def _to_decimal(value: Decimal | str | int | float) -> Decimal:
+    """Exact decimal for ``value``; floats go through ``str`` so ``1.2`` stays 1.2."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise TypeError("factor must be a number, not a bool")
+    try:
+        return Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation as exc:
+        raise ValueError(f"factor {value!r} is not a decimal number") from exc
+
+
+@dataclass(frozen=True)
+class RateConfig:
+    """An operator's push-rate setting; build it with :meth:`constant` or :meth:`variable`.
+
+    A constant rate is stored as ``base_rate == max_rate == rate`` so the
+    schedule needs no special case. Range checks (10..10,000 and so on) live in
+    :mod:`otaflow.domain.rate_rules`, because the API must report them with
+    error codes while the engine only needs the arithmetic to be well defined.
+    """
+
+    kind: RateKind
+    base_rate: int
+    max_rate: int
+    factor: Decimal = Decimal(1)
+    threshold: int | None = None
+    condition: RateCondition | None = None
+
+    def __post_init__(self) -> None:
+        # Coerce here too so a directly built config can never hold a float factor.
+        object.__setattr__(self, "factor", _to_decimal(self.factor))
+
+    @classmethod
+    def constant(cls, rate: int) -> RateConfig:
+        """``rate`` devices per minute for the whole batch."""
+        return cls(kind="constant", base_rate=rate, max_rate=rate)
+
+    @classmethod
+    def variable(
+        cls,
+        base_rate: int,
+        factor: Decimal | str | int | float,
+        max_rate: int,
+        threshold: int,
+        condition: RateCondition | str = RateCondition.PUSHED,
+    ) -> RateConfig:
+        """Start at ``base_rate``; multiply by ``factor`` every ``threshold`` counted devices."""
+        return cls(
+            kind="variable",
+            base_rate=base_rate,
+            max_rate=max_rate,
+            factor=_to_decimal(factor),
+            threshold=threshold,
+            condition=RateCondition(condition),
+        )
+
+    @property
+    def rate(self) -> int:
+        """The constant rate (for a variable config: its base rate)."""
+        return self.base_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (factor as a string, to stay exact) for tables and the API."""
+        if self.kind == "constant":
+            return {"kind": "constant", "rate": self.base_rate}
+        return {
+            "kind": "variable",
+            "base_rate": self.base_rate,
+            "factor": str(self.factor),
+            "max_rate": self.max_rate,
+            "threshold": self.threshold,
+            "condition": self.condition.value if self.condition else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RateConfig:
+        """Inverse of :meth:`to_dict`."""
+        if data["kind"] == "constant":
+            return cls.constant(int(data["rate"]))
+        if data["kind"] != "variable":
+            raise ValueError(f"unknown rate kind {data['kind']!r}")
+        return cls.variable(
+            base_rate=int(data["base_rate"]),
+            factor=Decimal(str(data["factor"])),
+            max_rate=int(data["max_rate"]),
+            threshold=int(data["threshold"]),
+            condition=RateCondition(data["condition"]),
+        )
+
+
+@dataclass(frozen=True)
+class RateStep:
+    """A rate and the counted-device total from which it is in force."""
+
+    rate: int
+    count_at_start: int
+
+
+class RateSchedule:
+    """The rate as a function of the counted devices, for one :class:`RateConfig`.
+
+    Only the arithmetic preconditions are checked here (rates >= 1,
+    threshold >= 1, factor >= 1) -- without them metering could stall or
+    never reach the cap. Platform ranges are :func:`rate_rules.validate_rate`'s job.
+    """
+
+    def __init__(self, config: RateConfig) -> None:
+        self.config = config
+        if config.base_rate < 1 or config.max_rate < 1:
+            raise ValueError("rates must be at least 1 device per minute")
+        # _rates[k] is the rate of step k for every k before the cap; from
+        # step len(_rates) on the rate is max_rate (or, when the rate can
+        # never change, _rates has one entry used for every step).
+        self._rates: list[int]
+        self._capped: bool
+        if config.kind == "constant":
+            self._rates, self._capped = [config.base_rate], False
+            return
+        if config.threshold is None or config.threshold < 1:
+            raise ValueError("a variable rate needs a threshold of at least 1")
+        if config.condition is None:
+            raise ValueError("a variable rate needs a condition")
+        factor = Fraction(config.factor)
+        if factor < 1:
+            raise ValueError("a variable rate's factor must be at least 1")
+        self._rates, self._capped = [], True
+        if factor == 1:
+            self._rates, self._capped = [min(config.base_rate, config.max_rate)], False
+            return
+        exact = Fraction(config.base_rate)
+        while exact < config.max_rate:  # at most ~51 rounds for factor >= 1.20
+            self._rates.append(math.floor(exact))
+            exact *= factor
+
+    @property
+    def counts_pushed(self) -> bool:
+        """True when releasing devices can itself move the rate (variable, on pushed)."""
+        return self.config.kind == "variable" and self.config.condition is RateCondition.PUSHED
+
+    def _rate_of_step(self, k: int) -> int:
+        if not self._capped:
+            return self._rates[0]
+        return self._rates[k] if k < len(self._rates) else self.config.max_rate
+
+    def rate_at(self, count: int) -> int:
+        """Rate (devices/minute) in force once ``count`` devices are counted."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        if self.config.kind == "constant":
+            return self.config.base_rate
+        assert self.config.threshold is not None
+        return self._rate_of_step(count // self.config.threshold)
+
+    def next_change(self, count: int) -> int | None:
+        """Smallest count above ``count`` at which the rate differs, or None if it never will.
+
+        Steps whose floored rate equals the previous one (base 1, factor 1.2)
+        are skipped, so callers iterate over distinct rates only.
+        """
+        if not self._capped:
+            return None
+        assert self.config.threshold is not None
+        k = count // self.config.threshold
+        current = self._rate_of_step(k)
+        for j in range(k + 1, len(self._rates) + 1):
+            if self._rate_of_step(j) != current:
+                return j * self.config.threshold
+        return None
+
+    def steps(self, limit_count: int) -> list[RateStep]:
+        """Each distinct rate in force while the count runs over ``0 .. limit_count - 1``.
+
+        The first step (count 0) is always included, even for ``limit_count <= 0``.
+        """
+        out = [RateStep(self.rate_at(0), 0)]
+        nxt = self.next_change(0)
+        while nxt is not None and nxt < limit_count:
+            out.append(RateStep(self.rate_at(nxt), nxt))
+            nxt = self.next_change(nxt)
+        return out
+
+
+@functools.lru_cache(maxsize=1024)
+def schedule_for(config: RateConfig) -> RateSchedule:
+    """Cached :class:`RateSchedule`: the meter asks for it on every tick."""
+    return RateSchedule(config)
+
+
+def allowance(rate: int, t_ms: int) -> int:
+    """Devices a window may have released by event time ``t_ms`` at ``rate``/minute.
+
+    ``floor(rate * (slice + 1) / 60)`` where ``slice`` is the whole second of
+    the window ``t_ms`` falls in: the quota is spread evenly over 60 one-second
+    slices, rounding down so the meter is never ahead of the even line at the
+    end of the current second, and the last second allows exactly ``rate``
+    -- never more. (See :data:`PACING_SLICE_MS` for why seconds, not ms.)
+    """
+    offset = t_ms % WINDOW_MS
+    return rate * (offset // PACING_SLICE_MS + 1) // _SLICES_PER_WINDOW
+
+
+@dataclass(frozen=True)
+class MeterState:
+    """Everything the rate agent must persist per batch, as an immutable value.
+
+    ``window`` is None until the first event. Totals are batch-wide and never
+    reset: the variable rate counts them across windows and config changes.
+    ``pending_config`` holds an operator's change until the next window opens.
+    """
+
+    config: RateConfig
+    window: int | None = None
+    released_in_window: int = 0
+    pushed_total: int = 0
+    succeeded_total: int = 0
+    pending_config: RateConfig | None = field(default=None)
+
+    @classmethod
+    def start(cls, config: RateConfig) -> MeterState:
+        """A fresh meter for a batch that has pushed nothing yet."""
+        return cls(config=config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for a state table / changelog."""
+        return {
+            "config": self.config.to_dict(),
+            "window": self.window,
+            "released_in_window": self.released_in_window,
+            "pushed_total": self.pushed_total,
+            "succeeded_total": self.succeeded_total,
+            "pending_config": self.pending_config.to_dict() if self.pending_config else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeterState:
+        """Inverse of :meth:`to_dict`."""
+        pending = data.get("pending_config")
+        return cls(
+            config=RateConfig.from_dict(data["config"]),
+            window=data.get("window"),
+            released_in_window=int(data.get("released_in_window", 0)),
+            pushed_total=int(data.get("pushed_total", 0)),
+            succeeded_total=int(data.get("succeeded_total", 0)),
+            pending_config=RateConfig.from_dict(pending) if pending else None,
+        )
+
+
+def _counted(state: MeterState) -> int:
+    cond = state.config.condition
+    return state.succeeded_total if cond is RateCondition.SUCCEEDED else state.pushed_total
+
+
+def current_rate(state: MeterState) -> int:
+    """Rate in force now under the active (not the pending) config."""
+    return schedule_for(state.config).rate_at(_counted(state))
+
+
+def _effective_time(state: MeterState, t_ms: int) -> int:
+    """Event time clamped so a late event never reopens a window already left.
+
+    A regressed timestamp is treated as the first ms of the current window:
+    the most conservative moment, so out-of-order events can never over-release.
+    """
+    if state.window is not None and t_ms // WINDOW_MS < state.window:
+        return state.window * WINDOW_MS
+    return t_ms
+
+
+def advance(state: MeterState, t_ms: int) -> MeterState:
+    """State as seen at event time ``t_ms``: opens a new window if ``t_ms`` is past the current.
+
+    Opening a window resets ``released_in_window`` and activates a pending
+    config -- this is the only place a config change takes effect.
+    """
+    window = _effective_time(state, t_ms) // WINDOW_MS
+    if state.window == window:
+        return state
+    return replace(
+        state,
+        window=window,
+        released_in_window=0,
+        config=state.pending_config or state.config,
+        pending_config=None,
+    )
+
+
+def releasable(state: MeterState, t_ms: int) -> int:
+    """How many devices may be released at event time ``t_ms`` (assuming all are waiting).
+
+    For a variable rate counted on pushed devices, releasing moves the rate:
+    we release greedily up to the current rate's allowance, and if that would
+    reach the next threshold we stop exactly there and re-evaluate the rest
+    against the new rate's allowance (a step reached mid-window applies at
+    once). That is one loop round per distinct rate, not per device.
+    """
+    st = advance(state, t_ms)
+    t = _effective_time(st, t_ms)
+    sched = schedule_for(st.config)
+    released = st.released_in_window
+    if not sched.counts_pushed:
+        return max(0, allowance(sched.rate_at(_counted(st)), t) - released)
+    count, total = st.pushed_total, 0
+    while True:
+        room = allowance(sched.rate_at(count), t) - released
+        if room <= 0:
+            return total
+        nxt = sched.next_change(count)
+        if nxt is None or count + room < nxt:
+            return total + room
+        take = nxt - count
+        total, released, count = total + take, released + take, nxt
+
+
+def record_release(state: MeterState, t_ms: int, n: int) -> MeterState:
+    """Record that ``n`` devices were handed their URL at event time ``t_ms``.
+
+    Raises :class:`OverReleaseError` when ``n`` exceeds :func:`releasable`.
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    allowed = releasable(state, t_ms)
+    if n > allowed:
+        raise OverReleaseError(f"{n} devices released but only {allowed} allowed at {t_ms}")
+    st = advance(state, t_ms)
+    if n == 0:
+        return st
+    return replace(
+        st,
+        released_in_window=st.released_in_window + n,
+        pushed_total=st.pushed_total + n,
+    )
+
+
+def record_success(state: MeterState, n: int) -> MeterState:
+    """Record ``n`` devices reporting success; moves a rate counted on succeeded at once.
+
+    Takes no time: a success changes the rate in force, not the window.
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    return replace(state, succeeded_total=state.succeeded_total + n)
+
+
+def change_config(state: MeterState, new_config: RateConfig) -> MeterState:
+    """Queue an operator's new rate setting; it takes effect when the next window opens.
+
+    Deferring to the next window keeps every window metered by one config, so
+    lowering the rate can never retroactively over-release the current minute.
+    Before the first event the "next window" is the first one, so the change
+    applies at once. A later change replaces a still-pending one.
+    Raises :class:`RateTypeChangeError` on constant <-> variable.
+    """
+    if new_config.kind != state.config.kind:
+        raise RateTypeChangeError(state.config.kind, new_config.kind)
+    if state.window is None:
+        return replace(state, config=new_config, pending_config=None)
+    return replace(state, pending_config=new_config)
+
+
+@dataclass(frozen=True)
+class WindowMeter:
+    """Object-style façade over the functions above, for callers that prefer methods.
+
+    Immutable like :class:`MeterState`: every update returns a new meter.
+    """
+
+    state: MeterState
+
+    @classmethod
+    def start(cls, config: RateConfig) -> WindowMeter:
+        return cls(MeterState.start(config))
+
+    def releasable(self, t_ms: int) -> int:
+        return releasable(self.state, t_ms)
+
+    def release(self, t_ms: int, n: int) -> WindowMeter:
+        return WindowMeter(record_release(self.state, t_ms, n))
+
+    def take(self, t_ms: int, waiting: int) -> tuple[int, WindowMeter]:
+        """Release as many of ``waiting`` devices as allowed; returns (released, meter)."""
+        n = min(max(waiting, 0), self.releasable(t_ms))
+        return n, self.release(t_ms, n)
+
+    def succeed(self, n: int) -> WindowMeter:
+        return WindowMeter(record_success(self.state, n))
+
+    def with_config(self, new_config: RateConfig) -> WindowMeter:
+        """New config from the next window (raises :class:`RateTypeChangeError`)."""
+        return WindowMeter(change_config(self.state, new_config))
+
+    @property
+    def rate(self) -> int:
+        return current_rate(self.state)
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """A rate, the pushed total when it came into force and the 0-based minute it did."""
+
+    rate: int
+    pushed_at_start: int
+    start_minute: int
+
+
+@dataclass(frozen=True)
+class PlanMinute:
+    """Cumulative devices pushed by the end of 0-based ``minute``."""
+
+    minute: int
+    pushed: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: list[PlanStep]
+    minutes: list[PlanMinute]
+    total_minutes: int
+
+
+def plan(config: RateConfig, devices: int, success_ratio: float = 1.0) -> Plan:
+    """Predict a rollout of ``devices`` devices minute by minute.
+
+    Runs the real meter (:func:`releasable` / :func:`record_release` /
+    :func:`record_success`) with one tick at the last ms of each minute --
+    which releases exactly what a meter ticking every second would by the
+    window's end -- assuming devices are always waiting.
+
+    For a rate counted on *succeeded* devices, ``floor(pushed * success_ratio)``
+    (exact decimal arithmetic) of the devices pushed so far are taken to have
+    succeeded by the end of the minute they were pushed in, so a step reached
+    that way is in force from the *next* minute. Real devices take longer;
+    the plan is therefore the fastest case for that condition.
+
+    ``steps`` lists each rate in force while devices remained (plus the
+    starting rate); ``total_minutes`` is the number of minutes until the last
+    device is pushed.
+    """
+    if devices < 0:
+        raise ValueError("devices must be >= 0")
+    if not 0 <= success_ratio <= 1:
+        raise ValueError("success_ratio must be between 0 and 1")
+    ratio = Decimal(str(success_ratio))
+    sched = schedule_for(config)
+    state = MeterState.start(config)
+    steps = [PlanStep(sched.rate_at(0), 0, 0)]
+    minutes: list[PlanMinute] = []
+    minute = 0
+    while state.pushed_total < devices:
+        t_end = minute * WINDOW_MS + WINDOW_MS - 1
+        before = state.pushed_total
+        n = min(releasable(state, t_end), devices - before)
+        state = record_release(state, t_end, n)
+        if sched.counts_pushed:
+            # Greedy release stops exactly on each threshold, so every distinct
+            # rate between the two totals was in force at its boundary count.
+            nxt = sched.next_change(before)
+            while nxt is not None and nxt <= state.pushed_total and nxt < devices:
+                steps.append(PlanStep(sched.rate_at(nxt), nxt, minute))
+                nxt = sched.next_change(nxt)
+        elif config.kind == "variable":
+            target = int(state.pushed_total * ratio)  # int() floors a non-negative Decimal
+            rate_before = current_rate(state)
+            state = record_success(state, target - state.succeeded_total)
+            rate_after = current_rate(state)
+            if rate_after != rate_before and state.pushed_total < devices:
+                steps.append(PlanStep(rate_after, state.pushed_total, minute + 1))
+        minutes.append(PlanMinute(minute, state.pushed_total))
+        minute += 1
+    return Plan(steps=steps, minutes=minutes, total_minutes=minute)

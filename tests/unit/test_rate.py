@@ -1,0 +1,394 @@
+"""Push-rate domain: schedule, event-time window meter, plan, and the platform's rules."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otaflow.domain.rate import (
+    WINDOW_MS,
+    MeterState,
+    OverReleaseError,
+    PlanStep,
+    RateCondition,
+    RateConfig,
+    RateSchedule,
+    RateStep,
+    RateTypeChangeError,
+    WindowMeter,
+    advance,
+    allowance,
+    change_config,
+    current_rate,
+    plan,
+    record_release,
+    record_success,
+    releasable,
+)
+from otaflow.domain.rate_rules import ERROR_CODES, RateRuleError, validate_rate
+
+DOC = RateConfig.variable(
+    base_rate=50, factor=2, max_rate=10_000, threshold=1_000, condition=RateCondition.PUSHED
+)
+DOC_STEPS = [
+    (50, 0),
+    (100, 1_000),
+    (200, 2_000),
+    (400, 3_000),
+    (800, 4_000),
+    (1_600, 5_000),
+    (3_200, 6_000),
+    (6_400, 7_000),
+    (10_000, 8_000),
+]
+
+
+def last_ms(window: int) -> int:
+    return window * WINDOW_MS + WINDOW_MS - 1
+
+
+def window_counts(ticks: list[int], config: RateConfig) -> dict[int, int]:
+    """Run a meter with devices always waiting; check invariants at every tick."""
+    state = MeterState.start(config)
+    counts: dict[int, int] = {}
+    for t in ticks:
+        n = releasable(state, t)
+        state = record_release(state, t, n)
+        assert releasable(state, t) == 0  # greedy: nothing left at the same instant
+        assert state.released_in_window <= config.max_rate
+        # exactly the even line: floor(rate * seconds elapsed / 60), within one device of ideal
+        ideal = config.rate * ((t % WINDOW_MS) // 1000 + 1) / 60
+        assert ideal - 1 < state.released_in_window <= ideal
+        counts[t // WINDOW_MS] = state.released_in_window
+    return counts
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+def test_factor_is_exact_decimal_and_kind_is_reported() -> None:
+    assert RateConfig.variable(1, 1.2, 10, 1, "pushed").factor == Decimal("1.2")
+    assert RateConfig.variable(1, 2.35, 10, 1, "succeeded").factor == Decimal("2.35")
+    assert RateConfig.variable(1, "2.35", 10, 1).condition is RateCondition.PUSHED
+    assert RateConfig.constant(10).kind == "constant"
+    assert DOC.kind == "variable"
+    assert RateCondition("succeeded") is RateCondition.SUCCEEDED
+
+
+def test_config_and_state_round_trip_through_dicts() -> None:
+    for cfg in (DOC, RateConfig.constant(600), RateConfig.variable(3, "2.35", 99, 7, "succeeded")):
+        assert RateConfig.from_dict(cfg.to_dict()) == cfg
+    state = change_config(
+        record_release(MeterState.start(DOC), 59_999, 50), RateConfig.variable(60, 2, 900, 5)
+    )
+    assert MeterState.from_dict(state.to_dict()) == state
+
+
+# --- schedule -------------------------------------------------------------------------------
+
+
+def test_console_doc_example_rate_after_each_thousand_pushed() -> None:
+    sched = RateSchedule(DOC)
+    expected = [50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000, 10_000]
+    for k, rate in enumerate(expected):
+        assert sched.rate_at(k * 1_000) == rate, k
+        assert sched.rate_at(k * 1_000 + 999) == rate, k
+    assert sched.rate_at(999) == 50
+    assert sched.rate_at(1_000_000) == 10_000  # capped, not 12,800 or more
+    assert sched.steps(20_000) == [RateStep(r, c) for r, c in DOC_STEPS]
+    assert sched.steps(8_000) == [RateStep(r, c) for r, c in DOC_STEPS[:-1]]
+    assert sched.next_change(7_500) == 8_000
+    assert sched.next_change(8_000) is None
+
+
+def test_rates_are_floor_of_exact_power_not_float_or_stepwise() -> None:
+    # 125 * 1.2**3 = 216 exactly; in floats it is 215.99999999999997.
+    assert RateSchedule(RateConfig.variable(125, "1.2", 10_000, 10)).rate_at(30) == 216
+    # 3 * 2.35**k = 3, 7.05, 16.5675, 38.93...
+    sched = RateSchedule(RateConfig.variable(3, 2.35, 10_000, 1))
+    assert [sched.rate_at(k) for k in range(4)] == [3, 7, 16, 38]
+    # Stepwise flooring would keep base 1 x1.2 at 1 for ever; 1.2**4 = 2.0736 -> 2.
+    grow = RateSchedule(RateConfig.variable(1, "1.2", 10_000, 10))
+    assert [grow.rate_at(k * 10) for k in range(6)] == [1, 1, 1, 1, 2, 2]
+    # steps() lists distinct rates only, from the count where each first applies
+    assert grow.steps(60)[:2] == [RateStep(1, 0), RateStep(2, 40)]
+
+
+def test_constant_schedule_never_changes() -> None:
+    sched = RateSchedule(RateConfig.constant(600))
+    assert {sched.rate_at(c) for c in (0, 1, 10**9)} == {600}
+    assert sched.next_change(0) is None
+    assert sched.steps(10**6) == [RateStep(600, 0)]
+
+
+def test_schedule_refuses_arithmetically_impossible_configs() -> None:
+    with pytest.raises(ValueError):
+        RateSchedule(RateConfig.constant(0))
+    with pytest.raises(ValueError):
+        RateSchedule(RateConfig.variable(1, 2, 10, 0))
+    with pytest.raises(ValueError):
+        RateSchedule(RateConfig.variable(5, "0.5", 10, 1))
+
+
+# --- pacing within a window -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [10, 600, 10_000, 7, 59, 61])
+def test_allowance_spreads_evenly_and_reaches_exactly_rate_at_last_ms(rate: int) -> None:
+    values = [allowance(rate, t) for t in range(0, WINDOW_MS, 250)]
+    assert values == sorted(values)
+    assert max(values) == rate
+    assert allowance(rate, last_ms(3)) == rate
+    assert allowance(rate, 3 * WINDOW_MS) == rate // 60  # first second of window 3
+    for s in range(60):  # each one-second slice gets floor/ceil of rate/60
+        step = allowance(rate, s * 1000) - (allowance(rate, s * 1000 - 1) if s else 0)
+        assert rate // 60 <= step <= -(-rate // 60)
+
+
+@pytest.mark.parametrize("rate", [10, 600, 10_000])
+@pytest.mark.parametrize("phase_ms", [0, 1, 500, 999])
+def test_constant_rate_held_over_30_windows_ticked_every_second(rate: int, phase_ms: int) -> None:
+    ticks = [phase_ms + i * 1000 for i in range(30 * 60)]
+    counts = window_counts(ticks, RateConfig.constant(rate))
+    assert sorted(counts) == list(range(30))
+    assert all(abs(c - rate) <= 1 for c in counts.values())
+    assert set(counts.values()) == {rate}  # ticks in the last second reach exactly rate
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rate=st.sampled_from([10, 600, 10_000]),
+    start=st.integers(0, 999),
+    # >= 100 ms only to bound the tick count over 30 windows; sparse_random covers 1 ms gaps
+    gaps=st.lists(st.integers(100, 1000), min_size=1, max_size=300),
+)
+def test_constant_rate_held_with_irregular_ticks_at_most_a_second_apart(
+    rate: int, start: int, gaps: list[int]
+) -> None:
+    ticks, t, i = [], start, 0
+    while t < 30 * WINDOW_MS:  # cycle the drawn gaps until 30 windows are closed
+        ticks.append(t)
+        t += gaps[i % len(gaps)]
+        i += 1
+    counts = window_counts(ticks, RateConfig.constant(rate))
+    assert all(abs(counts[w] - rate) <= 1 for w in range(30))
+    assert all(counts[w] == rate for w in range(30))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rate=st.sampled_from([10, 600, 10_000]),
+    ticks=st.lists(st.integers(0, 30 * WINDOW_MS - 1), min_size=1, max_size=200).map(sorted),
+    waiting=st.lists(st.integers(0, 5_000), min_size=200, max_size=200),
+)
+def test_sparse_random_ticks_never_exceed_rate_in_any_window(
+    rate: int, ticks: list[int], waiting: list[int]
+) -> None:
+    meter = WindowMeter.start(RateConfig.constant(rate))
+    per_window: dict[int, int] = {}
+    for t, queue in zip(ticks, waiting, strict=False):
+        n, meter = meter.take(t, queue)
+        assert 0 <= n <= queue
+        per_window[t // WINDOW_MS] = per_window.get(t // WINDOW_MS, 0) + n
+        assert per_window[t // WINDOW_MS] == meter.state.released_in_window
+        assert meter.state.released_in_window <= allowance(rate, t) <= rate
+        if queue > n:  # held back only by the rate: caught up to the even line exactly
+            assert meter.state.released_in_window == allowance(rate, t)
+    assert sum(per_window.values()) == meter.state.pushed_total
+
+
+def test_variable_step_mid_window_applies_at_once() -> None:
+    state = MeterState(config=DOC, window=0, pushed_total=975)
+    # second 29: 25 at 50/min reach 1,000; then 100/min allows 50 by now -> 25 more
+    assert releasable(state, 29_500) == 50
+    # last ms: 25 at 50/min, then 100/min's full 100 minus those 25
+    assert releasable(state, 59_999) == 100
+    state = record_release(state, 59_999, 100)
+    assert current_rate(state) == 100
+    assert state.pushed_total == 1_075
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    base=st.integers(1, 60),
+    factor=st.sampled_from(["1.2", "1.5", "2", "2.35", "5"]),
+    max_rate=st.integers(60, 400),
+    threshold=st.integers(1, 120),
+    start=st.integers(0, 2_000),
+    already=st.integers(0, 30),
+    t=st.integers(0, WINDOW_MS - 1),
+)
+def test_greedy_releasable_equals_releasing_one_at_a_time(
+    base: int, factor: str, max_rate: int, threshold: int, start: int, already: int, t: int
+) -> None:
+    config = RateConfig.variable(base, factor, max_rate, threshold)
+    state = MeterState(config=config, window=0, pushed_total=start, released_in_window=already)
+    bulk = releasable(state, t)
+    one_by_one = 0
+    while releasable(state, t) > 0:
+        state = record_release(state, t, 1)
+        one_by_one += 1
+    assert bulk == one_by_one
+    assert state.released_in_window <= max(already, current_rate(state))
+
+
+def test_succeeded_condition_moves_only_on_successes() -> None:
+    cfg = RateConfig.variable(10, 2, 100, 5, RateCondition.SUCCEEDED)
+    state = record_release(MeterState.start(cfg), 59_999, 10)
+    assert current_rate(state) == 10 and releasable(state, 59_999) == 0
+    state = record_success(state, 5)  # mid-window: 20/min allows 10 more at once
+    assert current_rate(state) == 20
+    assert releasable(state, 59_999) == 10
+
+
+def test_config_change_applies_from_next_window_only() -> None:
+    state = record_release(MeterState.start(RateConfig.constant(10)), 30_000, 5)
+    state = change_config(state, RateConfig.constant(600))
+    assert state.config == RateConfig.constant(10)
+    assert releasable(state, 59_999) == 5  # still 10/min this window
+    with pytest.raises(OverReleaseError):
+        record_release(state, 59_999, 6)
+    nxt = advance(state, WINDOW_MS)
+    assert nxt.config == RateConfig.constant(600) and nxt.pending_config is None
+    assert releasable(state, last_ms(1)) == 600
+    # lowering the rate also waits for the next window
+    low = change_config(record_release(nxt, last_ms(1), 600), RateConfig.constant(10))
+    assert releasable(low, last_ms(2)) == 10
+
+
+def test_config_change_before_first_event_applies_at_once() -> None:
+    state = change_config(MeterState.start(RateConfig.constant(10)), RateConfig.constant(600))
+    assert releasable(state, 59_999) == 600
+
+
+def test_rate_type_change_is_refused() -> None:
+    with pytest.raises(RateTypeChangeError) as err:
+        change_config(MeterState.start(RateConfig.constant(10)), DOC)
+    assert err.value.code == "iot.ota.RateTypeChangeNotAllowed"
+    with pytest.raises(RateTypeChangeError):
+        WindowMeter.start(DOC).with_config(RateConfig.constant(10))
+    same_kind = WindowMeter.start(DOC).with_config(RateConfig.variable(5, 3, 500, 10))
+    assert same_kind.rate == 5
+
+
+def test_late_event_never_reopens_a_window() -> None:
+    state = record_release(MeterState.start(RateConfig.constant(600)), last_ms(5), 600)
+    assert releasable(state, last_ms(3)) == 0
+    again = record_release(state, last_ms(3), 0)
+    assert again.window == 5 and again.released_in_window == 600
+
+
+def test_record_rejects_negative_and_over_release() -> None:
+    state = MeterState.start(RateConfig.constant(60))
+    with pytest.raises(ValueError):
+        record_release(state, 0, -1)
+    with pytest.raises(ValueError):
+        record_success(state, -1)
+    with pytest.raises(OverReleaseError):
+        record_release(state, 0, 2)  # 60/min allows 1 in the first second
+    assert record_release(state, 0, 1).pushed_total == 1
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+
+def test_plan_console_doc_example() -> None:
+    result = plan(DOC, 20_000)
+    assert [(s.rate, s.pushed_at_start) for s in result.steps] == DOC_STEPS
+    assert [s.start_minute for s in result.steps] == [0, 19, 29, 34, 36, 37, 37, 37, 37]
+    assert result.total_minutes == 39 == len(result.minutes)
+    pushed = [m.pushed for m in result.minutes]
+    assert pushed[0] == 50 and pushed[18] == 950 and pushed[19] == 1_050
+    assert pushed[-1] == 20_000 and pushed == sorted(pushed)
+    assert [m.minute for m in result.minutes] == list(range(39))
+    assert all(b - a <= 10_000 for a, b in zip([0, *pushed], pushed, strict=False))
+
+
+def test_plan_omits_rates_reached_only_after_the_last_device() -> None:
+    result = plan(DOC, 8_000)
+    assert [s.rate for s in result.steps] == [r for r, _ in DOC_STEPS[:-1]]
+    assert result.minutes[-1].pushed == 8_000
+
+
+def test_plan_constant_rates() -> None:
+    result = plan(RateConfig.constant(10_000), 20_000)
+    assert result.total_minutes == 2
+    assert [(m.minute, m.pushed) for m in result.minutes] == [(0, 10_000), (1, 20_000)]
+    assert result.steps == [PlanStep(10_000, 0, 0)]
+    assert [m.pushed for m in plan(RateConfig.constant(10), 25).minutes] == [10, 20, 25]
+    empty = plan(RateConfig.constant(10), 0)
+    assert (empty.total_minutes, empty.minutes, len(empty.steps)) == (0, [], 1)
+
+
+def test_plan_matches_a_meter_ticked_every_second() -> None:
+    """The plan's one tick per minute must equal what the live agent reaches by ticking."""
+    result = plan(DOC, 20_000)
+    meter, minute_totals = WindowMeter.start(DOC), []
+    for minute in range(result.total_minutes):
+        for s in range(60):
+            _, meter = meter.take(
+                minute * WINDOW_MS + s * 1000 + 137, 20_000 - meter.state.pushed_total
+            )
+        minute_totals.append(meter.state.pushed_total)
+    assert minute_totals == [m.pushed for m in result.minutes]
+
+
+def test_plan_succeeded_condition_steps_from_next_minute() -> None:
+    cfg = RateConfig.variable(10, 2, 40, 10, RateCondition.SUCCEEDED)
+    result = plan(cfg, 100, success_ratio=0.5)
+    assert result.steps == [PlanStep(10, 0, 0), PlanStep(20, 20, 2), PlanStep(40, 40, 3)]
+    assert [m.pushed for m in result.minutes] == [10, 20, 40, 80, 100]
+    # ratio applied exactly: floor(100 * 0.29) = 29 (floats give 28.999... -> 28)
+    exact = plan(RateConfig.variable(100, 2, 200, 29, "succeeded"), 1_000, success_ratio=0.29)
+    assert exact.steps[1] == PlanStep(200, 100, 1)
+    with pytest.raises(ValueError):
+        plan(cfg, 100, success_ratio=1.5)
+
+
+# --- platform rules -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DOC,
+        RateConfig.constant(10),
+        RateConfig.constant(10_000),
+        RateConfig.variable(1, "1.20", 10, 1, "succeeded"),
+        RateConfig.variable(10_000, "5.00", 10_000, 100_000),
+        RateConfig.variable(7, 2.35, 70, 3),
+    ],
+)
+def test_valid_rates_pass(cfg: RateConfig) -> None:
+    validate_rate(cfg)  # raises RateRuleError if refused
+
+
+@pytest.mark.parametrize(
+    ("cfg", "code"),
+    [
+        (RateConfig.constant(9), "iot.ota.InvalidConstantRate"),
+        (RateConfig.constant(10_001), "iot.ota.InvalidConstantRate"),
+        (RateConfig.constant(True), "iot.ota.InvalidConstantRate"),
+        (RateConfig.variable(0, 2, 100, 1), "iot.ota.InvalidBaseRate"),
+        (RateConfig.variable(10_001, 2, 10_000, 1), "iot.ota.InvalidBaseRate"),
+        (RateConfig.variable(101, 2, 100, 1), "iot.ota.BaseRateExceedsMaxRate"),
+        (RateConfig.variable(1, "1.19", 100, 1), "iot.ota.InvalidIncrementalFactor"),
+        (RateConfig.variable(1, "5.01", 100, 1), "iot.ota.InvalidIncrementalFactor"),
+        (RateConfig.variable(1, "1.234", 100, 1), "iot.ota.InvalidIncrementalFactor"),
+        (RateConfig.variable(1, 2, 9, 1), "iot.ota.InvalidMaxRate"),
+        (RateConfig.variable(1, 2, 10_001, 1), "iot.ota.InvalidMaxRate"),
+        (RateConfig.variable(1, 2, 100, 0), "iot.ota.InvalidRateThreshold"),
+        (RateConfig.variable(1, 2, 100, 100_001), "iot.ota.InvalidRateThreshold"),
+        (RateConfig("variable", 1, 100, Decimal(2), 5, None), "iot.ota.InvalidRateCondition"),
+        (RateConfig("bursty", 1, 100), "iot.ota.InvalidRateType"),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_rates_report_codes(cfg: RateConfig, code: str) -> None:
+    with pytest.raises(RateRuleError) as err:
+        validate_rate(cfg)
+    assert err.value.code == code
+    assert code in ERROR_CODES
+    assert err.value.message and code in str(err.value)
