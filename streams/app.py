@@ -14,6 +14,8 @@ import faust
 from otaflow import config, topics
 
 settings = config.load()
+_datadir = config.data_dir() / settings.app_id
+_datadir.parent.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     settings.app_id,
@@ -21,7 +23,7 @@ app = faust.App(
     # RocksDB through rocksdict: one database per partition, so a partition's devices
     # can be scanned on their own when a batch starts.
     store="rocksdb://",
-    datadir=str(config.data_dir() / settings.app_id),
+    datadir=str(_datadir),
     topic_partitions=settings.partitions,
     # Topics are created by otaflow.topics.ensure_topics with their real settings.
     topic_allow_declare=True,
@@ -72,8 +74,9 @@ def table(name: str, partitions: int | None = None) -> Any:
         name,
         key_type=bytes,
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
         partitions=partitions or settings.partitions,
     )
 

@@ -66,7 +66,6 @@ class ReportBatcher:
                 "bootstrap.servers": settings.kafka_bootstrap,
                 "enable.idempotence": True,
                 "linger.ms": 2,
-                "compression.type": "lz4",
                 "message.max.bytes": 1_000_000,
             }
         )

@@ -1,0 +1,140 @@
+"""Send a command to the command agent and wait for its outcome (over Kafka).
+
+Used by the API server, the CLI and tests: the caller's answer is exactly the
+``CommandResult`` the single command agent wrote after applying the command.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from otaflow import topics
+from otaflow.codec import codec
+from otaflow.config import Settings
+
+# How long a caller waits for the command agent before giving up (the command may
+# still be applied later; the request id makes a retry safe).
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    request_id: str
+    success: bool
+    code: str | None
+    message: str | None
+    data: Any
+
+
+class CommandTimeout(TimeoutError):
+    pass
+
+
+class ControlClient:
+    """Thread-safe: one background consumer routes results to waiting callers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.codec = codec()
+        self.commands_topic = topics.COMMANDS.full_name(settings)
+        results_topic = topics.COMMAND_RESULTS.full_name(settings)
+        self.producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 0,
+            }
+        )
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"cc-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        # Start at the end: only results of commands sent from now on matter.
+        self.consumer.assign([TopicPartition(results_topic, 0, OFFSET_END)])
+        self._waiting: dict[str, tuple[threading.Event, list[CommandResult]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="command-results", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            msg = self.consumer.poll(0.05)
+            self._ready.set()
+            if msg is None or msg.error() is not None:
+                continue
+            record = self.codec.decode_as("CommandResult", msg.value() or b"")
+            with self._lock:
+                waiter = self._waiting.get(record["request_id"])
+            if waiter is None:
+                continue
+            waiter[1].append(
+                CommandResult(
+                    record["request_id"],
+                    record["success"],
+                    record["code"],
+                    record["message"],
+                    json.loads(record["data_json"]),
+                )
+            )
+            waiter[0].set()
+
+    def call(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        *,
+        request_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        now_ms: int | None = None,
+    ) -> CommandResult:
+        request_id = request_id or str(uuid.uuid4()).upper()
+        done = threading.Event()
+        box: list[CommandResult] = []
+        with self._lock:
+            self._waiting[request_id] = (done, box)
+        try:
+            command = {
+                "request_id": request_id,
+                "action": action,
+                "params": {k: str(v) for k, v in params.items()},
+                "event_time": now_ms if now_ms is not None else int(time.time() * 1000),
+            }
+            self.producer.produce(
+                self.commands_topic,
+                key=request_id.encode(),
+                value=self.codec.encode("Command", command),
+            )
+            self.producer.flush(10)
+            if not done.wait(timeout):
+                raise CommandTimeout(f"no outcome for {action} {request_id} within {timeout}s")
+            return box[0]
+        finally:
+            with self._lock:
+                self._waiting.pop(request_id, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.consumer.close()
+        self.producer.flush(5)
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

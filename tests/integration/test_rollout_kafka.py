@@ -1,0 +1,78 @@
+"""A dynamic batch end to end on the real broker, driven purely by Kafka records."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from otaflow.packages import PackageStore
+from tests.integration.conftest import Otaflow, statuses_by_task
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_800_000_000_000  # event time of the test's world, far from the wall clock
+MINUTE = 60_000
+
+
+def create_package(otaflow: Otaflow, pk: str, version: str = "2.0", **extra: str) -> str:
+    payload = f"firmware {version}".encode() * 100
+    store = PackageStore(otaflow.settings, root=otaflow.tmp / "packages")
+    stored = store.add_bytes(f"{pk}/fw-{version}.bin", payload)
+    data = otaflow.call(
+        "CreateOTAFirmware",
+        T0,
+        ProductKey=pk,
+        FirmwareName=f"fw {version}",
+        DestVersion=version,
+        FirmwareUrl=store.url(stored.file_path),
+        FirmwareSign=hashlib.sha256(payload).hexdigest(),
+        SignMethod="SHA256",
+        FirmwareSize=len(payload),
+        **extra,
+    )
+    return str(data["FirmwareId"])
+
+
+def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> None:
+    otaflow.start_worker()
+    pk = "pkDyn"
+    firmware_id = create_package(otaflow, pk)
+    job = otaflow.call(
+        "CreateOTADynamicUpgradeJob",
+        T0,
+        FirmwareId=firmware_id,
+        ProductKey=pk,
+        **{"SrcVersion.1": "1.0"},
+        MaximumPerMinute=100,
+    )
+    devices = [f"dev{i}" for i in range(20)]
+    for dn in devices:
+        otaflow.report(pk, dn, "VERSION", T0 + 1000, version="1.0")
+    # A device on another version must not match.
+    otaflow.report(pk, "other", "VERSION", T0 + 1000, version="0.9")
+    otaflow.flush()
+    events = otaflow.task_events()
+    events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 20, what="20 queued")
+    otaflow.tick(T0 + MINUTE - 1)
+    events.wait_for(lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 20, what="notified")
+    notes = otaflow.notifications().wait_for(lambda v: len(v) == 20, what="20 notifications")
+    assert {n["device_name"] for n in notes} == set(devices)
+    assert all(n["batch_id"] == job["JobId"] and n["firmware"]["version"] == "2.0" for n in notes)
+
+    for dn in devices[:10]:
+        otaflow.report(pk, dn, "PROGRESS", T0 + 2 * MINUTE, step=50)
+        otaflow.report(pk, dn, "VERSION", T0 + 3 * MINUTE, version="2.0")
+    for dn in devices[10:]:
+        otaflow.report(pk, dn, "PROGRESS", T0 + 2 * MINUTE, step=-2, desc="http 500")
+    otaflow.flush()
+    events.wait_for(
+        lambda v: sum(e["status"] in ("SUCCEEDED", "FAILED") for e in v) == 20, what="finals"
+    )
+    by_task = statuses_by_task(events.values())
+    assert len(by_task) == 20
+    finals = sorted(s[-1] for s in by_task.values())
+    assert finals == ["FAILED"] * 10 + ["SUCCEEDED"] * 10
+    assert all(s[:2] == ["QUEUED", "NOTIFIED"] for s in by_task.values())
+    failed = [e for e in events.values() if e["status"] == "FAILED"]
+    assert all(e["desc"] == "download failed: http 500" for e in failed)
