@@ -1,0 +1,429 @@
+"""Egress connector: ``Notification`` records on Kafka -> update offers on MQTT.
+
+::
+
+    ota.notifications --(group <app_id>-egress)--> EgressConnector --QoS 1--> Mosquitto
+        PUSH        -> /ota/device/upgrade/{pk}/{dn}
+        PULL_REPLY  -> /sys/{pk}/{dn}/thing/ota/firmware/get_reply
+        unusable    -> ota.deadletter (source "topic/partition/offset")
+
+The payloads are built by :func:`connectors.device_payloads.build_upgrade_message`.
+
+No lost notification
+--------------------
+Auto-commit is off. Every consumed record gets an entry in its partition's window (in
+offset order); the entry is *done* when the broker PUBACKs its publish (or its dead
+letter is delivered). The connector commits, per partition, the offset after the
+longest done prefix of the window, so a committed offset never passes a message the
+broker has not acknowledged. paho keeps unacknowledged QoS 1 publishes and sends them
+again after a reconnect (with backoff, 1 s doubling to 30 s); messages consumed while
+the broker is away queue in paho until it returns. At-least-once: a device may get
+an offer twice (after a reconnect or a rebalance), which is why ``data.taskId`` is
+there.
+
+Memory stays flat: at most ``max_in_flight`` records are between Kafka and the
+broker's PUBACK. At the bound the connector waits for PUBACKs; if it stays full for a
+second (broker away or slow) the consumer's partitions are paused (it keeps polling,
+so the group does not evict it) and resumed at half the bound.
+
+Only the consumer thread touches the windows; paho's network thread merely queues the
+acked message ids (a lock shared with paho's own would deadlock: paho calls
+``on_publish`` holding the lock that ``publish()`` takes).
+
+Python API::
+
+    store = PackageStore(settings)
+    EgressConnector(settings, store.signed_url).run(stop_event)
+
+CLI: ``python -m connectors.egress [--client-id ID]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from connectors.device_payloads import build_upgrade_message, needs_url
+from connectors.ingress import producer_config
+from otaflow import config
+from otaflow.codec import DecodeError, codec
+from otaflow.config import Settings
+from otaflow.topics import DEAD_LETTERS, NOTIFICATIONS, ensure_topics
+
+_log = logging.getLogger("otaflow.egress")
+
+UrlSigner = Callable[[str], str]
+
+DEFAULT_MAX_IN_FLIGHT = 1000
+# MQTT packet ids are 16-bit: far fewer in flight than that, so no id is ever reused
+# while an earlier message with it is still unacknowledged.
+MAX_IN_FLIGHT_LIMIT = 60_000
+COMMIT_INTERVAL_S = 0.2
+DRAIN_TIMEOUT_S = 10.0
+CONSUME_BATCH = 500
+# Full for this long: pause the partitions (a burst shorter than this just waits).
+PAUSE_AFTER_S = 1.0
+
+
+def default_client_id(settings: Settings) -> str:
+    return f"{settings.app_id}-egress-{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(eq=False)
+class _Entry:
+    partition: int
+    offset: int
+    done: bool = False
+    orphan: bool = False  # its partition was revoked: nobody commits it any more
+
+
+class EgressConnector:
+    def __init__(
+        self,
+        settings: Settings,
+        url_signer: UrlSigner,
+        client_id: str | None = None,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        if not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT:
+            raise ValueError(f"max_in_flight must be 1-{MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}")
+        self.settings = settings
+        self.url_signer = url_signer
+        self.client_id = client_id or default_client_id(settings)
+        self.max_in_flight = max_in_flight
+        self.topic = NOTIFICATIONS.full_name(settings)
+        self.dead_letter_topic = DEAD_LETTERS.full_name(settings)
+        self.group_id = f"{settings.app_id}-egress"
+        # Set while connected to the broker.
+        self.ready = threading.Event()
+        # Counters: publishes acknowledged by the broker, records sent to dead letters.
+        self.published = 0
+        self.dead_lettered = 0
+        self.peak_in_flight = 0
+        self._stopping = False
+        self._codec = codec()
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._windows: dict[int, deque[_Entry]] = {}
+        self._by_mid: dict[int, _Entry] = {}
+        # Per partition: the offset to commit next, once the commit is due.
+        self._to_commit: dict[int, int] = {}
+        self._orphans = 0  # entries of revoked partitions not acknowledged yet
+        self._paused = False
+        self._full_since: float | None = None
+        self._acked = threading.Event()
+        self._last_commit = 0.0
+        self._consumer: Consumer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish notifications until ``stop`` is set, then drain, commit and close."""
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=True)
+        client.max_inflight_messages_set(self.max_in_flight)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.connect_async(self.settings.mqtt.host, self.settings.mqtt.port, keepalive=30)
+        client.loop_start()
+        producer = Producer(producer_config(self.settings, self.client_id))
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": self.group_id,
+            "client.id": self.client_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        })
+        self._consumer = consumer
+        consumer.subscribe([self.topic], on_assign=self._on_assign,
+                           on_revoke=self._on_revoke, on_lost=self._on_lost)
+        _log.info("egress %s: %s -> %s", self.client_id, self.topic, self.settings.mqtt.url)
+        try:
+            while not stop.is_set():
+                self._step(consumer, producer, client)
+            self._stopping = True
+            self._drain(consumer, producer)
+        finally:
+            self._stopping = True
+            consumer.close()
+            client.disconnect()
+            client.loop_stop()
+            producer.flush(5)
+            self._consumer = None
+
+    def _step(self, consumer: Consumer, producer: Producer, client: mqtt.Client) -> None:
+        self._acked.clear()  # before reading the acks, so a later one wakes the wait below
+        producer.poll(0)
+        self._apply_acks()
+        self._commit(consumer)
+        in_flight = self.in_flight
+        room = self.max_in_flight - in_flight
+        now = time.monotonic()
+        if room > 0:
+            self._full_since = None
+            if self._paused and in_flight <= self.max_in_flight // 2:
+                consumer.resume(consumer.assignment())
+                self._paused = False
+        elif self._full_since is None:
+            self._full_since = now
+        elif now - self._full_since > PAUSE_AFTER_S:
+            # Not a burst but a broker that is away or slow: pause, so that polling
+            # (which keeps this member in the group) fetches nothing.
+            consumer.pause(consumer.assignment())  # again: new assignments start unpaused
+            self._paused = True
+        if room <= 0 or self._paused:
+            # Full: wait for PUBACKs. A short burst only skips polling (cheaper than a
+            # pause/resume, which makes librdkafka drop and fetch again what it had).
+            self._acked.wait(0.05)
+            if not self._paused:
+                return
+        batch = min(CONSUME_BATCH, room) if room > 0 and not self._paused else 1
+        timeout = 0.05 if room > 0 and not self._paused else 0
+        for msg in consumer.consume(num_messages=batch, timeout=timeout):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                _log.warning("egress: consumer error: %s", err)
+                continue
+            self._handle(msg, producer, client)
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def _drain(self, consumer: Consumer, producer: Producer) -> None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self.in_flight and time.monotonic() < deadline:
+            producer.poll(0.02)
+            self._apply_acks()
+        self._apply_acks()
+        self._commit(consumer, force=True, asynchronous=False)
+        if self.in_flight:
+            _log.warning("egress %s: stopping with %d notifications unacknowledged; they "
+                         "will be published again", self.client_id, self.in_flight)
+
+    @property
+    def paused(self) -> bool:
+        """Whether consumption is paused because ``max_in_flight`` records are unacknowledged."""
+        return self._paused
+
+    @property
+    def in_flight(self) -> int:
+        """Records consumed whose offsets cannot be committed yet (the memory bound)."""
+        return sum(len(w) for w in list(self._windows.values())) + self._orphans
+
+    # ------------------------------------------------------------------ records
+
+    def _handle(self, msg: Message, producer: Producer, client: mqtt.Client) -> None:
+        partition, offset = msg.partition(), msg.offset()
+        assert partition is not None and offset is not None
+        entry = _Entry(partition, offset)
+        window = self._windows.get(partition)
+        if window is None:  # a record of a partition we were not told about: track anyway
+            window = self._windows[partition] = deque()
+        window.append(entry)
+        raw = msg.value() or b""
+        try:
+            notification = self._codec.decode_as("Notification", raw)
+            url = None
+            if needs_url(notification):
+                url = self.url_signer(notification["firmware"]["file_path"])
+            mqtt_topic, payload = build_upgrade_message(notification, url)
+            info = client.publish(mqtt_topic, payload, qos=1)
+        except (DecodeError, ValueError, KeyError, TypeError) as exc:
+            self._dead_letter(producer, entry, raw, f"unusable notification: {exc}")
+            return
+        except Exception as exc:  # the URL signer is someone else's code
+            _log.exception("egress: could not build a notification at %d/%d", partition, offset)
+            self._dead_letter(producer, entry, raw, f"could not build the message: {exc!r}")
+            return
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN is fine: paho keeps the message and sends it after reconnecting.
+            raise RuntimeError(f"paho refused a publish: {mqtt.error_string(info.rc)}")
+        self._by_mid[info.mid] = entry
+
+    def _dead_letter(self, producer: Producer, entry: _Entry, raw: bytes, reason: str) -> None:
+        source = f"{self.topic}/{entry.partition}/{entry.offset}"
+        value = self._codec.encode("DeadLetter", {
+            "source": source, "reason": reason, "raw": raw,
+            "event_time": int(time.time() * 1000),
+        })
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None and not err.fatal():
+                _log.warning("egress: dead letter for %s failed (%s); retrying", source, err)
+                producer.produce(self.dead_letter_topic, value, source.encode(),
+                                 on_delivery=on_delivery)
+                return
+            if err is not None:
+                raise KafkaException(err)
+            self.dead_lettered += 1
+            self._done(entry)
+
+        producer.produce(self.dead_letter_topic, value, source.encode(), on_delivery=on_delivery)
+
+    def _apply_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            entry = self._by_mid.pop(mid, None)
+            if entry is None:
+                _log.warning("egress: PUBACK for unknown message id %d", mid)
+                continue
+            self.published += 1
+            self._done(entry)
+
+    def _done(self, entry: _Entry) -> None:
+        if entry.done:
+            return
+        entry.done = True
+        if entry.orphan:
+            self._orphans -= 1
+            return
+        window = self._windows.get(entry.partition)
+        last = None
+        while window and window[0].done:
+            last = window.popleft().offset
+        if last is not None:
+            self._to_commit[entry.partition] = last + 1
+
+    def _commit(self, consumer: Consumer, *, force: bool = False,
+                asynchronous: bool = True, partitions: list[int] | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        self._last_commit = now
+        offsets = [
+            TopicPartition(self.topic, p, self._to_commit.pop(p))
+            for p in (list(self._to_commit) if partitions is None else partitions)
+            if p in self._to_commit
+        ]
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. a rebalance is under way: the next one retries
+            _log.warning("egress: commit failed: %s", exc)
+
+    # ------------------------------------------------------------------ rebalances
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._windows[tp.partition] = deque()
+        if self._paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer, force=True, asynchronous=False,
+                     partitions=[tp.partition for tp in partitions])
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        # The new owner starts at the committed offset and publishes these again;
+        # ours still in paho will be published too (at-least-once) but not committed.
+        for tp in partitions:
+            self._to_commit.pop(tp.partition, None)
+            for entry in self._windows.pop(tp.partition, ()):
+                if not entry.done:
+                    entry.orphan = True
+                    self._orphans += 1
+
+    # ------------------------------------------------------------------ MQTT callbacks
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode, properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            _log.error("egress %s: broker refused the connection: %s", self.client_id,
+                       reason_code)
+            return
+        _log.info("egress %s: connected", self.client_id)
+        self.ready.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode, properties: Properties | None,
+    ) -> None:
+        self.ready.clear()
+        if not self._stopping:
+            _log.warning("egress %s: disconnected (%s); paho reconnects and re-sends what "
+                         "was not acknowledged", self.client_id, reason_code)
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int,
+        reason_code: ReasonCode, properties: Properties | None,
+    ) -> None:
+        self._acks.put(mid)
+        self._acked.set()
+
+
+def fallback_url_signer(settings: Settings) -> UrlSigner:
+    """Used only while ``otaflow.packages`` is absent: same URL shape, HMAC-SHA256 signed."""
+    key = settings.url_signing_key.encode()
+
+    def sign(file_path: str) -> str:
+        expires = int(time.time()) + 24 * 3600
+        message = f"GET\n{file_path}\n{expires}".encode()
+        signature = hmac.new(key, message, hashlib.sha256).hexdigest()
+        return (f"{settings.package_base_url}/packages/{quote(file_path)}"
+                f"?Expires={expires}&Signature={signature}")
+
+    return sign
+
+
+def url_signer_for(settings: Settings) -> UrlSigner:
+    try:
+        from otaflow.packages import PackageStore
+    except ImportError:
+        _log.warning("otaflow.packages not available: signing URLs with the fallback signer")
+        return fallback_url_signer(settings)
+    signer: UrlSigner = PackageStore(settings).signed_url
+    return signer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="otaflow Kafka -> MQTT egress connector")
+    parser.add_argument("--client-id", help="MQTT client id (default: unique per process)")
+    parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = config.load()
+    ensure_topics(settings.kafka_bootstrap, settings, [NOTIFICATIONS, DEAD_LETTERS])
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    EgressConnector(settings, url_signer_for(settings), client_id=args.client_id,
+                    max_in_flight=args.max_in_flight).run(stop)
+
+
+if __name__ == "__main__":
+    main()
