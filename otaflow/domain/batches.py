@@ -76,6 +76,7 @@ class Batch:
     region: str | None = None
     group_id: str | None = None
     group_type: str | None = None
+    city: str | None = None
     phased_percent_thousandths: int | None = None
     dynamic_mode: int = 1
     need_push: bool = True
@@ -140,6 +141,7 @@ class Batch:
             "region": self.region,
             "group_id": self.group_id,
             "group_type": self.group_type,
+            "city": self.city,
             "phased_percent_thousandths": self.phased_percent_thousandths,
             "dynamic_mode": self.dynamic_mode,
             "need_push": self.need_push,

@@ -19,6 +19,11 @@ class DeviceState:
     tasks: list[Task] = field(default_factory=list)
     match_counts: dict[str, int] = field(default_factory=dict)
     last_seen: int = 0
+    registered: bool = False
+    province: str | None = None
+    city: str | None = None
+    groups: list[str] = field(default_factory=list)
+    dynamic_groups: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -77,6 +82,11 @@ class DeviceState:
             "tasks": [t.to_record() for t in self.tasks],
             "match_counts": self.match_counts,
             "last_seen": self.last_seen,
+            "registered": self.registered,
+            "province": self.province,
+            "city": self.city,
+            "groups": self.groups,
+            "dynamic_groups": self.dynamic_groups,
         }
 
     @classmethod
@@ -89,6 +99,11 @@ class DeviceState:
             tasks=[Task.from_record(t) for t in rec["tasks"]],
             match_counts=rec["match_counts"],
             last_seen=rec["last_seen"],
+            registered=rec["registered"],
+            province=rec["province"],
+            city=rec["city"],
+            groups=rec["groups"],
+            dynamic_groups=rec["dynamic_groups"],
         )
 
 
