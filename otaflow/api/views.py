@@ -1,0 +1,355 @@
+"""The API's read side for tasks: a view of ``ota.task.events`` kept by the API process.
+
+One background consumer reads, from the beginning:
+
+* ``ota.task.events`` — per batch, the latest status of each task, with counts per
+  status and per source version (QueryOTAJob's ``Statistics``);
+* ``otaflow.batches`` — each batch's firmware (task rows carry ``FirmwareId``);
+* ``ota.device.reports`` — each device's latest module versions
+  (ListOTAModuleVersionsByDevice, QueryDeviceDetail's ``FirmwareVersion``).
+
+Answers are **eventually consistent**: a task created by a write answered a moment
+ago shows up once the device engine has written its event and this consumer has
+read it (normally well under a second). Callers that need a task right after a
+write poll (the tests do). Everything here is rebuilt from Kafka at start; nothing
+lives only in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from otaflow import topics
+from otaflow.codec import DecodeError, codec
+from otaflow.config import Settings
+from otaflow.control.common import drop_none, page, str_list, utc
+from otaflow.control.errors import ApiError, invalid, missing
+from otaflow.control.registry import iot_id
+
+UNFINISHED = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS")
+STATUSES = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELED")
+STAT_NAMES = {
+    "CONFIRM": "Confirm",
+    "QUEUED": "Queued",
+    "NOTIFIED": "Notified",
+    "IN_PROGRESS": "InProgress",
+    "SUCCEEDED": "Succeeded",
+    "FAILED": "Failed",
+    "CANCELED": "Canceled",
+}
+#: Operations the view answers (the others go through the command agent).
+VIEW_ACTIONS = frozenset(
+    {
+        "ListOTATaskByJob",
+        "ListOTAUnfinishedTaskByDevice",
+        "ListOTAJobByDevice",
+        "ListOTAModuleVersionsByDevice",
+    }
+)
+
+
+@dataclass
+class TaskRow:
+    event: dict[str, Any]
+    created_at: int
+
+
+@dataclass
+class BatchTasks:
+    tasks: dict[str, TaskRow] = field(default_factory=dict)
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_src: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+
+class TaskView:
+    """Thread-safe state built from the topics; ``apply_*`` are public for unit tests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, BatchTasks] = defaultdict(BatchTasks)
+        self.task_batch: dict[str, str] = {}
+        self.device_tasks: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.versions: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+        self.iot_ids: dict[str, tuple[str, str]] = {}
+
+    # -- feeding ----------------------------------------------------------------------
+
+    def apply_task_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            batch_id = event["batch_id"]
+            job = self.jobs[batch_id]
+            task_id = event["task_id"]
+            src = event["src_version"] or ""
+            old = job.tasks.get(task_id)
+            if old is not None:
+                job.by_status[old.event["status"]] -= 1
+                job.by_src[old.event["src_version"] or ""][old.event["status"]] -= 1
+                created = old.created_at
+            else:
+                created = event["event_time"]
+            job.tasks[task_id] = TaskRow(event, created)
+            job.by_status[event["status"]] += 1
+            job.by_src[src][event["status"]] += 1
+            self.task_batch[task_id] = batch_id
+            key = (event["product_key"], event["device_name"])
+            self.device_tasks[key].add(task_id)
+            self._remember_device(*key)
+
+    def apply_batch(self, batch: dict[str, Any]) -> None:
+        with self._lock:
+            self.batches[batch["batch_id"]] = batch
+
+    def apply_report(self, report: dict[str, Any]) -> None:
+        if report["kind"] != "VERSION" or report["version"] is None:
+            return
+        with self._lock:
+            key = (report["product_key"], report["device_name"])
+            self.versions[key][report["module"] or "default"] = report["version"]
+            self._remember_device(*key)
+
+    def _remember_device(self, product_key: str, device_name: str) -> None:
+        if len(self.iot_ids) < 5_000_000:
+            self.iot_ids.setdefault(iot_id(product_key, device_name), (product_key, device_name))
+
+    # -- lookups used by the server -----------------------------------------------------
+
+    def task_ref(self, task_id: str) -> str:
+        """``pk/dn/batch`` of a task, or '' when the view has not seen it."""
+        with self._lock:
+            batch_id = self.task_batch.get(task_id)
+            if batch_id is None:
+                return ""
+            event = self.jobs[batch_id].tasks[task_id].event
+            return f"{event['product_key']}/{event['device_name']}/{batch_id}"
+
+    def statistics(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self.jobs.get(batch_id)
+            counts = Counter(job.by_status) if job else Counter()
+            per_src = {k: Counter(v) for k, v in job.by_src.items()} if job else {}
+
+        def shape(c: Counter[str]) -> dict[str, int]:
+            out = {"Total": sum(c[s] for s in STATUSES)}
+            out.update({STAT_NAMES[s]: c[s] for s in STATUSES})
+            return out
+
+        return {
+            **shape(counts),
+            "SrcVersions": [
+                {"SrcVersion": src, **shape(c)}
+                for src, c in sorted(per_src.items())
+                if sum(c.values()) > 0
+            ],
+        }
+
+    def module_versions(self, product_key: str, device_name: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self.versions.get((product_key, device_name), {}))
+
+    def device_from(self, p: Mapping[str, Any]) -> tuple[str, str]:
+        found = p.get("IotId")
+        if found:
+            with self._lock:
+                known = self.iot_ids.get(found)
+            if known is None:
+                raise ApiError("iot.device.DeviceNotExist", "The specified device does not exist.")
+            return known
+        product_key, device_name = p.get("ProductKey"), p.get("DeviceName")
+        if not product_key:
+            raise missing("ProductKey")
+        if not device_name:
+            raise missing("DeviceName")
+        return str(product_key), str(device_name)
+
+    # -- answers ----------------------------------------------------------------------
+
+    def answer(self, action: str, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """(Data, other top-level fields) of a view operation; raises ApiError."""
+        handler = getattr(self, f"_{action}")
+        result: tuple[Any, dict[str, Any]] = handler(p)
+        return result
+
+    def _task_info(self, row: TaskRow, module: bool) -> dict[str, Any]:
+        e = row.event
+        batch = self.batches.get(e["batch_id"])
+        info = {
+            "TaskId": e["task_id"],
+            "JobId": e["batch_id"],
+            "FirmwareId": batch["firmware"]["firmware_id"] if batch else None,
+            "ProductKey": e["product_key"],
+            "DeviceName": e["device_name"],
+            "IotId": iot_id(e["product_key"], e["device_name"]),
+            "SrcVersion": e["src_version"],
+            "DestVersion": e["dest_version"],
+            "TaskStatus": e["status"],
+            "UtcCreate": utc(row.created_at),
+            "UtcModified": utc(e["event_time"]),
+        }
+        if module:
+            info["ModuleName"] = e["module"]
+        else:
+            info["Progress"] = str(e["progress"])
+            info["TaskDesc"] = e["desc"] or None
+            timeout = batch["timeout_minutes"] if batch else None
+            info["Timeout"] = str(timeout) if timeout is not None else None
+        return drop_none(info)
+
+    def _ListOTATaskByJob(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        job_id = p.get("JobId")
+        if not job_id:
+            raise missing("JobId")
+        paging = page(p, 100)
+        if paging.current * paging.size > 100_000:
+            raise invalid("CurrentPage", "CurrentPage x PageSize must not exceed 100,000")
+        status = p.get("TaskStatus")
+        if status is not None and status not in STATUSES:
+            raise invalid("TaskStatus", " | ".join(STATUSES))
+        names = set(str_list(p, "DeviceNames"))
+        with self._lock:
+            if job_id not in self.batches and job_id not in self.jobs:
+                raise ApiError("iot.ota.JobNotExist", "The specified update batch does not exist.")
+            rows = [
+                r
+                for r in self.jobs[job_id].tasks.values()
+                if (status is None or r.event["status"] == status)
+                and (not names or r.event["device_name"] in names)
+            ]
+            rows.sort(key=lambda r: (r.created_at, r.event["task_id"]))
+            infos = [self._task_info(r, module=False) for r in paging.slice(rows)]
+        return {"SimpleOTATaskInfo": infos}, paging.top(len(rows))
+
+    def _ListOTAUnfinishedTaskByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        product_key, device_name = self.device_from(p)
+        wanted = set(str_list(p, "TaskStatusList"))
+        single = p.get("TaskStatus")
+        if single:
+            wanted.add(single)
+        for status in wanted:
+            if status not in UNFINISHED:
+                raise invalid("TaskStatus", " | ".join(UNFINISHED))
+        wanted = wanted or set(UNFINISHED)
+        module = p.get("ModuleName")
+        with self._lock:
+            rows = []
+            for task_id in self.device_tasks.get((product_key, device_name), ()):
+                row = self.jobs[self.task_batch[task_id]].tasks[task_id]
+                if row.event["status"] in wanted and (
+                    module is None or row.event["module"] == module
+                ):
+                    rows.append(row)
+            rows.sort(key=lambda r: (r.created_at, r.event["task_id"]))
+            infos = [self._task_info(r, module=True) for r in rows]
+        return {"SimpleOTATaskInfo": infos}, {}
+
+    def _ListOTAJobByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        firmware_id = p.get("FirmwareId")
+        if not firmware_id:
+            raise missing("FirmwareId")
+        product_key, device_name = self.device_from(p)
+        paging = page(p, 100)
+        with self._lock:
+            batch_ids = {
+                self.task_batch[t] for t in self.device_tasks.get((product_key, device_name), ())
+            }
+            batches = [
+                self.batches[b]
+                for b in batch_ids
+                if b in self.batches and self.batches[b]["firmware"]["firmware_id"] == firmware_id
+            ]
+        batches.sort(key=lambda b: (-b["created_at"], b["batch_id"]))
+        rows = [
+            drop_none(
+                {
+                    "JobId": b["batch_id"],
+                    "FirmwareId": firmware_id,
+                    "ProductKey": b["product_key"],
+                    "JobStatus": b["status"],
+                    "JobType": "UPGRADE_FIRMWARE",
+                    "SelectionType": b["kind"],
+                    "TargetSelection": {
+                        "TARGETED": "SPECIFIC",
+                        "PHASED": "GRAY",
+                        "REGIONAL": "REGION",
+                    }.get(b["scope"], b["scope"]),
+                    "Tags": {"OtaTagDTO": [{"Key": k, "Value": v} for k, v in b["tags"].items()]},
+                    "UtcCreate": utc(b["created_at"]),
+                    "UtcModified": utc(b["updated_at"]),
+                    "UtcStartTime": utc(b["schedule_start"] or b["created_at"]),
+                }
+            )
+            for b in paging.slice(batches)
+        ]
+        return {"SimpleOTAJobInfo": rows}, paging.top(len(batches))
+
+    def _ListOTAModuleVersionsByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        product_key, device_name = self.device_from(p)
+        paging = page(p, 200)
+        versions = sorted(self.module_versions(product_key, device_name).items())
+        rows = [
+            {
+                "ProductKey": product_key,
+                "DeviceName": device_name,
+                "IotId": iot_id(product_key, device_name),
+                "ModuleName": module,
+                "ModuleVersion": version,
+            }
+            for module, version in paging.slice(versions)
+        ]
+        return {"SimpleOTAModuleInfo": rows}, paging.top(len(versions))
+
+
+class TaskViewConsumer:
+    """Feeds a ``TaskView`` from Kafka in a daemon thread."""
+
+    def __init__(self, settings: Settings, view: TaskView | None = None) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.view = view or TaskView()
+        self.codec = codec()
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"otaflow-api-view-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 20,
+            }
+        )
+        assignments = []
+        for spec in (topics.TASK_EVENTS, topics.BATCHES, topics.DEVICE_REPORTS):
+            name = spec.full_name(settings)
+            for partition in range(spec.partition_count(settings)):
+                assignments.append(TopicPartition(name, partition, 0))
+        self.consumer.assign(assignments)
+        self._names = {
+            topics.TASK_EVENTS.full_name(settings): self.view.apply_task_event,
+            topics.BATCHES.full_name(settings): self.view.apply_batch,
+            topics.DEVICE_REPORTS.full_name(settings): self.view.apply_report,
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task-view", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self.consumer.consume(500, 0.05):
+                if msg.error() is not None or msg.value() is None:
+                    continue
+                apply = self._names.get(msg.topic() or "")
+                if apply is None:
+                    continue
+                try:
+                    apply(self.codec.decode(msg.value() or b"")[1])
+                except (DecodeError, KeyError, TypeError):
+                    continue  # not ours to judge: the device agent dead-letters bad input
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.consumer.close()

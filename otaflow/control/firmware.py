@@ -1,0 +1,308 @@
+"""Update packages (the platform's "OTA firmware") and OTA modules."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from otaflow.control import errors as E
+from otaflow.control.common import (
+    OpsBase,
+    Outcome,
+    Record,
+    drop_none,
+    gmt,
+    opt_bool,
+    opt_int,
+    opt_str,
+    page,
+    read,
+    req_str,
+    utc,
+)
+from otaflow.control.errors import ApiError, invalid, missing
+from otaflow.control.ids import derived_id
+
+_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_FIRMWARE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_()\-]{0,39}$")
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_MODULES_PER_PRODUCT = 10
+
+# Firmware.verify_status (see schemas/otaflow.Firmware.avsc) -> the API's Status.
+_STATUS_OF_VERIFY = {0: 0, 1: 2, 2: 1, 3: 3}
+VERIFYING, VERIFIED = 1, 2
+
+
+def firmware_status(record: Record) -> int:
+    """QueryOTAFirmware Status: -1 no verification needed, 0 unverified, 1 verified,
+    2 verifying, 3 verification failed."""
+    if not record["need_to_verify"]:
+        return -1
+    return _STATUS_OF_VERIFY.get(record["verify_status"], 0)
+
+
+def firmware_usable(record: Record) -> bool:
+    return not record["need_to_verify"] or record["verify_status"] == VERIFIED
+
+
+class FirmwareOps(OpsBase):
+    file_path_of: Callable[[str], str]
+
+    # -- packages ---------------------------------------------------------------------
+
+    def _CreateOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        name = req_str(p, "FirmwareName")
+        if not _FIRMWARE_NAME.match(name):
+            raise invalid(
+                "FirmwareName", "1-40 letters, digits, '-', '_' or '()', starting alphanumeric"
+            )
+        dest = req_str(p, "DestVersion")
+        if not _VERSION.match(dest):
+            raise invalid("DestVersion", "1-64 letters, digits, '.', '-' or '_'")
+        if p.get("MultiFiles"):
+            raise invalid("MultiFiles", "packages of several files are not supported")
+        url = req_str(p, "FirmwareUrl")
+        product_key = req_str(p, "ProductKey")
+        fw_type = opt_int(p, "Type", 0)
+        if fw_type not in (0, 1):
+            raise invalid("Type", "must be 0 (full) or 1 (differential)")
+        src = opt_str(p, "SrcVersion")
+        if fw_type == 1 and not src:
+            raise missing("SrcVersion")
+        if src is not None and src == dest:
+            raise invalid("SrcVersion", "must differ from DestVersion")
+        sign_method = (opt_str(p, "SignMethod") or "MD5").upper()
+        if sign_method not in ("MD5", "SHA256"):
+            raise invalid("SignMethod", "must be MD5 or SHA256")
+        sign = req_str(p, "FirmwareSign")
+        size = opt_int(p, "FirmwareSize", 0) or 0
+        if size < 0:
+            raise invalid("FirmwareSize", "must not be negative")
+        module = opt_str(p, "ModuleName") or "default"
+        if module != "default" and self.store.get(f"module/{product_key}/{module.lower()}") is None:
+            raise ApiError(E.MODULE_NOT_FOUND, f"The OTA module {module} does not exist.")
+        desc = opt_str(p, "FirmwareDesc")
+        if desc is not None and len(desc) > 100:
+            raise invalid("FirmwareDesc", "at most 100 characters")
+        udi = opt_str(p, "Udi")
+        if udi is not None and len(udi) > 4096:
+            raise invalid("Udi", "at most 4096 characters")
+        self._unique_firmware_name(name, None)
+        firmware_id = derived_id(request_id, "firmware")
+        record = {
+            "firmware_id": firmware_id,
+            "product_key": product_key,
+            "name": name,
+            "module": module,
+            "dest_version": dest,
+            "src_version": src,
+            "type": fw_type,
+            "size": size,
+            "sign": sign,
+            "sign_method": sign_method,
+            "md5": sign if sign_method == "MD5" else None,
+            "file_path": self.file_path_of(url),
+            "url": url,
+            "description": desc,
+            "udi": udi,
+            # The platform defaults NeedToVerify to true; otaflow defaults to false
+            # (no verification devices in most deployments). Pass true to require it.
+            "need_to_verify": opt_bool(p, "NeedToVerify", False),
+            "verify_status": 0,
+            "status": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return Outcome(
+            data={"FirmwareId": firmware_id, "UtcCreate": utc(now)},
+            writes={f"firmware/{firmware_id}": record},
+        )
+
+    def _unique_firmware_name(self, name: str, own_id: str | None) -> None:
+        for _, other in self.store.scan("firmware/"):
+            if other["name"] == name and other["firmware_id"] != own_id:
+                raise ApiError(E.FIRMWARE_NAME_EXISTS, f"An update package named {name} exists.")
+
+    def _ModifyOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        record = dict(self.firmware(req_str(p, "FirmwareId")))
+        if record["product_key"] != req_str(p, "ProductKey"):
+            raise ApiError(E.FIRMWARE_NOT_FOUND, "The specified firmware does not exist.")
+        name = opt_str(p, "FirmwareName")
+        if name is not None:
+            if not _FIRMWARE_NAME.match(name):
+                raise invalid("FirmwareName", "1-40 letters, digits, '-', '_' or '()'")
+            self._unique_firmware_name(name, record["firmware_id"])
+            record["name"] = name
+        desc = opt_str(p, "FirmwareDesc")
+        if desc is not None:
+            if len(desc) > 100:
+                raise invalid("FirmwareDesc", "at most 100 characters")
+            record["description"] = desc
+        udi = opt_str(p, "FirmwareUdi")
+        if udi is not None:
+            if len(udi) > 4096:
+                raise invalid("FirmwareUdi", "at most 4096 characters")
+            record["udi"] = udi
+        record["updated_at"] = now
+        return Outcome(writes={f"firmware/{record['firmware_id']}": record})
+
+    def _firmware_info(self, record: Record) -> dict[str, Any]:
+        return drop_none(
+            {
+                "FirmwareId": record["firmware_id"],
+                "FirmwareName": record["name"],
+                "FirmwareDesc": record["description"],
+                "DestVersion": record["dest_version"],
+                "SrcVersion": record["src_version"],
+                "FirmwareSign": record["sign"],
+                "FirmwareSize": record["size"],
+                "FirmwareUrl": record["url"],
+                "ModuleName": record["module"],
+                "ProductKey": record["product_key"],
+                "ProductName": self.product_name(record["product_key"]),
+                "SignMethod": record["sign_method"],
+                "Status": firmware_status(record),
+                "Type": record["type"],
+                "Udi": record["udi"],
+                "UtcCreate": utc(record["created_at"]),
+                "UtcModified": utc(record["updated_at"]),
+                "VerifyProgress": 100 if record["verify_status"] == VERIFIED else 0,
+            }
+        )
+
+    def _QueryOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        record = self.firmware(req_str(p, "FirmwareId"))
+        return read(FirmwareInfo=self._firmware_info(record))
+
+    def _ListOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        paging = page(p, 100)
+        product_key = opt_str(p, "ProductKey")
+        dest = opt_str(p, "DestVersion")
+        found = [
+            r
+            for _, r in self.store.scan("firmware/")
+            if (product_key is None or r["product_key"] == product_key)
+            and (dest is None or r["dest_version"] == dest)
+        ]
+        found.sort(key=lambda r: (-r["created_at"], r["firmware_id"]))
+        rows = []
+        for record in paging.slice(found):
+            info = self._firmware_info(record)
+            for extra in ("FirmwareUrl", "Udi", "VerifyProgress"):
+                info.pop(extra, None)
+            rows.append(info)
+        return read(FirmwareInfo={"SimpleFirmwareInfo": rows}, **paging.top(len(found)))
+
+    def _DeleteOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        record = self.firmware(req_str(p, "FirmwareId"))
+        for _, batch in self.store.scan("batch/"):
+            if batch["firmware"]["firmware_id"] == record["firmware_id"] and batch["status"] in (
+                "PLANNED",
+                "IN_PROGRESS",
+            ):
+                raise ApiError(
+                    E.FIRMWARE_IN_USE,
+                    f"The update package has a running batch ({batch['batch_id']}); cancel it "
+                    "first.",
+                )
+        return Outcome(writes={f"firmware/{record['firmware_id']}": None})
+
+    # -- modules ----------------------------------------------------------------------
+
+    def _module_key(self, product_key: str, name: str) -> str:
+        return f"module/{product_key}/{name.lower()}"
+
+    def _CreateOTAModule(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        product_key = req_str(p, "ProductKey")
+        self.product(product_key)
+        name = req_str(p, "ModuleName")
+        if not _MODULE_NAME.match(name):
+            raise invalid("ModuleName", "1-64 letters, digits, '.', '-' or '_'")
+        if name.lower() == "default" or self.store.get(self._module_key(product_key, name)):
+            raise ApiError(E.MODULE_EXISTS, f"The OTA module {name} already exists.")
+        existing = sum(1 for _ in self.store.scan(f"module/{product_key}/"))
+        if existing >= MAX_MODULES_PER_PRODUCT:
+            raise ApiError(
+                E.MODULE_LIMIT, f"A product can have at most {MAX_MODULES_PER_PRODUCT} modules."
+            )
+        alias, desc = self._module_texts(p)
+        record = {
+            "product_key": product_key,
+            "module_name": name,
+            "alias": alias,
+            "description": desc,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return Outcome(writes={self._module_key(product_key, name): record})
+
+    def _module_texts(self, p: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        alias = opt_str(p, "AliasName")
+        if alias is not None and not _MODULE_NAME.match(alias):
+            raise invalid("AliasName", "1-64 letters, digits, '.', '-' or '_'")
+        desc = opt_str(p, "Desc")
+        if desc is not None and len(desc) > 100:
+            raise invalid("Desc", "at most 100 characters")
+        return alias, desc
+
+    def _existing_module(self, p: Mapping[str, Any]) -> tuple[str, Record]:
+        product_key = req_str(p, "ProductKey")
+        name = req_str(p, "ModuleName")
+        if name.lower() == "default":
+            raise ApiError(E.MODULE_DEFAULT, "The default module cannot be changed or deleted.")
+        key = self._module_key(product_key, name)
+        record = self.store.get(key)
+        if record is None:
+            raise ApiError(E.MODULE_NOT_FOUND, f"The OTA module {name} does not exist.")
+        return key, record
+
+    def _UpdateOTAModule(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        key, record = self._existing_module(p)
+        alias, desc = self._module_texts(p)
+        changed = dict(record, updated_at=now)
+        if alias is not None:
+            changed["alias"] = alias
+        if desc is not None:
+            changed["description"] = desc
+        return Outcome(writes={key: changed})
+
+    def _DeleteOTAModule(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        key, record = self._existing_module(p)
+        for _, firmware in self.store.scan("firmware/"):
+            if (
+                firmware["product_key"] == record["product_key"]
+                and firmware["module"].lower() == record["module_name"].lower()
+            ):
+                raise ApiError(
+                    E.MODULE_IN_USE, "A module that has update packages cannot be deleted."
+                )
+        return Outcome(writes={key: None})
+
+    def _ListOTAModuleByProduct(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        product_key = req_str(p, "ProductKey")
+        product = self.product(product_key)
+        rows = [
+            {
+                "ModuleName": "default",
+                "AliasName": "default",
+                "Desc": "The whole firmware of the device.",
+                "ProductKey": product_key,
+                "GmtCreate": gmt(product["created_at"]),
+                "GmtModified": gmt(product["created_at"]),
+            }
+        ]
+        for _, record in self.store.scan(f"module/{product_key}/"):
+            rows.append(
+                drop_none(
+                    {
+                        "ModuleName": record["module_name"],
+                        "AliasName": record["alias"],
+                        "Desc": record["description"],
+                        "ProductKey": product_key,
+                        "GmtCreate": gmt(record["created_at"]),
+                        "GmtModified": gmt(record["updated_at"]),
+                    }
+                )
+            )
+        return read(rows)
