@@ -195,12 +195,14 @@ async def release_due(meter: BatchMeter, now: int) -> None:
     rec = meter.record
     if meter.state is None or rec["canceled"] or rec["queued"] <= 0:
         return
-    n = min(rec["queued"], releasable(meter.state, now))
+    # The meter counts minutes from the batch's start, not from the wall clock's minute.
+    batch_time = max(0, now - rec["origin"])
+    n = min(rec["queued"], releasable(meter.state, batch_time))
     if n <= 0:
         return
     tasks = pop_tasks(meter, n)
-    meter.state = record_release(meter.state, now, len(tasks))
-    window = str(now // 60_000)
+    meter.state = record_release(meter.state, batch_time, len(tasks))
+    window = str(batch_time // 60_000)
     windows = rec["windows"]
     windows[window] = windows.get(window, 0) + len(tasks)
     if len(windows) > KEEP_WINDOWS:
@@ -271,6 +273,7 @@ def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:
     new_config = rate_config(batch["rate"])
     if action == "START" and meter.state is None and new_config is not None:
         meter.state = MeterState.start(new_config)
+        rec["origin"] = control["event_time"]
     elif action == "UPDATE" and meter.state is not None and new_config is not None:
         # The rate type is fixed at creation (the API refuses a change); a new
         # setting of the same type takes effect from the next window.
