@@ -8,6 +8,7 @@ batcher) against the real Kafka and Mosquitto.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -35,11 +36,21 @@ def stack() -> devstack.DevStack:
     return devstack.up()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 class Otaflow:
     """An isolated otaflow deployment under test (its own topics, state and processes)."""
 
-    def __init__(self, stack: devstack.DevStack, tmp: Path, partitions: int = 4) -> None:
+    def __init__(
+        self, stack: devstack.DevStack, tmp: Path, partitions: int = 4, tick_interval_s: float = 0
+    ) -> None:
         tag = uuid.uuid4().hex[:8]
+        api_port, package_port = free_port(), free_port()
         self.settings: Settings = replace(
             config.load(),
             kafka_bootstrap=stack.kafka_bootstrap,
@@ -47,7 +58,11 @@ class Otaflow:
             partitions=partitions,
             topic_prefix=f"t{tag}.",
             app_id=f"otaflow-t{tag}",
-            tick_interval_s=0,
+            tick_interval_s=tick_interval_s,
+            api_port=api_port,
+            package_port=package_port,
+            package_base_url=f"http://127.0.0.1:{package_port}",
+            access_keys={"testAK": "testSecret"},
         )
         self.tmp = tmp
         self.env = {
@@ -57,7 +72,10 @@ class Otaflow:
             "OTAFLOW_PARTITIONS": str(partitions),
             "OTAFLOW_TOPIC_PREFIX": self.settings.topic_prefix,
             "OTAFLOW_APP_ID": self.settings.app_id,
-            "OTAFLOW_TICK_INTERVAL": "0",
+            "OTAFLOW_TICK_INTERVAL": str(tick_interval_s),
+            "OTAFLOW_API_PORT": str(api_port),
+            "OTAFLOW_PACKAGE_PORT": str(package_port),
+            "OTAFLOW_ACCESS_KEYS": "testAK:testSecret",
             "OTAFLOW_DATA": str(tmp / "data"),
             "OTAFLOW_PACKAGE_DIR": str(tmp / "packages"),
             "PYTHONPATH": str(REPO),
@@ -84,6 +102,13 @@ class Otaflow:
 
     def start_worker(self) -> None:
         self.start("worker", "-m", "streams.worker")
+
+    def start_all(self) -> None:
+        """Worker, ingress and egress connectors, and the API/package server."""
+        self.start_worker()
+        self.start("ingress", "-m", "connectors.ingress")
+        self.start("egress", "-m", "connectors.egress")
+        self.start("api", "-m", "otaflow.api_main")
 
     def stop(self, name: str, kill: bool = False) -> None:
         proc = self.procs.pop(name)
