@@ -92,22 +92,31 @@ class TopicReader:
 
     def __init__(self, settings: Settings, spec: TopicSpec) -> None:
         self.topic = spec.full_name(settings)
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        })
-        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                              for p in range(spec.partition_count(settings))])
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.assign(
+            [
+                TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                for p in range(spec.partition_count(settings))
+            ]
+        )
         self.messages: list[Message] = []
 
-    def read(self, condition: Callable[[list[Message]], bool], timeout: float,
-             what: str) -> list[Message]:
+    def read(
+        self, condition: Callable[[list[Message]], bool], timeout: float, what: str
+    ) -> list[Message]:
         deadline = time.monotonic() + timeout
         while not condition(self.messages):
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} "
-                                     f"({len(self.messages)} records read)")
+                raise AssertionError(
+                    f"timed out after {timeout:.0f}s waiting for {what} "
+                    f"({len(self.messages)} records read)"
+                )
             for msg in self.consumer.consume(num_messages=1000, timeout=0.2):
                 if msg.error() is None:
                     self.messages.append(msg)
@@ -132,11 +141,14 @@ class TopicReader:
 
 
 @contextlib.contextmanager
-def mqtt_client(address: MqttAddress, client_id: str | None = None,
-                clean_session: bool = True) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=client_id or f"test-{uuid.uuid4().hex[:12]}",
-                         clean_session=clean_session)
+def mqtt_client(
+    address: MqttAddress, client_id: str | None = None, clean_session: bool = True
+) -> Iterator[mqtt.Client]:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"test-{uuid.uuid4().hex[:12]}",
+        clean_session=clean_session,
+    )
     client.max_inflight_messages_set(200)
     client.reconnect_delay_set(min_delay=1, max_delay=2)
     connected = threading.Event()
@@ -204,17 +216,34 @@ def valid_reports(product_key: str, n: int) -> list[tuple[str, bytes]]:
             params: dict[str, Any] = {"version": f"1.0.{i}"}
             if i % 2:
                 params["module"] = "MCU"
-            out.append((f"/ota/device/inform/{product_key}/{dn}",
-                        json.dumps({"id": str(i), "params": params}).encode()))
+            out.append(
+                (
+                    f"/ota/device/inform/{product_key}/{dn}",
+                    json.dumps({"id": str(i), "params": params}).encode(),
+                )
+            )
         elif i % 3 == 1:
             step: int | str = i % 100 + 1 if i % 2 else str(-(i % 4) - 1)
-            out.append((f"/ota/device/progress/{product_key}/{dn}",
-                        json.dumps({"id": str(i), "params": {"step": step,
-                                                             "desc": f"d{i}"}}).encode()))
+            out.append(
+                (
+                    f"/ota/device/progress/{product_key}/{dn}",
+                    json.dumps({"id": str(i), "params": {"step": step, "desc": f"d{i}"}}).encode(),
+                )
+            )
         else:
-            out.append((f"/sys/{product_key}/{dn}/thing/ota/firmware/get",
-                        json.dumps({"id": str(i), "version": "1.0", "params": {"module": "MCU"},
-                                    "method": "thing.ota.firmware.get"}).encode()))
+            out.append(
+                (
+                    f"/sys/{product_key}/{dn}/thing/ota/firmware/get",
+                    json.dumps(
+                        {
+                            "id": str(i),
+                            "version": "1.0",
+                            "params": {"module": "MCU"},
+                            "method": "thing.ota.firmware.get",
+                        }
+                    ).encode(),
+                )
+            )
     return out
 
 
@@ -232,31 +261,46 @@ def malformed_payload(rng: random.Random, i: int) -> bytes:
     if shape == 4:  # params of the wrong type
         return json.dumps({"id": str(i), "params": rng.choice([[i], f"p{i}", i, True])}).encode()
     if shape == 5:  # version / step / module of the wrong type
-        return json.dumps({"id": str(i), "params": {
-            "version": rng.choice([i, [str(i)], {"v": i}, None, 1.5]),
-            "step": rng.choice([True, [i], {"s": i}, 2.5, None]),
-            "module": rng.choice([i, [str(i)], {"m": i}, True, ""]), "n": i}}).encode()
+        return json.dumps(
+            {
+                "id": str(i),
+                "params": {
+                    "version": rng.choice([i, [str(i)], {"v": i}, None, 1.5]),
+                    "step": rng.choice([True, [i], {"s": i}, 2.5, None]),
+                    "module": rng.choice([i, [str(i)], {"m": i}, True, ""]),
+                    "n": i,
+                },
+            }
+        ).encode()
     if shape == 6:  # step out of range
-        return json.dumps({"params": {"step": rng.choice([101 + i, -5 - i, str(200 + i)]),
-                                      "version": i}}).encode()
+        return json.dumps(
+            {"params": {"step": rng.choice([101 + i, -5 - i, str(200 + i)]), "version": i}}
+        ).encode()
     if shape == 7:  # truncated JSON
         text = json.dumps({"id": str(i), "params": {"version": f"1.{i}", "step": "5"}})
         return text[: rng.randrange(1, len(text) - 1)].encode() + b"\x00" + str(i).encode()
     if shape == 8:  # nested too deeply
         depth = rng.randrange(3000, 20000)
         return b"[" * depth + str(i).encode() + b"]" * depth
-    return json.dumps({"id": rng.choice([True, [i], {"x": i}, 1.5]), "n": i,  # bad id
-                       "params": {"version": "1", "step": 1}}).encode()
+    return json.dumps(
+        {
+            "id": rng.choice([True, [i], {"x": i}, 1.5]),
+            "n": i,  # bad id
+            "params": {"version": "1", "step": 1},
+        }
+    ).encode()
 
 
 def test_ingress_forwards_valid_reports_keyed_by_device(stack: devstack.DevStack) -> None:
     settings = make_settings(stack)
     pk = f"pk{uuid.uuid4().hex[:8]}"
     reports = valid_reports(pk, 1000)
-    expected = {str(i): parse_report(topic, payload, 0)
-                for i, (topic, payload) in enumerate(reports)}
-    ingress = IngressConnector(settings, client_id=f"{settings.app_id}-in",
-                               session_expiry_s=60, leave_on_stop=True)
+    expected = {
+        str(i): parse_report(topic, payload, 0) for i, (topic, payload) in enumerate(reports)
+    }
+    ingress = IngressConnector(
+        settings, client_id=f"{settings.app_id}-in", session_expiry_s=60, leave_on_stop=True
+    )
     reader = TopicReader(settings, DEVICE_REPORTS)
     try:
         with running(ingress.run):
@@ -286,7 +330,10 @@ def test_ingress_forwards_valid_reports_keyed_by_device(stack: devstack.DevStack
         seen.add(record["message_id"])
     assert seen == set(expected)
     assert {codec().decode_as("DeviceReport", m.value())["kind"] for m in got} == {
-        "VERSION", "PROGRESS", "FIRMWARE_GET"}
+        "VERSION",
+        "PROGRESS",
+        "FIRMWARE_GET",
+    }
 
 
 def test_ingress_dead_letters_malformed_payloads_and_keeps_going(
@@ -295,15 +342,19 @@ def test_ingress_dead_letters_malformed_payloads_and_keeps_going(
     settings = make_settings(stack)
     pk = f"pk{uuid.uuid4().hex[:8]}"
     rng = random.Random(1234)
-    topics = [f"/ota/device/inform/{pk}/d1", f"/ota/device/progress/{pk}/d2",
-              f"/sys/{pk}/d3/thing/ota/firmware/get"]
+    topics = [
+        f"/ota/device/inform/{pk}/d1",
+        f"/ota/device/progress/{pk}/d2",
+        f"/sys/{pk}/d3/thing/ota/firmware/get",
+    ]
     bad = [(topics[i % 3], malformed_payload(rng, i)) for i in range(10_000)]
     for topic, payload in bad:  # the test's own premise
         with pytest.raises(MalformedPayload):
             parse_report(topic, payload, 0)
     assert len({p for _, p in bad}) == len(bad)
-    ingress = IngressConnector(settings, client_id=f"{settings.app_id}-in",
-                               session_expiry_s=60, leave_on_stop=True)
+    ingress = IngressConnector(
+        settings, client_id=f"{settings.app_id}-in", session_expiry_s=60, leave_on_stop=True
+    )
     dead = TopicReader(settings, DEAD_LETTERS)
     reports = TopicReader(settings, DEVICE_REPORTS)
 
@@ -340,8 +391,11 @@ def test_ingress_dead_letters_malformed_payloads_and_keeps_going(
 
 
 def report_ids(messages: list[Message], product_key: str) -> list[str]:
-    return [codec().decode_as("DeviceReport", m.value())["message_id"] for m in messages
-            if (m.key() or b"").startswith(product_key.encode() + b"/")]
+    return [
+        codec().decode_as("DeviceReport", m.value())["message_id"]
+        for m in messages
+        if (m.key() or b"").startswith(product_key.encode() + b"/")
+    ]
 
 
 def test_ingress_acknowledges_only_what_kafka_has(stack: devstack.DevStack) -> None:
@@ -352,35 +406,38 @@ def test_ingress_acknowledges_only_what_kafka_has(stack: devstack.DevStack) -> N
     pk = f"pk{uuid.uuid4().hex[:8]}"
     reports = valid_reports(pk, 200)
     client_id = f"{settings.app_id}-in"
-    first = IngressConnector(no_kafka, client_id=client_id, session_expiry_s=60,
-                             drain_timeout_s=1)
+    first = IngressConnector(no_kafka, client_id=client_id, session_expiry_s=60, drain_timeout_s=1)
     with running(first.run):
         assert first.ready.wait(15), "ingress never subscribed"
         publish_all(settings.mqtt, reports)
         wait_for(lambda: first.pending == 200, 30, "the first connector to hold all 200")
         assert first.forwarded == 0
-    second = IngressConnector(settings, client_id=client_id, session_expiry_s=60,
-                              leave_on_stop=True)
+    second = IngressConnector(
+        settings, client_id=client_id, session_expiry_s=60, leave_on_stop=True
+    )
     reader = TopicReader(settings, DEVICE_REPORTS)
     try:
         with running(second.run):
-            reader.read(lambda ms: len(set(report_ids(ms, pk))) >= 200, 60,
-                        "the 200 reports, redelivered")
+            reader.read(
+                lambda ms: len(set(report_ids(ms, pk))) >= 200, 60, "the 200 reports, redelivered"
+            )
     finally:
         reader.close()
     assert set(report_ids(reader.messages, pk)) == {str(i) for i in range(200)}
 
 
 def test_ingress_reconnects_after_the_broker_restarts(
-    stack: devstack.DevStack, tmp_path: Path,
+    stack: devstack.DevStack,
+    tmp_path: Path,
 ) -> None:
     broker = PrivateMosquitto(tmp_path)
     broker.start()
     settings = make_settings(stack, broker.address)
     pk = f"pk{uuid.uuid4().hex[:8]}"
     reports = valid_reports(pk, 1000)
-    ingress = IngressConnector(settings, client_id=f"{settings.app_id}-in",
-                               session_expiry_s=60, leave_on_stop=True)
+    ingress = IngressConnector(
+        settings, client_id=f"{settings.app_id}-in", session_expiry_s=60, leave_on_stop=True
+    )
     reader = TopicReader(settings, DEVICE_REPORTS)
     try:
         with running(ingress.run):
@@ -409,16 +466,28 @@ def produce_notifications(settings: Settings, pk: str, start: int, n: int) -> No
         dn = f"dev-{i % 500}"
         mqtt_download = i % 10 == 0
         firmware = {
-            "firmware_id": f"fw-{i % 3}", "module": "MCU" if i % 4 == 0 else "default",
-            "version": "2.0.0", "src_version": None, "is_diff": False, "size": 1024 + i,
-            "sign_method": "Md5" if i % 5 == 0 else "SHA256", "sign": f"{i:064x}",
-            "md5": None, "file_path": f"{pk}/fw-{i % 3}.bin",
+            "firmware_id": f"fw-{i % 3}",
+            "module": "MCU" if i % 4 == 0 else "default",
+            "version": "2.0.0",
+            "src_version": None,
+            "is_diff": False,
+            "size": 1024 + i,
+            "sign_method": "Md5" if i % 5 == 0 else "SHA256",
+            "sign": f"{i:064x}",
+            "md5": None,
+            "file_path": f"{pk}/fw-{i % 3}.bin",
             "download_protocol": "MQTT" if mqtt_download else "HTTPS",
         }
         record = {
-            "product_key": pk, "device_name": dn, "kind": "PUSH", "reply_to": None,
-            "task_id": f"task-{i}", "batch_id": "b1", "firmware": firmware,
-            "ext_data": {"wave": str(i % 2)}, "event_time": 1_700_000_000_000 + i,
+            "product_key": pk,
+            "device_name": dn,
+            "kind": "PUSH",
+            "reply_to": None,
+            "task_id": f"task-{i}",
+            "batch_id": "b1",
+            "firmware": firmware,
+            "ext_data": {"wave": str(i % 2)},
+            "event_time": 1_700_000_000_000 + i,
         }
         key = device_key(pk, dn).encode()
         while True:
@@ -432,15 +501,22 @@ def produce_notifications(settings: Settings, pk: str, start: int, n: int) -> No
 
 
 def committed_at_end(settings: Settings, group_id: str) -> bool:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+        }
+    )
     try:
         topic = NOTIFICATIONS.full_name(settings)
         tps = [TopicPartition(topic, p) for p in range(NOTIFICATIONS.partition_count(settings))]
         committed = consumer.committed(tps, timeout=10)
         ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
-        return all(c.offset == end or (end == 0 and c.offset < 0)
-                   for c, end in zip(committed, ends, strict=True))
+        return all(
+            c.offset == end or (end == 0 and c.offset < 0)
+            for c, end in zip(committed, ends, strict=True)
+        )
     finally:
         consumer.close()
 
@@ -467,10 +543,15 @@ def test_egress_publishes_every_notification(stack: devstack.DevStack) -> None:
                 started = time.monotonic()
                 wait_for(lambda: subscriber.count() >= 5000, 120, "5,000 task ids")
                 elapsed = time.monotonic() - started
-                print(f"\negress: 5,000 notifications Kafka -> MQTT in {elapsed:.2f}s "
-                      f"({5000 / elapsed:,.0f}/s, consumer start included)")
-                wait_for(lambda: committed_at_end(settings, egress.group_id), 30,
-                         "offsets committed to the end")
+                print(
+                    f"\negress: 5,000 notifications Kafka -> MQTT in {elapsed:.2f}s "
+                    f"({5000 / elapsed:,.0f}/s, consumer start included)"
+                )
+                wait_for(
+                    lambda: committed_at_end(settings, egress.group_id),
+                    30,
+                    "offsets committed to the end",
+                )
                 letters = dead.read(lambda ms: len(ms) >= 1, 30, "the dead letter")
     finally:
         dead.close()
@@ -480,10 +561,20 @@ def test_egress_publishes_every_notification(stack: devstack.DevStack) -> None:
     assert letter["source"].startswith(NOTIFICATIONS.full_name(settings) + "/")
     topic, message = subscriber.messages["task-1"]
     assert topic == f"/ota/device/upgrade/{pk}/dev-1"
-    assert message == {"code": "1000", "id": 1_700_000_000_001, "message": "success", "data": {
-        "size": 1025, "version": "2.0.0", "url": signer(f"{pk}/fw-1.bin"),
-        "signMethod": "SHA256", "sign": f"{1:064x}", "extData": {"wave": "1"},
-        "taskId": "task-1"}}
+    assert message == {
+        "code": "1000",
+        "id": 1_700_000_000_001,
+        "message": "success",
+        "data": {
+            "size": 1025,
+            "version": "2.0.0",
+            "url": signer(f"{pk}/fw-1.bin"),
+            "signMethod": "SHA256",
+            "sign": f"{1:064x}",
+            "extData": {"wave": "1"},
+            "taskId": "task-1",
+        },
+    }
     mqtt_data = subscriber.messages["task-10"][1]["data"]
     assert mqtt_data["dProtocol"] == "mqtt" and "url" not in mqtt_data
     assert subscriber.messages["task-5"][1]["data"]["md5"] == f"{5:064x}"
@@ -511,8 +602,9 @@ class PrivateMosquitto:
 
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("mosquitto") or next(
-            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-             if os.path.exists(p)), None)
+            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)),
+            None,
+        )
         if binary is None:
             pytest.skip("mosquitto is not installed")
         self.binary = binary
@@ -538,8 +630,9 @@ class PrivateMosquitto:
 
     def start(self) -> None:
         log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+        )
         wait_for(lambda: port_open(self.port), 15, "the private mosquitto to listen")
 
     def stop(self) -> None:
@@ -550,7 +643,8 @@ class PrivateMosquitto:
 
 
 def test_egress_survives_the_broker_going_away(
-    stack: devstack.DevStack, tmp_path: Path,
+    stack: devstack.DevStack,
+    tmp_path: Path,
 ) -> None:
     broker = PrivateMosquitto(tmp_path)
     broker.start()
@@ -558,12 +652,14 @@ def test_egress_survives_the_broker_going_away(
     pk = f"pk{uuid.uuid4().hex[:8]}"
     produce_notifications(settings, pk, 0, 2500)
     subscriber = UpgradeSubscriber(pk)
-    egress = EgressConnector(settings, signer, client_id=f"{settings.app_id}-out",
-                             max_in_flight=500)
+    egress = EgressConnector(
+        settings, signer, client_id=f"{settings.app_id}-out", max_in_flight=500
+    )
     try:
         # A persistent session: what is published while it reconnects waits for it.
-        with mqtt_client(broker.address, client_id=f"{settings.app_id}-sub",
-                         clean_session=False) as client:
+        with mqtt_client(
+            broker.address, client_id=f"{settings.app_id}-sub", clean_session=False
+        ) as client:
             subscriber.attach(client)
             with running(egress.run):
                 wait_for(lambda: subscriber.count() >= 1000, 60, "the first 1,000 offers")
@@ -575,11 +671,16 @@ def test_egress_survives_the_broker_going_away(
                 assert subscriber.count() < 5000
                 broker.start()
                 wait_for(lambda: subscriber.count() >= 5000, 120, "all 5,000 task ids")
-                wait_for(lambda: committed_at_end(settings, egress.group_id), 30,
-                         "offsets committed to the end")
+                wait_for(
+                    lambda: committed_at_end(settings, egress.group_id),
+                    30,
+                    "offsets committed to the end",
+                )
                 assert egress.peak_in_flight <= 500 + 50
-                print(f"\negress across a broker restart: {subscriber.received} offers for "
-                      f"5,000 tasks, peak in flight {egress.peak_in_flight}")
+                print(
+                    f"\negress across a broker restart: {subscriber.received} offers for "
+                    f"5,000 tasks, peak in flight {egress.peak_in_flight}"
+                )
     finally:
         broker.stop()
     assert subscriber.task_ids == {f"task-{i}" for i in range(5000)}
