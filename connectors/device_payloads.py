@@ -72,9 +72,17 @@ def report_kind_of_topic(mqtt_topic: str) -> tuple[str, str, str]:
         kind = {"inform": "VERSION", "progress": "PROGRESS"}.get(levels[3])
         if kind is not None:
             return kind, _level(levels[4], "product key"), _level(levels[5], "device name")
-    if len(levels) == 8 and levels[:2] == ["", "sys"] and levels[4:] == [
-        "thing", "ota", "firmware", "get",
-    ]:
+    if (
+        len(levels) == 8
+        and levels[:2] == ["", "sys"]
+        and levels[4:]
+        == [
+            "thing",
+            "ota",
+            "firmware",
+            "get",
+        ]
+    ):
         return "FIRMWARE_GET", _level(levels[2], "product key"), _level(levels[3], "device name")
     raise MalformedPayload(f"topic {mqtt_topic!r} is not a device OTA report topic")
 
@@ -123,7 +131,8 @@ def parse_report(mqtt_topic: str, payload: bytes, now_ms: int) -> dict[str, Any]
     if not isinstance(params, dict):
         raise MalformedPayload(
             f"'params' must be a JSON object, got {_type_name(params)}"
-            if "params" in body else "missing 'params' object"
+            if "params" in body
+            else "missing 'params' object"
         )
     record: dict[str, Any] = {
         "product_key": product_key,
@@ -200,7 +209,7 @@ def _version(params: Mapping[str, Any]) -> str:
     if not version.strip() or len(version) > MAX_VERSION_CHARS:
         raise MalformedPayload(
             f"'params.version' must be 1-{MAX_VERSION_CHARS} non-blank characters, "
-            f"got {version[:MAX_VERSION_CHARS + 1]!r}"
+            f"got {version[: MAX_VERSION_CHARS + 1]!r}"
         )
     return _utf8(version, "'params.version'")
 
@@ -224,9 +233,7 @@ def _step(params: Mapping[str, Any]) -> int:
             f"'params.step' must be an integer or a string of one, got {_type_name(raw)}"
         )
     if not MIN_STEP <= step <= MAX_STEP:
-        raise MalformedPayload(
-            f"'params.step' {step} out of range [{MIN_STEP}, {MAX_STEP}]"
-        )
+        raise MalformedPayload(f"'params.step' {step} out of range [{MIN_STEP}, {MAX_STEP}]")
     return step
 
 

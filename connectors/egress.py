@@ -137,8 +137,9 @@ class EgressConnector:
 
     def run(self, stop: threading.Event) -> None:
         """Publish notifications until ``stop`` is set, then drain, commit and close."""
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=True)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
+        )
         client.max_inflight_messages_set(self.max_in_flight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -148,16 +149,22 @@ class EgressConnector:
         client.connect_async(self.settings.mqtt.host, self.settings.mqtt.port, keepalive=30)
         client.loop_start()
         producer = Producer(producer_config(self.settings, self.client_id))
-        consumer = Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap,
-            "group.id": self.group_id,
-            "client.id": self.client_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": self.group_id,
+                "client.id": self.client_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
         self._consumer = consumer
-        consumer.subscribe([self.topic], on_assign=self._on_assign,
-                           on_revoke=self._on_revoke, on_lost=self._on_lost)
+        consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         _log.info("egress %s: %s -> %s", self.client_id, self.topic, self.settings.mqtt.url)
         try:
             while not stop.is_set():
@@ -218,8 +225,12 @@ class EgressConnector:
         self._apply_acks()
         self._commit(consumer, force=True, asynchronous=False)
         if self.in_flight:
-            _log.warning("egress %s: stopping with %d notifications unacknowledged; they "
-                         "will be published again", self.client_id, self.in_flight)
+            _log.warning(
+                "egress %s: stopping with %d notifications unacknowledged; they "
+                "will be published again",
+                self.client_id,
+                self.in_flight,
+            )
 
     @property
     def paused(self) -> bool:
@@ -263,16 +274,22 @@ class EgressConnector:
 
     def _dead_letter(self, producer: Producer, entry: _Entry, raw: bytes, reason: str) -> None:
         source = f"{self.topic}/{entry.partition}/{entry.offset}"
-        value = self._codec.encode("DeadLetter", {
-            "source": source, "reason": reason, "raw": raw,
-            "event_time": int(time.time() * 1000),
-        })
+        value = self._codec.encode(
+            "DeadLetter",
+            {
+                "source": source,
+                "reason": reason,
+                "raw": raw,
+                "event_time": int(time.time() * 1000),
+            },
+        )
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None and not err.fatal():
                 _log.warning("egress: dead letter for %s failed (%s); retrying", source, err)
-                producer.produce(self.dead_letter_topic, value, source.encode(),
-                                 on_delivery=on_delivery)
+                producer.produce(
+                    self.dead_letter_topic, value, source.encode(), on_delivery=on_delivery
+                )
                 return
             if err is not None:
                 raise KafkaException(err)
@@ -308,8 +325,14 @@ class EgressConnector:
         if last is not None:
             self._to_commit[entry.partition] = last + 1
 
-    def _commit(self, consumer: Consumer, *, force: bool = False,
-                asynchronous: bool = True, partitions: list[int] | None = None) -> None:
+    def _commit(
+        self,
+        consumer: Consumer,
+        *,
+        force: bool = False,
+        asynchronous: bool = True,
+        partitions: list[int] | None = None,
+    ) -> None:
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL_S:
             return
@@ -338,8 +361,9 @@ class EgressConnector:
             consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(consumer, force=True, asynchronous=False,
-                     partitions=[tp.partition for tp in partitions])
+        self._commit(
+            consumer, force=True, asynchronous=False, partitions=[tp.partition for tp in partitions]
+        )
         self._forget(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -358,28 +382,43 @@ class EgressConnector:
     # ------------------------------------------------------------------ MQTT callbacks
 
     def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode, properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            _log.error("egress %s: broker refused the connection: %s", self.client_id,
-                       reason_code)
+            _log.error("egress %s: broker refused the connection: %s", self.client_id, reason_code)
             return
         _log.info("egress %s: connected", self.client_id)
         self.ready.set()
 
     def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode, properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         self.ready.clear()
         if not self._stopping:
-            _log.warning("egress %s: disconnected (%s); paho reconnects and re-sends what "
-                         "was not acknowledged", self.client_id, reason_code)
+            _log.warning(
+                "egress %s: disconnected (%s); paho reconnects and re-sends what "
+                "was not acknowledged",
+                self.client_id,
+                reason_code,
+            )
 
     def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int,
-        reason_code: ReasonCode, properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         self._acks.put(mid)
         self._acked.set()
@@ -393,8 +432,10 @@ def fallback_url_signer(settings: Settings) -> UrlSigner:
         expires = int(time.time()) + 24 * 3600
         message = f"GET\n{file_path}\n{expires}".encode()
         signature = hmac.new(key, message, hashlib.sha256).hexdigest()
-        return (f"{settings.package_base_url}/packages/{quote(file_path)}"
-                f"?Expires={expires}&Signature={signature}")
+        return (
+            f"{settings.package_base_url}/packages/{quote(file_path)}"
+            f"?Expires={expires}&Signature={signature}"
+        )
 
     return sign
 
@@ -414,15 +455,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client-id", help="MQTT client id (default: unique per process)")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = config.load()
     ensure_topics(settings.kafka_bootstrap, settings, [NOTIFICATIONS, DEAD_LETTERS])
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    EgressConnector(settings, url_signer_for(settings), client_id=args.client_id,
-                    max_in_flight=args.max_in_flight).run(stop)
+    EgressConnector(
+        settings,
+        url_signer_for(settings),
+        client_id=args.client_id,
+        max_in_flight=args.max_in_flight,
+    ).run(stop)
 
 
 if __name__ == "__main__":

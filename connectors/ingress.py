@@ -184,12 +184,16 @@ class IngressConnector:
         connect_props.SessionExpiryInterval = self.session_expiry_s
         connect_props.ReceiveMaximum = self.max_in_flight
         client.connect_async(
-            self.settings.mqtt.host, self.settings.mqtt.port, keepalive=30,
-            clean_start=False, properties=connect_props,
+            self.settings.mqtt.host,
+            self.settings.mqtt.port,
+            keepalive=30,
+            clean_start=False,
+            properties=connect_props,
         )
         client.loop_start()
-        _log.info("ingress %s: %s -> %s", self.client_id, self.settings.mqtt.url,
-                  self.reports_topic)
+        _log.info(
+            "ingress %s: %s -> %s", self.client_id, self.settings.mqtt.url, self.reports_topic
+        )
         try:
             while not stop.is_set():
                 producer.poll(0.05)
@@ -231,10 +235,14 @@ class IngressConnector:
             clean = self._pending == 0 and self._ignored == 0 and self._fatal is None
             self._generation += 1  # no PUBACK after this point
         if not clean:
-            _log.log(logging.WARNING if self._pending else logging.INFO,
-                     "ingress %s: stopping with %d messages unacknowledged (%d not yet in "
-                     "Kafka); the broker keeps them in the session for the next start",
-                     self.client_id, self._pending + self._ignored, self._pending)
+            _log.log(
+                logging.WARNING if self._pending else logging.INFO,
+                "ingress %s: stopping with %d messages unacknowledged (%d not yet in "
+                "Kafka); the broker keeps them in the session for the next start",
+                self.client_id,
+                self._pending + self._ignored,
+                self._pending,
+            )
         if self.leave_on_stop and clean:
             # Everything received is in Kafka: end the session so the broker does
             # not keep queueing this member's share for a process that is gone.
@@ -251,33 +259,46 @@ class IngressConnector:
     # ------------------------------------------------------------------ MQTT callbacks
 
     def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode, properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            _log.error("ingress %s: broker refused the connection: %s", self.client_id,
-                       reason_code)
+            _log.error("ingress %s: broker refused the connection: %s", self.client_id, reason_code)
             return
         with self._lock:
             self._generation += 1
-        _log.info("ingress %s: connected (session present: %s)", self.client_id,
-                  flags.session_present)
+        _log.info(
+            "ingress %s: connected (session present: %s)", self.client_id, flags.session_present
+        )
         client.subscribe([(s, SubscribeOptions(qos=1)) for s in self.subscriptions])
 
     def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode, properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         with self._lock:
             self._generation += 1
         self.ready.clear()
         if not self._stopping:
-            _log.warning("ingress %s: disconnected (%s); paho reconnects", self.client_id,
-                         reason_code)
+            _log.warning(
+                "ingress %s: disconnected (%s); paho reconnects", self.client_id, reason_code
+            )
 
     def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int,
-        reason_codes: list[ReasonCode], properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
     ) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
@@ -286,8 +307,12 @@ class IngressConnector:
         self.ready.set()
 
     def _on_unsubscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int,
-        reason_codes: list[ReasonCode], properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
     ) -> None:
         self._unsubscribed.set()
 
@@ -296,8 +321,12 @@ class IngressConnector:
         try:
             self._handle(msg)
         except Exception:
-            _log.exception("ingress %s: could not forward a message on mid %d; the broker "
-                           "will redeliver it after a reconnect", self.client_id, msg.mid)
+            _log.exception(
+                "ingress %s: could not forward a message on mid %d; the broker "
+                "will redeliver it after a reconnect",
+                self.client_id,
+                msg.mid,
+            )
 
     # ------------------------------------------------------------------ forwarding
 
@@ -317,30 +346,58 @@ class IngressConnector:
         try:
             record = parse_report(mqtt_topic, payload, now_ms)
             job = _Job(
-                generation, msg.mid, msg.qos, mqtt_topic, payload, self.reports_topic,
+                generation,
+                msg.mid,
+                msg.qos,
+                mqtt_topic,
+                payload,
+                self.reports_topic,
                 device_key(record["product_key"], record["device_name"]).encode(),
-                self._codec.encode("DeviceReport", record), dead_letter=False,
+                self._codec.encode("DeviceReport", record),
+                dead_letter=False,
             )
         except MalformedPayload as exc:
-            job = self._dead_letter_job(generation, msg.mid, msg.qos, mqtt_topic, payload,
-                                        exc.reason, now_ms)
+            job = self._dead_letter_job(
+                generation, msg.mid, msg.qos, mqtt_topic, payload, exc.reason, now_ms
+            )
         with self._lock:
             self._pending += 1
         self._produce(job)
 
     def _dead_letter_job(
-        self, generation: int, mid: int, qos: int, mqtt_topic: str, payload: bytes,
-        reason: str, now_ms: int,
+        self,
+        generation: int,
+        mid: int,
+        qos: int,
+        mqtt_topic: str,
+        payload: bytes,
+        reason: str,
+        now_ms: int,
     ) -> _Job:
         raw = payload
         if len(raw) > MAX_DEAD_LETTER_RAW:
             raw = raw[:MAX_DEAD_LETTER_RAW]
             reason = f"{reason} (raw cut to the first {MAX_DEAD_LETTER_RAW} bytes)"
-        value = self._codec.encode("DeadLetter", {
-            "source": mqtt_topic, "reason": reason, "raw": raw, "event_time": now_ms,
-        })
-        return _Job(generation, mid, qos, mqtt_topic, payload, self.dead_letter_topic,
-                    mqtt_topic.encode(), value, dead_letter=True)
+        value = self._codec.encode(
+            "DeadLetter",
+            {
+                "source": mqtt_topic,
+                "reason": reason,
+                "raw": raw,
+                "event_time": now_ms,
+            },
+        )
+        return _Job(
+            generation,
+            mid,
+            qos,
+            mqtt_topic,
+            payload,
+            self.dead_letter_topic,
+            mqtt_topic.encode(),
+            value,
+            dead_letter=True,
+        )
 
     def _produce(self, job: _Job) -> None:
         producer = self._producer
@@ -365,19 +422,29 @@ class IngressConnector:
             if err.fatal():
                 self._fatal = err  # run() raises; the message stays unacked
                 return
-            if err.retriable() or err.code() in (KafkaError._MSG_TIMED_OUT,
-                                                  KafkaError._TIMED_OUT):
+            if err.retriable() or err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT):
                 _log.warning("ingress: retrying a record to %s: %s", job.kafka_topic, err)
                 self._produce(job)
                 return
             if not job.dead_letter:
                 _log.error("ingress: Kafka refused a report from %s: %s", job.mqtt_topic, err)
-                self._produce(self._dead_letter_job(
-                    job.generation, job.mid, job.qos, job.mqtt_topic, job.payload,
-                    f"Kafka refused the report: {err.str()}", int(time.time() * 1000)))
+                self._produce(
+                    self._dead_letter_job(
+                        job.generation,
+                        job.mid,
+                        job.qos,
+                        job.mqtt_topic,
+                        job.payload,
+                        f"Kafka refused the report: {err.str()}",
+                        int(time.time() * 1000),
+                    )
+                )
                 return
-            _log.error("ingress: Kafka refused a dead letter from %s (%s); dropping it",
-                       job.mqtt_topic, err)
+            _log.error(
+                "ingress: Kafka refused a dead letter from %s (%s); dropping it",
+                job.mqtt_topic,
+                err,
+            )
         elif job.dead_letter:
             self.dead_lettered += 1
         else:
@@ -394,25 +461,39 @@ assert MAX_DEAD_LETTER_RAW > MAX_PAYLOAD_BYTES  # a rejected-for-size payload st
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="otaflow MQTT -> Kafka ingress connector")
-    parser.add_argument("--client-id", help="MQTT client id; stable across restarts so the "
-                        "broker session (and its unacknowledged messages) is resumed; "
-                        "distinct per replica (default: <app id>-ingress-<hostname>)")
-    parser.add_argument("--share-group", help="MQTT shared-subscription group "
-                        "(default: <app id>-ingress)")
+    parser.add_argument(
+        "--client-id",
+        help="MQTT client id; stable across restarts so the "
+        "broker session (and its unacknowledged messages) is resumed; "
+        "distinct per replica (default: <app id>-ingress-<hostname>)",
+    )
+    parser.add_argument(
+        "--share-group", help="MQTT shared-subscription group (default: <app id>-ingress)"
+    )
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
-    parser.add_argument("--leave", action="store_true", help="on SIGTERM, leave the share "
-                        "group and end the MQTT session (scaling down for good) instead of "
-                        "keeping the session for a restart")
+    parser.add_argument(
+        "--leave",
+        action="store_true",
+        help="on SIGTERM, leave the share "
+        "group and end the MQTT session (scaling down for good) instead of "
+        "keeping the session for a restart",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = config.load()
     ensure_topics(settings.kafka_bootstrap, settings, [DEVICE_REPORTS, DEAD_LETTERS])
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    IngressConnector(settings, client_id=args.client_id, share_group=args.share_group,
-                     max_in_flight=args.max_in_flight, leave_on_stop=args.leave).run(stop)
+    IngressConnector(
+        settings,
+        client_id=args.client_id,
+        share_group=args.share_group,
+        max_in_flight=args.max_in_flight,
+        leave_on_stop=args.leave,
+    ).run(stop)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+# otaflow: two commands do all set-up on a fresh machine.
+#   make demo   set-up, then a rollout to 1,000 simulated devices, live
+#   make test   set-up, then lint, types and the whole test suite (unit + real-broker)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint unit integration up down status bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# The Python environment, then Kafka (jars from Maven Central, once) and Mosquitto.
+setup: $(STAMP)
+	$(BIN)/otaflow devstack up
+
+demo: setup
+	$(BIN)/otaflow demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy otaflow streams connectors benchmarks
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: setup
+	$(BIN)/pytest tests -q -m integration
+
+test: setup lint
+	$(BIN)/pytest tests -q
+
+up: setup
+	$(BIN)/otaflow up
+
+down:
+	$(BIN)/otaflow devstack down
+
+status:
+	$(BIN)/otaflow devstack status
+
+bench: setup
+	$(BIN)/python -m benchmarks.run all
+
+bench-smoke: setup
+	$(BIN)/python -m benchmarks.run smoke
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
