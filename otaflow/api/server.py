@@ -222,6 +222,9 @@ class Api:
         }
 
 
+API_KEY = web.AppKey("api", Api)
+
+
 def create_app(
     settings: Settings,
     control_client: Commands,
@@ -232,7 +235,7 @@ def create_app(
 ) -> web.Application:
     api = Api(settings, control_client, views, packages=packages, verifier=verifier)
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["api"] = api
+    app[API_KEY] = api
     app.router.add_route("POST", "/", api.handle)
     app.router.add_route("GET", "/", api.handle)
     return app
