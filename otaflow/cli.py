@@ -64,6 +64,12 @@ def cmd_devstack(args: argparse.Namespace) -> int:
     return devstack.main(args.rest)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks import run
+
+    return run.main([args.scenario, *args.rest])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otaflow", description="OTA update batches over Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("rest", nargs=argparse.REMAINDER, help="up | down | status [--json]")
     stack.set_defaults(func=cmd_devstack)
     plan_cli.add_parser(sub)
+    bench = sub.add_parser("bench", help="run a benchmark scenario (all, smoke, ingest, ...)")
+    bench.add_argument("scenario")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="--devices N, --out DIR")
+    bench.set_defaults(func=cmd_bench)
     from otaflow import demo
 
     demo.add_parser(sub)

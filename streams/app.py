@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import faust
+from mode import CrashingSupervisor
 
 from otaflow import config, topics
 
@@ -35,6 +36,10 @@ app = faust.App(
     broker_commit_every=1000,
     broker_commit_interval=1.0,
     web_enabled=False,
+    # An agent that raises must stop the worker, not be restarted past the record it
+    # failed on: the record is then re-read after the restart and nothing is skipped.
+    # (Bad input never raises: it goes to the dead-letter topic.)
+    agent_supervisor=CrashingSupervisor,
     key_serializer="raw",
     value_serializer="raw",
     # Envelopes are large; keep Faust's buffer of them small.

@@ -1,0 +1,147 @@
+"""An isolated otaflow deployment for a benchmark run: its own topics, state and processes.
+
+Benchmarks run against the real dev stack (or the servers named in the environment),
+start otaflow's own processes, feed records straight onto Kafka with confluent-kafka
+and read progress from Kafka (committed offsets, output topics).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from otaflow import config, devstack, topics
+from otaflow.codec import codec
+from otaflow.config import Settings
+from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
+from otaflow.processes import ProcessGroup
+
+CODEC = codec()
+
+
+class BenchDeployment:
+    def __init__(self, name: str, partitions: int = 8, tick_interval_s: float = 0) -> None:
+        stack = devstack.up()
+        tag = f"{name}{uuid.uuid4().hex[:6]}"
+        self.root = config.cache_dir() / "bench" / tag
+        self.settings: Settings = replace(
+            config.load(),
+            kafka_bootstrap=stack.kafka_bootstrap,
+            mqtt=config.MqttAddress.parse(stack.mqtt_url),
+            partitions=partitions,
+            topic_prefix=f"b{tag}.",
+            app_id=f"otaflow-b{tag}",
+            tick_interval_s=tick_interval_s,
+        )
+        self.env = {
+            "OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            "OTAFLOW_MQTT_URL": stack.mqtt_url,
+            "OTAFLOW_PARTITIONS": str(partitions),
+            "OTAFLOW_TOPIC_PREFIX": self.settings.topic_prefix,
+            "OTAFLOW_APP_ID": self.settings.app_id,
+            "OTAFLOW_TICK_INTERVAL": str(tick_interval_s),
+            "OTAFLOW_DATA": str(self.root / "data"),
+            "OTAFLOW_PACKAGE_DIR": str(self.root / "packages"),
+        }
+        topics.ensure_topics(stack.kafka_bootstrap, self.settings)
+        self.group = ProcessGroup(self.env, log_dir=self.root / "logs")
+        self.producer = Producer(
+            {
+                "bootstrap.servers": stack.kafka_bootstrap,
+                "partitioner": CONFLUENT_PARTITIONER,
+                "linger.ms": 20,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 2_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+            }
+        )
+
+    def topic(self, spec: topics.TopicSpec) -> str:
+        return spec.full_name(self.settings)
+
+    def produce_reports(self, records: list[tuple[bytes, bytes]]) -> float:
+        """Produce pre-encoded (key, value) reports; returns seconds taken."""
+        name = self.topic(topics.DEVICE_REPORTS)
+        start = time.perf_counter()
+        for key, value in records:
+            while True:
+                try:
+                    self.producer.produce(name, key=key, value=value)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+        self.producer.flush(120)
+        return time.perf_counter() - start
+
+    def committed_lag(self, group_id: str, spec: topics.TopicSpec) -> int:
+        """Records of ``spec`` the consumer group ``group_id`` has not committed yet."""
+        name = self.topic(spec)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            tps = [TopicPartition(name, p) for p in range(spec.partition_count(self.settings))]
+            for attempt in range(50):
+                try:
+                    committed = consumer.committed(tps, timeout=10)
+                    lag = 0
+                    for tp in committed:
+                        _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                        lag += high - (tp.offset if tp.offset >= 0 else 0)
+                    return lag
+                except KafkaException:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.2)
+            raise AssertionError("unreachable")
+        finally:
+            consumer.close()
+
+    def close(self, keep: bool = False) -> None:
+        self.group.stop()
+        if not keep:
+            shutil.rmtree(self.root / "data", ignore_errors=True)
+
+
+def version_reports(
+    product_key: str,
+    count: int,
+    version: str = "1.0",
+    at: int = 1_800_000_000_000,
+    start: int = 0,
+) -> list[tuple[bytes, bytes]]:
+    """Pre-encoded VERSION reports for devices ``d{start}..`` (encoding off the clock)."""
+    out = []
+    template: dict[str, Any] = {
+        "product_key": product_key,
+        "kind": "VERSION",
+        "module": "default",
+        "version": version,
+        "step": None,
+        "desc": None,
+        "message_id": None,
+        "event_time": at,
+    }
+    for i in range(start, start + count):
+        dn = f"d{i:07d}"
+        record = dict(template, device_name=dn)
+        out.append((device_key(product_key, dn).encode(), CODEC.encode("DeviceReport", record)))
+    return out
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+__all__ = ["BenchDeployment", "Path", "version_reports"]

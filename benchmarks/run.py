@@ -1,0 +1,107 @@
+"""``make bench`` / ``otaflow bench SCENARIO``: run benchmark scenarios, print and save figures.
+
+    python -m benchmarks.run all            full scale (1,000,000 devices; tens of minutes)
+    python -m benchmarks.run smoke          thousands of devices, every scenario, about a minute
+    python -m benchmarks.run ingest --devices 200000
+
+Each scenario writes ``benchmarks/results/<scenario>.json`` and a PNG chart beside it.
+Figures are printed, never asserted: a slow machine makes slow figures, not a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from benchmarks import scenarios
+from benchmarks.results import RESULTS_DIR, ScenarioResult, print_summary, save
+
+FULL = {"devices": 1_000_000, "rollout": 100_000, "latency": 1000, "pass_through_runs": 3}
+SMOKE = {"devices": 2000, "rollout": 2000, "latency": 100, "pass_through_runs": 1}
+SCENARIOS = ("ingest", "fan-out", "state", "recovery", "rollout", "latency", "egress", "scale-out")
+
+
+def run(
+    names: list[str], sizes: dict[str, int], out_dir: Path = RESULTS_DIR
+) -> list[ScenarioResult]:
+    console = Console()
+    results: list[ScenarioResult] = []
+
+    def keep(result: ScenarioResult) -> None:
+        json_path, png_path = save(result, out_dir)
+        console.print(
+            f"[green]✓[/] {result.scenario}: {json_path}" + (f", {png_path}" if png_path else "")
+        )
+        results.append(result)
+
+    n = sizes["devices"]
+    fleet_scenarios = {"ingest", "fan-out", "state", "recovery"} & set(names)
+    if fleet_scenarios:
+        ingest_result, d = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
+        try:
+            if "ingest" in names:
+                keep(ingest_result)
+            if "state" in names:
+                keep(scenarios.state(n, d))
+            if "recovery" in names:
+                keep(scenarios.recovery(n, d))
+            if "fan-out" in names:
+                keep(scenarios.fan_out(n, d))
+        finally:
+            d.close()
+    if "scale-out" in names:
+        two, d2 = scenarios.ingest(n, workers=2, pass_through_runs=0)
+        d2.close()
+        one = next((r for r in results if r.scenario == "ingest"), None)
+        if one is not None:
+            single = one.figures[0].value
+            two.add("speed-up over 1 worker", two.figures[0].value / single, "x")
+        keep(two)
+    if "rollout" in names:
+        keep(scenarios.rollout(sizes["rollout"]))
+    if "latency" in names:
+        keep(scenarios.latency(sizes["latency"]))
+    if "egress" in names:
+        egress = egress_scenario(sizes)
+        if egress is not None:
+            keep(egress)
+    print_summary(results, console)
+    return results
+
+
+def egress_scenario(sizes: dict[str, int]) -> ScenarioResult | None:
+    """Notifications per second through the egress connector (benchmarks/egress_bench.py)."""
+    try:
+        module = importlib.import_module("benchmarks.egress_bench")
+    except ImportError:
+        return None
+    bench: Callable[..., ScenarioResult] = module.scenario
+    return bench(max(5000, sizes["rollout"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="otaflow bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("scenario", choices=("all", "smoke", *SCENARIOS))
+    parser.add_argument("--devices", type=int, help="fleet size for ingest/fan-out/state/recovery")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    sizes = dict(SMOKE if args.scenario == "smoke" else FULL)
+    if args.devices:
+        sizes["devices"] = args.devices
+        sizes["rollout"] = min(sizes["rollout"], args.devices)
+    names = list(SCENARIOS) if args.scenario in ("all", "smoke") else [args.scenario]
+    out = args.out / "smoke" if args.scenario == "smoke" and args.out == RESULTS_DIR else args.out
+    run(names, sizes, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,508 @@
+"""The benchmark scenarios: each returns a ScenarioResult with its figures and a chart series.
+
+All run against the real dev stack with otaflow's real processes. Records are
+pre-encoded before the clock starts and produced straight onto Kafka with
+confluent-kafka (devices "speaking the protocol" through Kafka, as the ingress would
+write them). Progress is read from Kafka itself: committed offsets of otaflow's
+consumer groups and the end offsets of its output topics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks.deployment import BenchDeployment, version_reports
+from benchmarks.results import ScenarioResult
+from otaflow import topics
+from otaflow.codec import codec
+from otaflow.control.client import ControlClient
+from otaflow.packages import PackageStore
+from otaflow.partitioning import device_key
+
+CODEC = codec()
+T0 = 1_800_000_000_000
+MINUTE = 60_000
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+
+
+def wait_progress(
+    description: str,
+    total: int,
+    done: Callable[[], int],
+    timeout: float,
+    series: list[tuple[float, float]] | None = None,
+    interval: float = 0.25,
+) -> float:
+    """Poll ``done()`` until it reaches ``total``; returns the seconds it took."""
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total)
+        while True:
+            value = done()
+            elapsed = time.perf_counter() - start
+            bar.update(task, completed=min(value, total))
+            if series is not None:
+                series.append((round(elapsed, 2), value))
+            if value >= total:
+                return elapsed
+            if elapsed > timeout:
+                raise TimeoutError(f"{description}: {value:,}/{total:,} after {timeout}s")
+            time.sleep(interval)
+
+
+def applied(d: BenchDeployment, total: int) -> Callable[[], int]:
+    """Reports applied by the device agent, from the two groups' committed offsets."""
+
+    def count() -> int:
+        lag = d.committed_lag(f"{d.settings.app_id}-batcher", topics.DEVICE_REPORTS)
+        lag += d.committed_lag(d.settings.app_id, topics.DEVICE_EVENTS)
+        return total - lag if lag else total
+
+    return count
+
+
+def end_offsets(d: BenchDeployment, spec: topics.TopicSpec) -> int:
+    consumer = Consumer({"bootstrap.servers": d.settings.kafka_bootstrap, "group.id": "bench-eo"})
+    try:
+        for attempt in range(50):
+            try:
+                return sum(
+                    consumer.get_watermark_offsets(TopicPartition(d.topic(spec), p), timeout=10)[1]
+                    for p in range(spec.partition_count(d.settings))
+                )
+            except KafkaException:
+                # Just-created topics have no leader for a moment.
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+    finally:
+        consumer.close()
+
+
+def warm_up(d: BenchDeployment, workers: int = 1) -> None:
+    """Start the worker(s) and wait until a first report is applied end to end."""
+    for i in range(workers):
+        d.group.start(f"worker{i}" if workers > 1 else "worker", ["-m", "streams.worker"])
+    d.produce_reports(version_reports("warmup", 1, start=0))
+    base = end_offsets(d, topics.DEVICE_REPORTS)
+    wait_progress("worker start", base, applied(d, base), timeout=180)
+
+
+def raw_pass_through(d: BenchDeployment, n: int) -> float:
+    """confluent-kafka consume -> produce of the same report records: the broker's and
+    client's limit on this machine (records/s)."""
+    source = d.topic(topics.DEVICE_REPORTS)
+    sink = f"{d.settings.topic_prefix}bench.passthrough"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": d.settings.kafka_bootstrap,
+            "group.id": f"pt-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": d.settings.kafka_bootstrap,
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 2_000_000,
+        }
+    )
+    consumer.subscribe([source])
+    got, start = 0, 0.0
+    while got < n:
+        msgs = consumer.consume(10_000, 1.0)
+        if msgs and not start:
+            start = time.perf_counter()
+        for msg in msgs:
+            if msg.error():
+                continue
+            while True:
+                try:
+                    producer.produce(sink, key=msg.key(), value=msg.value())
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            got += 1
+        producer.poll(0)
+    producer.flush(60)
+    consumer.commit(asynchronous=False)
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return got / elapsed
+
+
+# -- 1. ingest ------------------------------------------------------------------------------
+
+
+def ingest(
+    n: int, workers: int = 1, pass_through_runs: int = 3, deployment: BenchDeployment | None = None
+) -> tuple[ScenarioResult, BenchDeployment]:
+    d = deployment or BenchDeployment("ingest")
+    result = ScenarioResult(
+        "ingest" if workers == 1 else f"ingest-{workers}w",
+        {"devices": n, "workers": workers, "partitions": d.settings.partitions},
+    )
+    warm_up(d, workers)
+    records = version_reports("pkBench", n)
+    base = end_offsets(d, topics.DEVICE_REPORTS)
+    series: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    d.produce_reports(records)
+    produced_s = time.perf_counter() - start
+    total = base + n
+    elapsed = produced_s + wait_progress(
+        f"ingest {n:,} reports", total, applied(d, total), timeout=3600, series=series
+    )
+    rate = n / elapsed
+    result.series["reports applied"] = [(t + produced_s, v - base) for t, v in series]
+    result.chart_axes = ("seconds", "reports applied")
+    result.add("reports/s end to end", rate, "reports/s", "≥ 50,000", rate >= 50_000)
+    if pass_through_runs:
+        raws = [raw_pass_through(d, n) for _ in range(pass_through_runs)]
+        raw = statistics.median(raws)
+        result.add("raw confluent pass-through (median)", raw, "records/s")
+        result.add("ratio to pass-through", rate / raw, "", "≥ 0.5", rate / raw >= 0.5)
+        result.notes.append(f"pass-through runs: {[round(r) for r in raws]}")
+    return result, d
+
+
+# -- 2. fan-out -----------------------------------------------------------------------------
+
+
+def create_package(d: BenchDeployment, control: ControlClient, pk: str) -> str:
+    store = PackageStore(d.settings, root=d.root / "packages")
+    payload = b"benchmark firmware" * 1000
+    stored = store.add_bytes(f"{pk}/fw.bin", payload)
+    result = control.call(
+        "CreateOTAFirmware",
+        {
+            "ProductKey": pk,
+            "FirmwareName": "bench-fw",
+            "DestVersion": "2.0",
+            "FirmwareUrl": store.url(stored.file_path),
+            "SignMethod": "SHA256",
+            "FirmwareSign": hashlib.sha256(payload).hexdigest(),
+            "FirmwareSize": str(len(payload)),
+        },
+        timeout=120,
+        now_ms=T0,
+    )
+    assert result.success, result
+    return str(result.data["FirmwareId"])
+
+
+def fan_out(n: int, d: BenchDeployment) -> ScenarioResult:
+    """One static batch over the n devices already in ``d`` (from the ingest scenario)."""
+    result = ScenarioResult("fan-out", {"devices": n, "partitions": d.settings.partitions})
+    with ControlClient(d.settings) as control:
+        firmware_id = create_package(d, control, "pkBench")
+        base = end_offsets(d, topics.TASK_EVENTS)
+        series: list[tuple[float, float]] = []
+        start = time.perf_counter()
+        job = control.call(
+            "CreateOTAStaticUpgradeJob",
+            {
+                "ProductKey": "pkBench",
+                "FirmwareId": firmware_id,
+                "TargetSelection": "ALL",
+                "MaximumPerMinute": "10000",
+            },
+            timeout=600,
+            now_ms=T0 + 1000,
+        )
+        assert job.success, job
+        elapsed = (
+            wait_progress(
+                f"fan-out to {n:,} devices",
+                n,
+                lambda: end_offsets(d, topics.TASK_EVENTS) - base,
+                timeout=3600,
+                series=series,
+            )
+            + 0.0
+        )
+        elapsed = time.perf_counter() - start
+    result.series["tasks queued"] = series
+    result.chart_axes = ("seconds", "tasks queued")
+    result.add("create call to every task queued", elapsed, "s", "≤ 30 s", elapsed <= 30)
+    return result
+
+
+# -- 4. state -------------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def state(n: int, d: BenchDeployment) -> ScenarioResult:
+    result = ScenarioResult("state", {"devices": n})
+    data = d.root / "data"
+    size = dir_bytes(data)
+    per_device = size / max(n, 1)
+    result.add("RocksDB state per device", per_device, "bytes", "≤ 300", per_device <= 300)
+    worker = d.group.procs.get("worker")
+    if worker is not None:
+        result.add("worker resident memory", rss_bytes(worker.pid) / 2**20, "MiB")
+    return result
+
+
+# -- 5. recovery ----------------------------------------------------------------------------
+
+
+def recovery(n: int, d: BenchDeployment) -> ScenarioResult:
+    result = ScenarioResult("recovery", {"devices": n})
+    d.group.procs["worker"].terminate()
+    d.group.procs["worker"].wait(120)
+    del d.group.procs["worker"]
+    d.group.start("worker", ["-m", "streams.worker"])
+    d.produce_reports(version_reports("probe", 1, start=1))
+    total = end_offsets(d, topics.DEVICE_REPORTS)
+    elapsed = wait_progress("restart until processing", total, applied(d, total), timeout=600)
+    result.add("restart to processing again", elapsed, "s", "≤ 30 s", elapsed <= 30)
+    return result
+
+
+# -- 3. rollout -----------------------------------------------------------------------------
+
+
+def rollout(n: int) -> ScenarioResult:
+    """Achieved pushes per window against the configured rate, on event time.
+
+    Devices answer their notifications straight on Kafka (progress, then the new
+    version), so the rollout runs to completion.
+    """
+    result = ScenarioResult("rollout", {"devices": n})
+    for label, params in (
+        ("constant 10,000/min", {"MaximumPerMinute": "10000"}),
+        (
+            "variable 50x2 to 10,000, +1,000 pushed",
+            {
+                "RateType": "variable",
+                "BaseRatePerMinute": "50",
+                "IncrementalFactor": "2",
+                "MaximumPerMinute": "10000",
+                "RateIncreaseCondition": "pushed",
+                "RateIncreaseThreshold": "1000",
+            },
+        ),
+    ):
+        d = BenchDeployment("rollout")
+        try:
+            warm_up(d)
+            per_window, configured = _metered_rollout(d, n, params)
+        finally:
+            d.close()
+        full = [w for w in sorted(per_window) if w < max(per_window)]
+        errors = [abs(per_window[w] - configured[w]) / configured[w] for w in full if configured[w]]
+        worst = max(errors, default=0.0)
+        result.series[f"{label}: achieved"] = [(w, per_window[w]) for w in sorted(per_window)]
+        result.series[f"{label}: configured"] = [(w, configured[w]) for w in sorted(per_window)]
+        result.add(f"{label}: worst full-window error", 100 * worst, "%", "≤ 1%", worst <= 0.01)
+    result.chart_axes = ("minute of the batch", "devices pushed in the minute")
+    return result
+
+
+def _metered_rollout(
+    d: BenchDeployment, n: int, rate_params: dict[str, str]
+) -> tuple[Counter[int], dict[int, int]]:
+    from otaflow.control.plane import rate_from_params
+    from otaflow.domain.rate import RateSchedule
+
+    with ControlClient(d.settings) as control:
+        firmware_id = create_package(d, control, "pkRoll")
+        job = control.call(
+            "CreateOTADynamicUpgradeJob",
+            {
+                "ProductKey": "pkRoll",
+                "FirmwareId": firmware_id,
+                "SrcVersion.1": "1.0",
+                **rate_params,
+            },
+            timeout=120,
+            now_ms=T0,
+        )
+        assert job.success, job
+    d.produce_reports(version_reports("pkRoll", n, at=T0 + 10))
+    wait_progress("tasks queued", n, lambda: end_offsets(d, topics.TASK_EVENTS), timeout=600)
+    config = rate_from_params(rate_params)
+    assert config is not None
+    schedule = RateSchedule(config)
+    reader = Consumer(
+        {
+            "bootstrap.servers": d.settings.kafka_bootstrap,
+            "group.id": f"roll-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
+    reader.assign(
+        [TopicPartition(d.topic(topics.TASK_EVENTS), p, 0) for p in range(d.settings.partitions)]
+    )
+    per_window: Counter[int] = Counter()
+    configured: dict[int, int] = {}
+    pushed = 0
+    minute = 0
+    tick_producer = Producer({"bootstrap.servers": d.settings.kafka_bootstrap, "linger.ms": 5})
+    with progress_bar() as bar:
+        task = bar.add_task("rollout on event time", total=n)
+        while pushed < n and minute < 600:
+            configured[minute] = schedule.rate_at(pushed)
+            for second in range(1, 61):
+                _tick(d, tick_producer, T0 + minute * MINUTE + second * 1000 - 1)
+            tick_producer.flush(30)
+            # Wait for this minute's releases before ticking the next one.
+            expected = min(n, pushed + _allowed_in_minute(schedule, pushed))
+            deadline = time.monotonic() + 120
+            while pushed < expected and time.monotonic() < deadline:
+                for msg in reader.consume(10_000, 0.2):
+                    if msg.error() is None and msg.value():
+                        event = CODEC.decode_as("TaskEvent", msg.value() or b"")
+                        if event["status"] == "NOTIFIED":
+                            per_window[(event["event_time"] - T0) // MINUTE] += 1
+                            pushed += 1
+                bar.update(task, completed=pushed)
+            minute += 1
+    reader.close()
+    return per_window, configured
+
+
+def _allowed_in_minute(schedule: object, pushed: int) -> int:
+    from otaflow.domain.rate import RateSchedule
+
+    assert isinstance(schedule, RateSchedule)
+    total, count = 0, pushed
+    while True:
+        rate = schedule.rate_at(count)
+        room = rate - total
+        nxt = schedule.next_change(count)
+        if room <= 0:
+            return total
+        if nxt is None or count + room < nxt:
+            return total + room
+        take = nxt - count
+        total, count = total + take, nxt
+
+
+def _tick(d: BenchDeployment, producer: Producer, at: int) -> None:
+    tick = {"event_time": at}
+    envelope = CODEC.encode("DeviceEventBatch", {"items": [CODEC.encode("Tick", tick)]})
+    rate_tick = CODEC.encode("RateEvent", {"body": ("otaflow.Tick", tick)})
+    for p in range(d.settings.partitions):
+        producer.produce(d.topic(topics.DEVICE_EVENTS), value=envelope, partition=p)
+        producer.produce(d.topic(topics.RATE_EVENTS), value=rate_tick, partition=p)
+
+
+def latency(samples: int = 1000, per_second: int = 50) -> ScenarioResult:
+    """Report-to-notification latency (wall clock) while the rate does not bind."""
+    result = ScenarioResult("latency", {"samples": samples, "reports_per_second": per_second})
+    d = BenchDeployment("latency", tick_interval_s=0.1)
+    try:
+        warm_up(d)
+        with ControlClient(d.settings) as control:
+            firmware_id = create_package(d, control, "pkLat")
+            job = control.call(
+                "CreateOTADynamicUpgradeJob",
+                {
+                    "ProductKey": "pkLat",
+                    "FirmwareId": firmware_id,
+                    "SrcVersion.1": "1.0",
+                    "MaximumPerMinute": "10000",
+                },
+                timeout=120,
+            )
+            assert job.success, job
+        sent: dict[str, float] = {}
+        producer = Producer(
+            {
+                "bootstrap.servers": d.settings.kafka_bootstrap,
+                "partitioner": "murmur2_random",
+                "linger.ms": 0,
+            }
+        )
+        reader = Consumer(
+            {
+                "bootstrap.servers": d.settings.kafka_bootstrap,
+                "group.id": f"lat-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+            }
+        )
+        reader.assign(
+            [
+                TopicPartition(d.topic(topics.NOTIFICATIONS), p, 0)
+                for p in range(d.settings.partitions)
+            ]
+        )
+        latencies: list[float] = []
+        interval = 1.0 / per_second
+        next_at = time.perf_counter()
+        with progress_bar() as bar:
+            task = bar.add_task("report -> notification", total=samples)
+            i = 0
+            while len(latencies) < samples:
+                now = time.perf_counter()
+                if i < samples and now >= next_at:
+                    dn = f"lat{i:05d}"
+                    record = {
+                        "product_key": "pkLat",
+                        "device_name": dn,
+                        "kind": "VERSION",
+                        "module": "default",
+                        "version": "1.0",
+                        "event_time": int(time.time() * 1000),
+                    }
+                    sent[dn] = time.time()
+                    producer.produce(
+                        d.topic(topics.DEVICE_REPORTS),
+                        key=device_key("pkLat", dn).encode(),
+                        value=CODEC.encode("DeviceReport", record),
+                    )
+                    producer.poll(0)
+                    i += 1
+                    next_at += interval
+                for msg in reader.consume(1000, 0.002):
+                    if msg.error() is None and msg.value():
+                        note = CODEC.decode_as("Notification", msg.value() or b"")
+                        at = sent.get(note["device_name"])
+                        if at is not None:
+                            latencies.append((msg.timestamp()[1] / 1000.0 - at) * 1000)
+                bar.update(task, completed=len(latencies))
+        reader.close()
+    finally:
+        d.close()
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    result.add("report -> notification p50", p50, "ms")
+    result.add("report -> notification p99", p99, "ms", "≤ 100 ms", p99 <= 100)
+    result.series["latency (ms), sorted"] = [(i, v) for i, v in enumerate(latencies)]
+    result.chart_axes = ("sample (sorted)", "ms")
+    return result
