@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -115,10 +115,13 @@ class Batch:
     def accepts_version(self, version: str | None) -> bool:
         """Would a device whose module reports ``version`` be updated by this batch?
 
-        Devices already on the destination are skipped; a differential package only
-        fits its own source version; otherwise the source-version filter applies
-        (no filter means any current version).
+        The device must have reported a version for the module; devices already on
+        the destination are skipped; a differential package only fits its own source
+        version; otherwise the source-version filter applies (no filter means any
+        reported version).
         """
+        if version is None:
+            return False  # a module that never reported its version is never matched
         if version == self.dest_version:
             return False
         if self.firmware.is_diff:
@@ -176,33 +179,46 @@ class Batch:
 class BatchRegistry:
     """The batches one device partition knows, in the order its stream told it.
 
-    Indexed by (product, module) so a version report only looks at the dynamic
-    batches that could possibly match it.
+    Indexed so a device's report only looks at the batches that could match it:
+    dynamic batches by (product, module), group-based dynamic batches by product.
     """
 
     def __init__(self, batches: Iterable[Batch] = ()) -> None:
         self._by_id: dict[str, Batch] = {}
         self._dynamic: dict[tuple[str, str], list[Batch]] = {}
+        self._group_based: dict[str, list[Batch]] = {}
         for batch in batches:
             self.put(batch)
 
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __iter__(self) -> Any:
-        return iter(self._by_id.values())
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(list(self._by_id.values()))
 
     def get(self, batch_id: str) -> Batch | None:
         return self._by_id.get(batch_id)
 
-    def put(self, batch: Batch) -> None:
+    def put(self, batch: Batch) -> Batch | None:
+        """Add or replace a batch; returns the definition it replaced."""
         old = self._by_id.get(batch.batch_id)
         self._by_id[batch.batch_id] = batch
         if old is not None and old.is_dynamic:
             key = (old.product_key, old.module)
             self._dynamic[key] = [b for b in self._dynamic[key] if b.batch_id != old.batch_id]
+            if old.is_group_based:
+                self._group_based[old.product_key] = [
+                    b for b in self._group_based[old.product_key] if b.batch_id != old.batch_id
+                ]
         if batch.is_dynamic:
             self._dynamic.setdefault((batch.product_key, batch.module), []).append(batch)
+            if batch.is_group_based:
+                self._group_based.setdefault(batch.product_key, []).append(batch)
+        return old
 
     def dynamic_for(self, product_key: str, module: str) -> list[Batch]:
         return self._dynamic.get((product_key, module), [])
+
+    def group_based_for(self, product_key: str) -> list[Batch]:
+        """The product's group-based dynamic batches (any status)."""
+        return self._group_based.get(product_key, [])

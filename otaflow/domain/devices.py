@@ -24,6 +24,9 @@ class DeviceState:
     city: str | None = None
     groups: list[str] = field(default_factory=list)
     dynamic_groups: list[str] = field(default_factory=list)
+    # Group-based dynamic batches that matched the device since it last joined their
+    # group; leaving the group clears them, so a device that rejoins is matched again.
+    group_matches: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -53,14 +56,8 @@ class DeviceState:
                 return task
         return None
 
-    def next_deadline(self) -> int | None:
-        """Earliest event time at which a timer of this device fires (timeout or retry)."""
-        deadline: int | None = None
-        for task in self.tasks:
-            at = task_deadline(task)
-            if at is not None and (deadline is None or at < deadline):
-                deadline = at
-        return deadline
+    def has_task_of(self, batch_id: str) -> bool:
+        return any(task.batch_id == batch_id for task in self.tasks)
 
     def prune(self, keep_final: int) -> None:
         """Drop the oldest finished tasks beyond ``keep_final`` so state stays small.
@@ -87,6 +84,7 @@ class DeviceState:
             "city": self.city,
             "groups": self.groups,
             "dynamic_groups": self.dynamic_groups,
+            "group_matches": self.group_matches,
         }
 
     @classmethod
@@ -104,13 +102,14 @@ class DeviceState:
             city=rec["city"],
             groups=rec["groups"],
             dynamic_groups=rec["dynamic_groups"],
+            group_matches=rec.get("group_matches", []),
         )
 
 
 MINUTE_MS = 60_000
 
 
-def task_deadline(task: Task) -> int | None:
+def task_timer(task: Task) -> int | None:
     """When this task's own timer fires: its timeout, or its retry."""
     if task.status is TaskStatus.FAILED and task.retry_at is not None:
         return task.retry_at

@@ -1,9 +1,29 @@
-"""The device engine: what one device-scoped event does to one device.
+"""The device engine: what one device-scoped record does to one device.
 
-Pure Python over ``DeviceState`` and a ``BatchRegistry``; no Kafka. The device agent
-feeds it batches of events for one partition and writes down the ``Effects`` it
-collects: task events, tasks to queue for a push slot, notifications, and outcome
-counts for the rate agent.
+Pure Python over ``DeviceState``, a ``BatchRegistry`` and a ``GroupRegistry``; no
+Kafka. ``otaflow.domain.partition`` feeds it the records of one partition (and the
+devices a batch start or a tick concerns); the device agent writes down the
+``Effects`` it collects: task events, tasks to queue for a push slot,
+notifications, and success counts for the rate agent.
+
+Time is data. Every entry point first *advances* the device to the record's event
+time (``advance``): tasks of a schedule that ended and have not started are
+canceled, timeouts and retries that fell due fire, and queued tasks that may now
+be pushed are queued for a push slot. Ticks advance the devices whose next
+deadline (``next_deadline``) has come.
+
+Task lifecycle (statuses in ``otaflow.domain.tasks``):
+- a new task is CONFIRM when its batch needs app confirmation, else QUEUED;
+- QUEUED tasks of a batch that pushes are queued for a push slot while the device is
+  online and the batch's schedule has started; the rate agent's release makes them
+  NOTIFIED (a PUSH notification). A device that asks (firmware/get) gets its pending
+  task at once, unmetered (QUEUED -> NOTIFIED); one that comes online gets its
+  queued tasks queued and its pushed ones pushed again;
+- progress 1..100 makes it IN_PROGRESS; the first progress report starts the
+  timeout, which re-pushes never reset; a step -1..-4 fails it with the platform's
+  reason in ``desc``; a failure is retried after the batch's interval, up to its
+  count; a timeout fails it for good (desc ``timeout``);
+- the device reporting the destination version makes it SUCCEEDED.
 """
 
 from __future__ import annotations
@@ -13,16 +33,36 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from otaflow.domain.batches import Batch, BatchKind, BatchRegistry
-from otaflow.domain.devices import MINUTE_MS, DeviceState
+from otaflow.domain.batches import Batch, BatchRegistry
+from otaflow.domain.devices import MINUTE_MS, DeviceState, task_timer
+from otaflow.domain.groups import GroupRegistry
 from otaflow.domain.matching import admit, dynamic_candidates
-from otaflow.domain.tasks import FAILURE_STEPS, Task, TaskStatus
+from otaflow.domain.schedule import (
+    NOT_STARTED,
+    SCHEDULE_ENDED,
+    has_ended,
+    has_started,
+    next_schedule_time,
+    takes_new_tasks,
+)
+from otaflow.domain.scopes import in_static_scope
+from otaflow.domain.tasks import ACTIVE, FAILURE_STEPS, Task, TaskStatus
 from otaflow.partitioning import device_key
 
 # Finished tasks kept in a device's state (older ones live on the task-events topic).
 KEEP_FINISHED_TASKS = 8
 
+TIMEOUT_DESC = "timeout"
+CANCELED_BY_OPERATOR = "canceled by operator"
+DEVICE_DELETED = "device deleted"
+
 Record = dict[str, Any]
+
+_PROGRESS_FROM = frozenset({TaskStatus.QUEUED, TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS})
+_PULLABLE = _PROGRESS_FROM
+_REPUSHED = frozenset({TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS})
+_CANCELABLE_BY_DEVICE = frozenset({TaskStatus.QUEUED, TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS})
+_REUPGRADABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELED})
 
 
 def make_task_id(batch_id: str, key: str, match_number: int) -> str:
@@ -33,14 +73,22 @@ def make_task_id(batch_id: str, key: str, match_number: int) -> str:
 
 @dataclass
 class Effects:
-    """What processing some events asks the outside world to do, in order."""
+    """What processing some records asks the outside world to do, in order.
+
+    ``touched``: keys of the devices whose state changed (to be written once).
+    """
 
     task_events: list[tuple[str, Record]] = field(default_factory=list)
     queued: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
     notifications: list[tuple[str, Record]] = field(default_factory=list)
     succeeded: Counter[str] = field(default_factory=Counter)
+    touched: set[str] = field(default_factory=set)
+
+    def touch(self, state: DeviceState) -> None:
+        self.touched.add(state.key)
 
     def task_changed(self, state: DeviceState, task: Task, now: int) -> None:
+        self.touched.add(state.key)
         self.task_events.append(
             (
                 state.key,
@@ -62,6 +110,7 @@ class Effects:
         )
 
     def queue_push(self, state: DeviceState, task: Task) -> None:
+        self.touched.add(state.key)
         task.in_push_queue = True
         self.queued[task.batch_id].append(
             {
@@ -100,31 +149,95 @@ class Effects:
 
 
 class DeviceEngine:
-    def __init__(self, batches: BatchRegistry) -> None:
+    def __init__(
+        self,
+        batches: BatchRegistry,
+        groups: GroupRegistry | None = None,
+        keep_finished: int = KEEP_FINISHED_TASKS,
+    ) -> None:
         self.batches = batches
+        self.groups = groups if groups is not None else GroupRegistry()
+        self.keep_finished = keep_finished
 
-    # -- device reports -------------------------------------------------------------
+    # -- time ------------------------------------------------------------------------------
+
+    def advance(self, state: DeviceState, now: int, fx: Effects) -> None:
+        """Bring the device to event time ``now``: schedule ends, timers, waiting pushes."""
+        due: list[tuple[int, int, Task]] = []
+        for i, task in enumerate(state.tasks):
+            batch = self.batches.get(task.batch_id)
+            if batch is not None and task.status in NOT_STARTED and has_ended(batch, now):
+                self._move(state, task, TaskStatus.CANCELED, now, fx, SCHEDULE_ENDED)
+                continue
+            at = task_timer(task)
+            if at is not None and at <= now:
+                due.append((at, i, task))
+        for _, _, task in sorted(due, key=lambda d: (d[0], d[1])):
+            if task.status is TaskStatus.FAILED:
+                self._retry(state, task, now, fx)
+            else:
+                # A timeout is final: it is never retried.
+                task.retry_at = None
+                self._move(state, task, TaskStatus.FAILED, now, fx, TIMEOUT_DESC)
+        for task in state.tasks:
+            self._push_if_possible(state, task, now, fx)
+
+    def next_deadline(self, state: DeviceState, after: int | None) -> int | None:
+        """The earliest event time after ``after`` (None: ever) at which ``advance`` acts."""
+        floor = after if after is not None else -(2**63)
+        deadline: int | None = None
+        for task in state.tasks:
+            times = [task_timer(task)]
+            batch = self.batches.get(task.batch_id)
+            if batch is not None and task.status in ACTIVE:
+                times.append(next_schedule_time(batch, task.status, floor))
+            for at in times:
+                if at is not None and at > floor and (deadline is None or at < deadline):
+                    deadline = at
+        return deadline
+
+    def _retry(self, state: DeviceState, task: Task, now: int, fx: Effects) -> None:
+        task.retry_at = None
+        batch = self.batches.get(task.batch_id)
+        if (
+            batch is None
+            or has_ended(batch, now)
+            or state.active_task_for(task.batch_id) is not None
+            or not admit(state, batch, may_cancel=False).admitted
+        ):
+            fx.touch(state)  # the retry is dropped: something else holds the device
+            return
+        task.retries_left -= 1
+        task.progress = 0
+        task.first_progress_at = None
+        self._move(state, task, TaskStatus.QUEUED, now, fx, "retry")
+
+    # -- device reports ----------------------------------------------------------------
 
     def on_report(self, state: DeviceState | None, report: Record, fx: Effects) -> DeviceState:
         if state is None:
             state = DeviceState(report["product_key"], report["device_name"])
         now = report["event_time"]
         kind = report["kind"]
+        self.advance(state, now, fx)
+        fx.touch(state)
         was_online = state.online
         state.last_seen = max(state.last_seen, now)
         if kind == "OFFLINE":
             state.online = False
             return state
         state.online = True
-        module = report["module"] or "default"
+        module = report.get("module") or "default"
         if kind == "VERSION":
-            self._on_version(state, module, report["version"], now, fx)
+            self._on_version(state, module, report.get("version"), now, fx)
         elif kind == "PROGRESS":
-            self._on_progress(state, module, report["step"], report["desc"] or "", now, fx)
+            self._on_progress(state, module, report.get("step"), report.get("desc") or "", now, fx)
         elif kind == "FIRMWARE_GET":
-            self._on_firmware_get(state, module, report["message_id"], now, fx)
-        if not was_online:
-            self._queue_waiting_pushes(state, fx)
+            self._on_firmware_get(state, module, report.get("message_id"), now, fx)
+        if not was_online and kind in ("ONLINE", "VERSION"):
+            self._push_again(state, now, fx)
+        self.advance(state, now, fx)
+        state.prune(self.keep_finished)
         return state
 
     def _on_version(
@@ -137,24 +250,14 @@ class DeviceEngine:
         for task in list(state.active_tasks(module)):
             if task.status is not TaskStatus.CONFIRM and version == task.dest_version:
                 task.progress = 100
-                task.move(TaskStatus.SUCCEEDED, now, desc="")
-                task.in_push_queue = False
-                fx.task_changed(state, task, now)
+                self._move(state, task, TaskStatus.SUCCEEDED, now, fx, "")
                 fx.succeeded[task.batch_id] += 1
-        candidates = dynamic_candidates(
-            self.batches.dynamic_for(state.product_key, module), state, module, version, now
-        )
-        for batch in candidates:
-            if self._create_task(state, batch, now, fx, counted=True):
-                break
-        state.prune(KEEP_FINISHED_TASKS)
+        self._match_dynamic(state, now, fx, version_module=module)
 
     def _on_progress(
         self, state: DeviceState, module: str, step: int | None, desc: str, now: int, fx: Effects
     ) -> None:
-        task = state.current_task(
-            module, frozenset({TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS, TaskStatus.QUEUED})
-        )
+        task = self._current(state, module, _PROGRESS_FROM, now)
         if task is None or step is None:
             return
         if task.first_progress_at is None:
@@ -162,82 +265,176 @@ class DeviceEngine:
             task.first_progress_at = now
         if step < 0:
             reason = FAILURE_STEPS.get(step, "update failed")
-            task.move(TaskStatus.FAILED, now, desc=f"{reason}: {desc}" if desc else reason)
-            task.in_push_queue = False
+            self._move(
+                state, task, TaskStatus.FAILED, now, fx, f"{reason}: {desc}" if desc else reason
+            )
             self._schedule_retry(task, now)
-            fx.task_changed(state, task, now)
             return
         step = min(step, 100)
-        if task.status is TaskStatus.IN_PROGRESS and step == task.progress:
-            return
-        task.progress = step
         if task.status is TaskStatus.IN_PROGRESS:
+            if step == task.progress:
+                return
+            task.progress = step
             task.updated_at = now
             task.previous_status = TaskStatus.IN_PROGRESS
-        else:
-            task.move(TaskStatus.IN_PROGRESS, now, desc=desc or None)
-            task.in_push_queue = False
-        fx.task_changed(state, task, now)
+            fx.task_changed(state, task, now)
+            return
+        task.progress = step
+        self._move(state, task, TaskStatus.IN_PROGRESS, now, fx, desc or None)
 
     def _on_firmware_get(
         self, state: DeviceState, module: str, message_id: str | None, now: int, fx: Effects
     ) -> None:
-        task = state.current_task(
-            module, frozenset({TaskStatus.QUEUED, TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS})
-        )
+        task = self._current(state, module, _PULLABLE, now)
         batch = self.batches.get(task.batch_id) if task else None
         if task is None or batch is None:
             fx.notify(state, now, kind="PULL_REPLY", reply_to=message_id)
             return
         if task.status is TaskStatus.QUEUED:
             # A pull is answered at once; only proactive pushes are metered.
-            task.move(TaskStatus.NOTIFIED, now)
-            fx.task_changed(state, task, now)
+            self._move(state, task, TaskStatus.NOTIFIED, now, fx)
         fx.notify(state, now, kind="PULL_REPLY", task=task, batch=batch, reply_to=message_id)
 
-    # -- the rate agent's permission to push -----------------------------------------
+    def _current(
+        self, state: DeviceState, module: str, statuses: frozenset[TaskStatus], now: int
+    ) -> Task | None:
+        """The module's task in ``statuses`` whose batch's schedule has started."""
+        for task in reversed(state.tasks):
+            if task.module != module or task.status not in statuses:
+                continue
+            batch = self.batches.get(task.batch_id)
+            if batch is not None and has_started(batch, now):
+                return task
+        return None
+
+    def _push_again(self, state: DeviceState, now: int, fx: Effects) -> None:
+        """A device back online gets its pushed tasks pushed again (timeouts keep running)."""
+        for task in state.tasks:
+            if task.status not in _REPUSHED:
+                continue
+            batch = self.batches.get(task.batch_id)
+            if batch is not None and batch.need_push and has_started(batch, now):
+                fx.notify(state, now, kind="PUSH", task=task, batch=batch)
+
+    # -- the rate agent's permission to push -------------------------------------------
 
     def on_release(self, state: DeviceState | None, release: Record, fx: Effects) -> None:
         if state is None:
             return
+        now = release["event_time"]
+        self.advance(state, now, fx)
         task = state.task(release["task_id"])
-        if task is None or task.status is not TaskStatus.QUEUED:
+        if task is None or task.status is not TaskStatus.QUEUED or not task.in_push_queue:
             return  # canceled, pulled or already pushed meanwhile: nothing to send
         task.in_push_queue = False
-        if not state.online:
-            return  # stays QUEUED; queued again when the device comes back
+        fx.touch(state)
         batch = self.batches.get(task.batch_id)
-        if batch is None:
-            return
-        now = release["event_time"]
-        task.move(TaskStatus.NOTIFIED, now)
-        fx.task_changed(state, task, now)
+        if not state.online or batch is None or not has_started(batch, now):
+            return  # stays QUEUED; queued again when the device is back
+        self._move(state, task, TaskStatus.NOTIFIED, now, fx)
         fx.notify(state, now, kind="PUSH", task=task, batch=batch)
 
-    # -- batches starting: the partition scans its devices -----------------------------
+    # -- static batches ----------------------------------------------------------------
 
-    def on_batch_start(self, state: DeviceState, batch: Batch, now: int, fx: Effects) -> None:
-        """Match one existing device against a batch that just started."""
-        if batch.product_key != state.product_key:
-            return
-        version = state.modules.get(batch.module)
-        if batch.kind is BatchKind.DYNAMIC:
-            if batch.dynamic_mode == 2 or version is None:
-                return
-            best = dynamic_candidates(
-                self.batches.dynamic_for(state.product_key, batch.module),
+    def on_static_start(self, state: DeviceState, batch: Batch, now: int, fx: Effects) -> None:
+        """A static batch (ALL, REGIONAL, GROUP) started: does it take this device?"""
+        self.advance(state, now, fx)
+        if in_static_scope(batch, state, self.groups):
+            self._offer_static(state, batch, now, fx)
+
+    def on_target(self, state: DeviceState | None, batch: Batch, now: int, fx: Effects) -> None:
+        """A TARGETED or PHASED batch named this device (``BatchTarget``)."""
+        if state is None or batch.is_dynamic or batch.product_key != state.product_key:
+            return  # the control plane names registered devices only
+        self.advance(state, now, fx)
+        self._offer_static(state, batch, now, fx)
+
+    def _offer_static(self, state: DeviceState, batch: Batch, now: int, fx: Effects) -> None:
+        if (
+            takes_new_tasks(batch, now)
+            and not state.has_task_of(batch.batch_id)
+            and batch.accepts_version(state.modules.get(batch.module))
+        ):
+            self._create_task(state, batch, now, fx)
+
+    # -- dynamic batches -----------------------------------------------------------------
+
+    def on_dynamic_start(self, state: DeviceState, batch: Batch, now: int, fx: Effects) -> None:
+        """A dynamic batch started (or got new source versions): match this device."""
+        self.advance(state, now, fx)
+        self._match_dynamic(state, now, fx, version_module=batch.module, only=batch)
+
+    def on_groups_changed(self, state: DeviceState, now: int, fx: Effects) -> None:
+        """A dynamic group's expression changed: the device may have joined or left it."""
+        self.advance(state, now, fx)
+        self._match_dynamic(state, now, fx, version_module=None)
+
+    def _member_of(self, state: DeviceState, now: int, fx: Effects) -> set[str]:
+        """Evaluate the groups of the product's live group-based batches; note joins/leaves.
+
+        Leaving a group forgets which of its batches matched the device, so a device
+        that rejoins is matched again. Groups no live batch uses are not evaluated.
+        """
+        live = {
+            b.group_id
+            for b in self.batches.group_based_for(state.product_key)
+            if b.group_id is not None and takes_new_tasks(b, now)
+        }
+        member_of = {gid for gid in live if self.groups.is_member(gid, state)}
+        for gid in sorted(member_of):
+            if gid not in state.dynamic_groups:
+                state.dynamic_groups.append(gid)  # joined
+                fx.touch(state)
+        for gid in list(state.dynamic_groups):
+            if gid in live and gid not in member_of:
+                state.dynamic_groups.remove(gid)  # left
+                fx.touch(state)
+        for batch_id in list(state.group_matches):
+            batch = self.batches.get(batch_id)
+            if batch is None or (batch.group_id in live and batch.group_id not in member_of):
+                state.group_matches.remove(batch_id)
+                fx.touch(state)
+        return member_of
+
+    def _match_dynamic(
+        self,
+        state: DeviceState,
+        now: int,
+        fx: Effects,
+        *,
+        version_module: str | None,
+        only: Batch | None = None,
+    ) -> None:
+        """Give the device a task of its top-precedence dynamic batch, per module."""
+        member_of = self._member_of(state, now, fx)
+        if only is not None:
+            modules = [only.module]
+        else:
+            wanted = {version_module} if version_module is not None else set()
+            for batch in self.batches.group_based_for(state.product_key):
+                if batch.group_id in member_of and takes_new_tasks(batch, now):
+                    wanted.add(batch.module)
+            modules = sorted(wanted)
+        for module in modules:
+            candidates = dynamic_candidates(
+                self.batches.dynamic_for(state.product_key, module),
                 state,
-                batch.module,
-                version,
+                module,
                 now,
+                version_trigger=module == version_module,
+                member_of=member_of,
             )
-            if best and best[0].batch_id == batch.batch_id:
-                self._create_task(state, batch, now, fx, counted=True)
-            return
-        if state.active_task_for(batch.batch_id) is None and batch.accepts_version(version):
-            self._create_task(state, batch, now, fx, counted=False)
+            if not candidates:
+                continue
+            top = candidates[0]
+            if only is not None and top.batch_id != only.batch_id:
+                continue
+            if state.active_task_for(top.batch_id) is None:
+                self._create_task(state, top, now, fx)
 
-    def on_cancel(
+    # -- operators' actions ---------------------------------------------------------------
+
+    def on_cancel_tasks(
         self,
         state: DeviceState,
         batch_id: str,
@@ -246,57 +443,132 @@ class DeviceEngine:
         fx: Effects,
     ) -> None:
         """CancelOTATaskByJob: cancel this batch's tasks that are in one of ``statuses``."""
+        self.advance(state, now, fx)
         for task in state.tasks:
-            if task.batch_id == batch_id and task.status in statuses and not task.is_final:
-                task.move(TaskStatus.CANCELED, now, desc="canceled by operator")
-                task.in_push_queue = False
-                task.retry_at = None
-                fx.task_changed(state, task, now)
-
-    # -- timers on event time -----------------------------------------------------------
-
-    def on_tick(self, state: DeviceState, now: int, fx: Effects) -> None:
-        for task in state.tasks:
-            if (
-                task.status in (TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS)
-                and task.timeout_minutes is not None
-                and task.first_progress_at is not None
-                and now >= task.first_progress_at + task.timeout_minutes * MINUTE_MS
-            ):
-                # A timeout is final: it is never retried.
-                task.move(TaskStatus.FAILED, now, desc="timeout")
-                task.retry_at = None
-                fx.task_changed(state, task, now)
+            if task.batch_id != batch_id:
+                continue
+            if task.status in statuses and task.status in ACTIVE:
+                self._move(state, task, TaskStatus.CANCELED, now, fx, CANCELED_BY_OPERATOR)
             elif (
                 task.status is TaskStatus.FAILED
                 and task.retry_at is not None
-                and now >= task.retry_at
+                and TaskStatus.QUEUED in statuses
             ):
-                task.retries_left -= 1
-                task.retry_at = None
-                task.progress = 0
-                task.first_progress_at = None
-                task.move(TaskStatus.QUEUED, now, desc="retry")
-                fx.task_changed(state, task, now)
-                self._push_if_possible(state, task, fx)
+                task.retry_at = None  # a retry waiting to be queued is canceled with the queue
+                fx.touch(state)
 
-    # -- helpers -------------------------------------------------------------------------
+    def on_task_command(self, state: DeviceState | None, command: Record, fx: Effects) -> None:
+        """ConfirmOTATask, ReupgradeOTATask, CancelOTATaskByDevice for one device."""
+        if state is None:
+            return
+        now = command["event_time"]
+        self.advance(state, now, fx)
+        action = command["action"]
+        for task in list(state.tasks):
+            if not self._selected(task, command):
+                continue
+            if action == "CONFIRM" and task.status is TaskStatus.CONFIRM:
+                self._move(state, task, TaskStatus.QUEUED, now, fx, "")
+            elif action == "REUPGRADE" and task.status in _REUPGRADABLE:
+                self._reupgrade(state, task, now, fx)
+            elif action == "CANCEL" and task.status in _CANCELABLE_BY_DEVICE:
+                self._move(state, task, TaskStatus.CANCELED, now, fx, CANCELED_BY_OPERATOR)
+        self.advance(state, now, fx)
 
-    def _create_task(
-        self, state: DeviceState, batch: Batch, now: int, fx: Effects, *, counted: bool
-    ) -> bool:
+    def _selected(self, task: Task, command: Record) -> bool:
+        if command.get("task_ids"):
+            return task.task_id in command["task_ids"]
+        batch_id = command.get("batch_id")
+        firmware_id = command.get("firmware_id")
+        if batch_id is None and firmware_id is None:
+            return False
+        if batch_id is not None and task.batch_id != batch_id:
+            return False
+        if firmware_id is not None:
+            batch = self.batches.get(task.batch_id)
+            return batch is not None and batch.firmware.firmware_id == firmware_id
+        return True
+
+    def _reupgrade(self, state: DeviceState, task: Task, now: int, fx: Effects) -> None:
+        batch = self.batches.get(task.batch_id)
+        if (
+            batch is None
+            or has_ended(batch, now)
+            or state.active_task_for(task.batch_id) is not None
+            or not admit(state, batch, may_cancel=False).admitted
+        ):
+            return
+        task.progress = 0
+        task.first_progress_at = None
+        task.retry_at = None
+        task.retries_left = batch.retry_count if batch.retry_interval_minutes is not None else 0
+        self._move(state, task, TaskStatus.QUEUED, now, fx, "reupgrade")
+
+    # -- the registry's word ----------------------------------------------------------------
+
+    def on_registration(
+        self, state: DeviceState | None, registration: Record, fx: Effects
+    ) -> DeviceState | None:
+        """REGISTER / UPDATE (region, static groups) or DELETE (returns None)."""
+        now = registration["event_time"]
+        if registration["action"] == "DELETE":
+            if state is not None:
+                self.advance(state, now, fx)
+                for task in state.tasks:
+                    if task.status in ACTIVE:
+                        self._move(state, task, TaskStatus.CANCELED, now, fx, DEVICE_DELETED)
+                fx.touch(state)
+            return None
+        if state is None:
+            state = DeviceState(registration["product_key"], registration["device_name"])
+        self.advance(state, now, fx)
+        state.registered = True
+        state.province = registration.get("province")
+        state.city = registration.get("city")
+        state.groups = list(registration.get("groups") or [])
+        fx.touch(state)
+        # A changed region or group list can make the device join a dynamic group.
+        self._match_dynamic(state, now, fx, version_module=None)
+        self.advance(state, now, fx)
+        return state
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _move(
+        self,
+        state: DeviceState,
+        task: Task,
+        to: TaskStatus,
+        now: int,
+        fx: Effects,
+        desc: str | None = None,
+    ) -> None:
+        task.move(to, now, desc=desc)
+        if to is not TaskStatus.QUEUED:
+            task.in_push_queue = False
+        if to is not TaskStatus.FAILED:
+            task.retry_at = None
+        fx.task_changed(state, task, now)
+
+    def _create_task(self, state: DeviceState, batch: Batch, now: int, fx: Effects) -> bool:
         admission = admit(state, batch)
         if not admission.admitted:
             return False
         for old in admission.cancels:
-            old.move(TaskStatus.CANCELED, now, desc=f"overridden by batch {batch.batch_id}")
-            old.in_push_queue = False
-            fx.task_changed(state, old, now)
-        matches = state.match_counts.get(batch.batch_id, 0) + 1
-        if counted:
-            state.match_counts[batch.batch_id] = matches
+            self._move(
+                state, old, TaskStatus.CANCELED, now, fx, f"overridden by batch {batch.batch_id}"
+            )
+        for old in state.tasks:
+            if old.batch_id == batch.batch_id and old.retry_at is not None:
+                old.retry_at = None  # superseded by the new match
+        number = 1
+        if batch.is_dynamic:
+            number = state.match_counts.get(batch.batch_id, 0) + 1
+            state.match_counts[batch.batch_id] = number
+            if batch.is_group_based:
+                state.group_matches.append(batch.batch_id)
         task = Task(
-            task_id=make_task_id(batch.batch_id, state.key, matches),
+            task_id=make_task_id(batch.batch_id, state.key, number),
             batch_id=batch.batch_id,
             module=batch.module,
             dest_version=batch.dest_version,
@@ -309,23 +581,16 @@ class DeviceEngine:
         )
         state.tasks.append(task)
         fx.task_changed(state, task, now)
-        self._push_if_possible(state, task, fx)
+        self._push_if_possible(state, task, now, fx)
+        state.prune(self.keep_finished)
         return True
 
-    def _push_if_possible(self, state: DeviceState, task: Task, fx: Effects) -> None:
+    def _push_if_possible(self, state: DeviceState, task: Task, now: int, fx: Effects) -> None:
+        if task.status is not TaskStatus.QUEUED or task.in_push_queue or not state.online:
+            return
         batch = self.batches.get(task.batch_id)
-        if (
-            batch is not None
-            and batch.need_push
-            and task.status is TaskStatus.QUEUED
-            and state.online
-            and not task.in_push_queue
-        ):
+        if batch is not None and batch.need_push and has_started(batch, now):
             fx.queue_push(state, task)
-
-    def _queue_waiting_pushes(self, state: DeviceState, fx: Effects) -> None:
-        for task in state.tasks:
-            self._push_if_possible(state, task, fx)
 
     def _schedule_retry(self, task: Task, now: int) -> None:
         batch = self.batches.get(task.batch_id)

@@ -1,0 +1,311 @@
+"""One device partition's work: records in, device changes and effects out. Pure.
+
+The device agent hands every record of an envelope to ``PartitionEngine.apply``.
+Device-scoped records (reports, releases, targets, registrations, task commands)
+touch one device. Partition-wide records reach many:
+
+- ``BatchControl`` START of a static ALL/REGIONAL/GROUP batch, or of a dynamic batch
+  (unless DynamicMode 2): the partition matches *its own* devices of the product,
+  so a start is spread over every partition and no worker scans the whole fleet;
+  UPDATE that adds source versions to a version-based dynamic batch matches the
+  devices on the added versions; CANCEL_TASKS cancels the batch's tasks.
+- ``GroupControl``: a dynamic group's expression changed, so devices of the products
+  whose live group-based batches use it may have joined (and get matched) or left.
+- ``Tick``: the devices whose next deadline (timeout, retry, schedule start or end)
+  has come are advanced to the tick's time.
+
+Scans read only the product's key prefix, and a ``DeviceStore`` decodes only the
+devices whose encoded state contains the scan's needles (see ``scopes``): a batch
+start or cancel costs a decode per *candidate* device, not per device.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from otaflow.domain.batches import Batch, BatchKind, BatchRegistry
+from otaflow.domain.devices import DeviceState
+from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
+from otaflow.domain.groups import Group, GroupRegistry
+from otaflow.domain.schedule import takes_new_tasks
+from otaflow.domain.scopes import Needles, passes, scan_needles, scans_at_start, version_needles
+from otaflow.domain.tasks import TaskStatus
+from otaflow.partitioning import device_key
+
+Record = dict[str, Any]
+
+
+class DeviceStore(Protocol):
+    """The partition's devices, as one envelope sees them (reads cached, writes deferred)."""
+
+    def load(self, key: str) -> DeviceState | None: ...
+
+    def put(self, state: DeviceState) -> None:
+        """Keep this (new or changed) state; it is written when the envelope ends."""
+
+    def delete(self, key: str) -> None: ...
+
+    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
+        """Devices whose key starts with ``prefix`` and whose encoded state has the needles.
+
+        States already loaded or put in this envelope are yielded as those objects.
+        """
+
+
+class DeadlineHeap:
+    """Devices by next deadline, with lazy invalidation (a device's last note wins)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []
+        self._at: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def note(self, key: str, deadline: int | None) -> None:
+        if deadline is None:
+            self._at.pop(key, None)
+        elif self._at.get(key) != deadline:
+            self._at[key] = deadline
+            heapq.heappush(self._heap, (deadline, key))
+
+    def pop_due(self, now: int) -> list[str]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            deadline, key = heapq.heappop(self._heap)
+            if self._at.get(key) == deadline:
+                del self._at[key]
+                due.append(key)
+        return due
+
+
+class PartitionEngine:
+    def __init__(
+        self,
+        batches: BatchRegistry,
+        groups: GroupRegistry,
+        store: DeviceStore,
+        deadlines: DeadlineHeap | None,
+        keep_finished: int = KEEP_FINISHED_TASKS,
+    ) -> None:
+        self.batches = batches
+        self.groups = groups
+        self.store = store
+        # Built on the first tick from a scan of the partition (see ``tick``).
+        self.deadlines = deadlines
+        self.engine = DeviceEngine(batches, groups, keep_finished)
+
+    def apply(self, name: str, record: Record, fx: Effects) -> None:
+        """Apply one record (by schema name); unknown names raise ``KeyError``."""
+        handler = {
+            "DeviceReport": self.report,
+            "TaskRelease": self.release,
+            "BatchControl": self.batch_control,
+            "BatchTarget": self.target,
+            "DeviceRegistration": self.registration,
+            "GroupControl": self.group_control,
+            "TaskCommand": self.task_command,
+            "Tick": self.tick,
+        }[name]
+        handler(record, fx)
+
+    # -- one device ---------------------------------------------------------------------
+
+    def _settle(self, state: DeviceState, now: int, fx: Effects) -> None:
+        if state.key in fx.touched:
+            self.store.put(state)
+            if self.deadlines is not None:
+                self.deadlines.note(state.key, self.engine.next_deadline(state, now))
+
+    def report(self, record: Record, fx: Effects) -> None:
+        key = device_key(record["product_key"], record["device_name"])
+        state = self.engine.on_report(self.store.load(key), record, fx)
+        self._settle(state, record["event_time"], fx)
+
+    def release(self, record: Record, fx: Effects) -> None:
+        state = self.store.load(device_key(record["product_key"], record["device_name"]))
+        if state is not None:
+            self.engine.on_release(state, record, fx)
+            self._settle(state, record["event_time"], fx)
+
+    def target(self, record: Record, fx: Effects) -> None:
+        batch = self.batches.get(record["batch_id"])
+        state = self.store.load(device_key(record["product_key"], record["device_name"]))
+        if batch is None or state is None:
+            return
+        self.engine.on_target(state, batch, record["event_time"], fx)
+        self._settle(state, record["event_time"], fx)
+
+    def registration(self, record: Record, fx: Effects) -> None:
+        key = device_key(record["product_key"], record["device_name"])
+        before = self.store.load(key)
+        after = self.engine.on_registration(before, record, fx)
+        if after is None:
+            if before is not None:
+                self.store.delete(key)
+                if self.deadlines is not None:
+                    self.deadlines.note(key, None)
+            return
+        self._settle(after, record["event_time"], fx)
+
+    def task_command(self, record: Record, fx: Effects) -> None:
+        state = self.store.load(device_key(record["product_key"], record["device_name"]))
+        if state is not None:
+            self.engine.on_task_command(state, record, fx)
+            self._settle(state, record["event_time"], fx)
+
+    # -- many devices --------------------------------------------------------------------
+
+    def _each(self, product_key: str, needles: Needles) -> Iterator[DeviceState]:
+        yield from self.store.scan(f"{product_key}/", needles)
+
+    def batch_control(self, record: Record, fx: Effects) -> None:
+        batch = Batch.from_record(record["batch"])
+        now = record["event_time"]
+        old = self.batches.put(batch)
+        action = record["action"]
+        if action == "START":
+            self._start(batch, now, fx)
+        elif action == "UPDATE":
+            self._update(old, batch, now, fx)
+        elif action == "CANCEL_TASKS":
+            statuses = frozenset(TaskStatus(s) for s in record["cancel_statuses"])
+            for state in self._each(batch.product_key, [frozenset({batch.batch_id.encode()})]):
+                self.engine.on_cancel_tasks(state, batch.batch_id, statuses, now, fx)
+                self._settle(state, now, fx)
+        # CANCEL_STRATEGY: the registry now says the batch stopped matching; its tasks stay.
+
+    def _start(self, batch: Batch, now: int, fx: Effects) -> None:
+        if batch.kind is BatchKind.STATIC:
+            if not scans_at_start(batch) or not takes_new_tasks(batch, now):
+                return
+            for state in self._each(batch.product_key, scan_needles(batch, self.groups)):
+                self.engine.on_static_start(state, batch, now, fx)
+                self._settle(state, now, fx)
+            return
+        if batch.dynamic_mode == 2 or not takes_new_tasks(batch, now):
+            return  # only versions reported from now on
+        versions = version_needles(batch)
+        self._match_existing(batch, [versions] if versions is not None else [], now, fx)
+
+    def _update(self, old: Batch | None, batch: Batch, now: int, fx: Effects) -> None:
+        """New source versions of a running version-based dynamic batch match at once."""
+        if (
+            old is None
+            or not batch.is_dynamic
+            or batch.is_group_based
+            or batch.dynamic_mode == 2
+            or not takes_new_tasks(batch, now)
+        ):
+            return
+        added = set(batch.src_versions) - set(old.src_versions)
+        if added:
+            self._match_existing(batch, [frozenset(v.encode() for v in added)], now, fx)
+
+    def _match_existing(self, batch: Batch, needles: Needles, now: int, fx: Effects) -> None:
+        for state in self._each(batch.product_key, needles):
+            self.engine.on_dynamic_start(state, batch, now, fx)
+            self._settle(state, now, fx)
+
+    def group_control(self, record: Record, fx: Effects) -> None:
+        group = Group.from_control(record)
+        old = self.groups.put(group)
+        if group.group_type != "DYNAMIC":
+            return  # static trees only matter when a static batch starts
+        if old is not None and (old.expression, old.deleted) == (group.expression, group.deleted):
+            return
+        now = record["event_time"]
+        products = sorted(
+            {
+                b.product_key
+                for b in self.batches
+                if b.is_dynamic and b.group_id == group.group_id and takes_new_tasks(b, now)
+            }
+        )
+        for product_key in products:
+            for state in self._each(product_key, []):
+                self.engine.on_groups_changed(state, now, fx)
+                self._settle(state, now, fx)
+
+    def tick(self, record: Record, fx: Effects) -> None:
+        now = record["event_time"]
+        if self.deadlines is None:
+            self.deadlines = DeadlineHeap()
+            for scanned in self.store.scan("", []):
+                # No lower bound: timers that fell due while nobody watched fire now.
+                self.deadlines.note(scanned.key, self.engine.next_deadline(scanned, None))
+        for key in self.deadlines.pop_due(now):
+            state = self.store.load(key)
+            if state is None:
+                continue
+            self.engine.advance(state, now, fx)
+            self._settle(state, now, fx)
+            if state.key not in fx.touched:
+                self.deadlines.note(key, self.engine.next_deadline(state, now))
+
+
+class MemoryDeviceStore:
+    """A ``DeviceStore`` over a dict of encoded states, as the agent keeps them in RocksDB.
+
+    For tests and tools: states are stored encoded (the real codec), so scans with
+    needles behave exactly as they do over the table. ``commit()`` writes what an
+    envelope changed, like the agent's end of envelope.
+    """
+
+    def __init__(self) -> None:
+        from otaflow.codec import codec
+
+        self.codec = codec()
+        self.table: dict[str, bytes] = {}
+        self._cache: dict[str, DeviceState | None] = {}
+        self._dirty: set[str] = set()
+        self.decoded = 0
+
+    def _decode(self, raw: bytes) -> DeviceState:
+        self.decoded += 1
+        return DeviceState.from_record(self.codec.decode_as("DeviceState", raw))
+
+    def load(self, key: str) -> DeviceState | None:
+        if key not in self._cache:
+            raw = self.table.get(key)
+            self._cache[key] = self._decode(raw) if raw is not None else None
+        return self._cache[key]
+
+    def put(self, state: DeviceState) -> None:
+        self._cache[state.key] = state
+        self._dirty.add(state.key)
+
+    def delete(self, key: str) -> None:
+        self._cache[key] = None
+        self._dirty.add(key)
+
+    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
+        seen = set()
+        for key in sorted(self.table):
+            if not key.startswith(prefix):
+                continue
+            seen.add(key)
+            if key in self._cache:
+                cached = self._cache[key]
+                if cached is not None:
+                    yield cached
+            elif passes(self.table[key], needles):
+                yield self._decode(self.table[key])
+        for key, extra in list(self._cache.items()):
+            if extra is not None and key not in seen and key.startswith(prefix):
+                yield extra
+
+    def commit(self) -> None:
+        for key in self._dirty:
+            state = self._cache[key]
+            if state is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = self.codec.encode("DeviceState", state.to_record())
+        self._dirty.clear()
+        self._cache.clear()
+
+    def states(self) -> dict[str, DeviceState]:
+        return {key: self._decode(raw) for key, raw in self.table.items()}

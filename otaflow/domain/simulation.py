@@ -1,0 +1,291 @@
+"""A device partition in memory: the real ``PartitionEngine`` without Kafka.
+
+For tests, benchmarks and what-if tools. Records go in one at a time (each its own
+envelope); effects are collected in order; the push queue is a FIFO that
+``release`` empties like a rate agent with no limit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from otaflow.domain.batches import (
+    Batch,
+    BatchKind,
+    BatchRegistry,
+    BatchScope,
+    BatchStatus,
+    FirmwareOffer,
+)
+from otaflow.domain.devices import DeviceState
+from otaflow.domain.engine import KEEP_FINISHED_TASKS, Effects
+from otaflow.domain.groups import GroupRegistry
+from otaflow.domain.partition import DeadlineHeap, MemoryDeviceStore, PartitionEngine
+from otaflow.partitioning import device_key
+
+Record = dict[str, Any]
+PK = "pk"
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+def firmware(
+    version: str = "2.0",
+    *,
+    firmware_id: str | None = None,
+    module: str = "default",
+    src_version: str | None = None,
+) -> FirmwareOffer:
+    """A package; giving ``src_version`` makes it differential."""
+    return FirmwareOffer(
+        firmware_id=firmware_id or f"fw-{module}-{version}",
+        version=version,
+        size=1000,
+        sign="0" * 64,
+        file_path=f"{module}-{version}.bin",
+        module=module,
+        src_version=src_version,
+        is_diff=src_version is not None,
+    )
+
+
+def make_batch(
+    batch_id: str,
+    *,
+    at: int = 0,
+    product_key: str = PK,
+    fw: FirmwareOffer | None = None,
+    kind: BatchKind = BatchKind.STATIC,
+    scope: BatchScope = BatchScope.ALL,
+    **fields: Any,
+) -> Batch:
+    status = BatchStatus.PLANNED if fields.get("schedule_start") else BatchStatus.IN_PROGRESS
+    fields.setdefault("status", status)
+    return Batch(
+        batch_id=batch_id,
+        product_key=product_key,
+        firmware=fw or firmware(),
+        kind=kind,
+        scope=scope,
+        created_at=at,
+        updated_at=at,
+        **fields,
+    )
+
+
+def dynamic_batch(batch_id: str, src_versions: Sequence[str] = (), **fields: Any) -> Batch:
+    return make_batch(batch_id, kind=BatchKind.DYNAMIC, src_versions=tuple(src_versions), **fields)
+
+
+def group_batch(batch_id: str, group_id: str, **fields: Any) -> Batch:
+    return make_batch(
+        batch_id,
+        kind=BatchKind.DYNAMIC,
+        scope=BatchScope.GROUP,
+        group_id=group_id,
+        group_type="DYNAMIC",
+        **fields,
+    )
+
+
+class Partition:
+    """One device partition with its batches, groups and devices, all in memory."""
+
+    def __init__(self, keep_finished: int = KEEP_FINISHED_TASKS) -> None:
+        self.batches = BatchRegistry()
+        self.groups = GroupRegistry()
+        self.store = MemoryDeviceStore()
+        self.deadlines: DeadlineHeap | None = None
+        self.keep_finished = keep_finished
+        self.events: list[Record] = []
+        self.notifications: list[Record] = []
+        self.push_queue: deque[tuple[str, Record]] = deque()
+        self.succeeded: Counter[str] = Counter()
+        self.last: Effects = Effects()
+
+    def apply(self, name: str, record: Record) -> Effects:
+        engine = PartitionEngine(
+            self.batches, self.groups, self.store, self.deadlines, self.keep_finished
+        )
+        fx = Effects()
+        engine.apply(name, record, fx)
+        self.deadlines = engine.deadlines
+        self.store.commit()
+        self.events.extend(e for _, e in fx.task_events)
+        self.notifications.extend(n for _, n in fx.notifications)
+        for batch_id, tasks in fx.queued.items():
+            self.push_queue.extend((batch_id, t) for t in tasks)
+        self.succeeded.update(fx.succeeded)
+        self.last = fx
+        return fx
+
+    # -- device reports --------------------------------------------------------------------
+
+    def report(self, dn: str, kind: str, at: int, pk: str = PK, **fields: Any) -> Effects:
+        record = {
+            "product_key": pk,
+            "device_name": dn,
+            "kind": kind,
+            "module": "default",
+            "version": None,
+            "step": None,
+            "desc": None,
+            "message_id": None,
+            "event_time": at,
+        }
+        record.update(fields)
+        return self.apply("DeviceReport", record)
+
+    def version(
+        self, dn: str, version: str, at: int, module: str = "default", **kw: Any
+    ) -> Effects:
+        return self.report(dn, "VERSION", at, module=module, version=version, **kw)
+
+    def progress(
+        self,
+        dn: str,
+        step: int,
+        at: int,
+        module: str = "default",
+        desc: str | None = None,
+        **kw: Any,
+    ) -> Effects:
+        return self.report(dn, "PROGRESS", at, module=module, step=step, desc=desc, **kw)
+
+    def ask(self, dn: str, at: int, module: str = "default", **kw: Any) -> Effects:
+        return self.report(dn, "FIRMWARE_GET", at, module=module, message_id="42", **kw)
+
+    def online(self, dn: str, at: int, **kw: Any) -> Effects:
+        return self.report(dn, "ONLINE", at, **kw)
+
+    def offline(self, dn: str, at: int, **kw: Any) -> Effects:
+        return self.report(dn, "OFFLINE", at, **kw)
+
+    # -- control ---------------------------------------------------------------------------
+
+    def control(self, action: str, batch: Batch, at: int, statuses: Iterable[str] = ()) -> Effects:
+        record = {
+            "action": action,
+            "batch": batch.to_record(),
+            "cancel_statuses": list(statuses),
+            "event_time": at,
+        }
+        return self.apply("BatchControl", record)
+
+    def start(self, batch: Batch, at: int | None = None) -> Effects:
+        return self.control("START", batch, batch.created_at if at is None else at)
+
+    def target(self, batch_id: str, dn: str, at: int, pk: str = PK) -> Effects:
+        record = {"batch_id": batch_id, "product_key": pk, "device_name": dn, "event_time": at}
+        return self.apply("BatchTarget", record)
+
+    def register(
+        self,
+        dn: str,
+        at: int,
+        *,
+        pk: str = PK,
+        province: str | None = None,
+        city: str | None = None,
+        groups: Sequence[str] = (),
+        action: str = "REGISTER",
+    ) -> Effects:
+        record = {
+            "product_key": pk,
+            "device_name": dn,
+            "action": action,
+            "province": province,
+            "city": city,
+            "groups": list(groups),
+            "event_time": at,
+        }
+        return self.apply("DeviceRegistration", record)
+
+    def group(
+        self,
+        group_id: str,
+        at: int,
+        *,
+        expression: str | None = None,
+        parent_id: str | None = None,
+        deleted: bool = False,
+    ) -> Effects:
+        record = {
+            "group_id": group_id,
+            "group_type": "DYNAMIC" if expression is not None else "STATIC",
+            "name": group_id,
+            "parent_id": parent_id,
+            "expression": expression,
+            "deleted": deleted,
+            "event_time": at,
+        }
+        return self.apply("GroupControl", record)
+
+    def command(
+        self,
+        action: str,
+        dn: str,
+        at: int,
+        *,
+        pk: str = PK,
+        task_ids: Sequence[str] = (),
+        batch_id: str | None = None,
+        firmware_id: str | None = None,
+    ) -> Effects:
+        record = {
+            "action": action,
+            "product_key": pk,
+            "device_name": dn,
+            "task_ids": list(task_ids),
+            "batch_id": batch_id,
+            "firmware_id": firmware_id,
+            "event_time": at,
+        }
+        return self.apply("TaskCommand", record)
+
+    def tick(self, at: int) -> Effects:
+        return self.apply("Tick", {"event_time": at})
+
+    def release(self, at: int, limit: int | None = None) -> int:
+        """Release queued pushes in FIFO order (all, or ``limit``); returns how many."""
+        n = 0
+        while self.push_queue and (limit is None or n < limit):
+            batch_id, task = self.push_queue.popleft()
+            record = {"batch_id": batch_id, "event_time": at, **task}
+            self.apply("TaskRelease", record)
+            n += 1
+        return n
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def state(self, dn: str, pk: str = PK) -> DeviceState:
+        state = self.store.load(device_key(pk, dn))
+        self.store.commit()
+        assert state is not None, f"no device {pk}/{dn}"
+        return state
+
+    def has_device(self, dn: str, pk: str = PK) -> bool:
+        return device_key(pk, dn) in self.store.table
+
+    def tasks(self, dn: str, pk: str = PK) -> list[tuple[str, str]]:
+        """(batch id, status) of the device's tasks, oldest first."""
+        return [(t.batch_id, t.status.value) for t in self.state(dn, pk).tasks]
+
+    def history(self, dn: str | None = None, batch_id: str | None = None) -> list[str]:
+        """The statuses of the task events, in order, filtered by device and batch."""
+        return [
+            e["status"]
+            for e in self.events
+            if (dn is None or e["device_name"] == dn)
+            and (batch_id is None or e["batch_id"] == batch_id)
+        ]
+
+    def pushes(self, dn: str | None = None) -> list[Record]:
+        return [
+            n
+            for n in self.notifications
+            if n["kind"] == "PUSH" and (dn is None or n["device_name"] == dn)
+        ]
