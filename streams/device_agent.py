@@ -1,31 +1,52 @@
-"""Device agent: report in -> match -> task -> (queue for a push slot | notify).
+"""Device agent: records in -> ``PartitionEngine`` -> device states and effects out.
 
 Consumes ``otaflow.device-events``: envelopes that each carry many device-scoped
 records for one partition (reports from the batcher, releases from the rate agent,
-batch controls from the command agent, ticks). Per envelope it decodes once, runs
-the pure ``DeviceEngine`` over every item, then writes each changed device once and
-sends the effects. The agent is thin: every decision lives in ``otaflow.domain``.
+batch and group controls, registrations, targets and task commands from the command
+agent, ticks). Per envelope it decodes once, runs the pure ``PartitionEngine`` over
+every item, then writes each changed device once and sends the effects. The agent
+is thin: every decision lives in ``otaflow.domain``.
+
+Per partition it keeps in memory (rebuilt after a rebalance from the
+``device-partition-meta`` table): the batches and groups it was told about, how far
+it applied each source partition of ``ota.device.reports``, its event-time
+watermark, and a heap of device deadlines (built on the first tick).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from otaflow.codec import DecodeError, codec
-from otaflow.domain.batches import Batch, BatchKind, BatchRegistry, BatchStatus
+from otaflow.domain.batches import Batch, BatchRegistry
 from otaflow.domain.devices import DeviceState
-from otaflow.domain.engine import DeviceEngine, Effects
-from otaflow.domain.tasks import TaskStatus
-from otaflow.partitioning import device_key
+from otaflow.domain.engine import Effects
+from otaflow.domain.groups import Group, GroupRegistry
+from otaflow.domain.partition import DeadlineHeap, PartitionEngine
+from otaflow.domain.scopes import Needles, passes
 from streams import app as streams_app
 from streams.app import app, device_events, devices, partition_meta
 from streams.effects import send_dead_letter, send_effects
 from streams.partition_scan import scan_partition
 
 CODEC = codec()
+
+# Records the partition engine applies (by schema name).
+HANDLED = frozenset(
+    {
+        "DeviceReport",
+        "TaskRelease",
+        "BatchControl",
+        "BatchTarget",
+        "DeviceRegistration",
+        "GroupControl",
+        "TaskCommand",
+        "Tick",
+    }
+)
 
 
 @dataclass
@@ -34,20 +55,10 @@ class DevicePartition:
 
     partition: int
     registry: BatchRegistry
+    groups: GroupRegistry
     source_offsets: dict[str, int]
     watermark: int
-    # Heap of (deadline, device key) with lazy invalidation against ``deadline_of``.
-    deadlines: list[tuple[int, str]] | None = None
-    deadline_of: dict[str, int] = field(default_factory=dict)
-
-    def note_deadline(self, key: str, deadline: int | None) -> None:
-        if self.deadlines is None:
-            return
-        if deadline is None:
-            self.deadline_of.pop(key, None)
-        elif self.deadline_of.get(key) != deadline:
-            self.deadline_of[key] = deadline
-            heapq.heappush(self.deadlines, (deadline, key))
+    deadlines: DeadlineHeap | None = None
 
 
 _views: dict[int, DevicePartition] = {}
@@ -62,16 +73,19 @@ def partition_view(partition: int) -> DevicePartition:
     if view is not None:
         return view
     registry = BatchRegistry()
+    groups = GroupRegistry()
     offsets: dict[str, int] = {}
     watermark = 0
     for key, raw in scan_partition(partition_meta, partition, _meta_prefix(partition)):
         name, record = CODEC.decode(raw)
         if name == "Batch":
             registry.put(Batch.from_record(record))
+        elif name == "GroupControl":
+            groups.put(Group.from_control(record))
         elif name == "PartitionProgress" and key == f"{partition}/progress".encode():
             offsets = dict(record["source_offsets"])
             watermark = record["watermark"]
-    view = _views[partition] = DevicePartition(partition, registry, offsets, watermark)
+    view = _views[partition] = DevicePartition(partition, registry, groups, offsets, watermark)
     return view
 
 
@@ -87,16 +101,21 @@ async def _forget_views_on_assign(*args: Any, **kwargs: Any) -> None:
 
 
 class EnvelopeRun:
-    """One envelope's worth of work: device states read once, written once."""
+    """One envelope's worth of work: device states read once, written once.
+
+    It is the partition engine's ``DeviceStore`` over the ``devices`` table.
+    """
 
     def __init__(self, view: DevicePartition) -> None:
         self.view = view
-        self.engine = DeviceEngine(view.registry)
         self.fx = Effects()
         self.states: dict[str, DeviceState | None] = {}
         self.dirty: set[str] = set()
         self.dead: list[tuple[str, str, bytes]] = []
         self.meta_dirty = False
+        self.engine = PartitionEngine(view.registry, view.groups, self, view.deadlines)
+
+    # -- DeviceStore --------------------------------------------------------------------
 
     def load(self, key: str) -> DeviceState | None:
         if key in self.states:
@@ -106,9 +125,31 @@ class EnvelopeRun:
         self.states[key] = state
         return state
 
-    def changed(self, state: DeviceState) -> None:
+    def put(self, state: DeviceState) -> None:
         self.states[state.key] = state
         self.dirty.add(state.key)
+
+    def delete(self, key: str) -> None:
+        self.states[key] = None
+        self.dirty.add(key)
+
+    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
+        """The prefix of this partition's RocksDB; only candidates are decoded, none kept."""
+        seen: set[str] = set()
+        for key_bytes, raw in scan_partition(devices, self.view.partition, prefix.encode()):
+            key = key_bytes.decode()
+            seen.add(key)
+            if key in self.states:
+                cached = self.states[key]
+                if cached is not None:
+                    yield cached
+            elif passes(raw, needles):
+                yield DeviceState.from_record(CODEC.decode_as("DeviceState", raw))
+        for key, extra in list(self.states.items()):
+            if extra is not None and key not in seen and key.startswith(prefix):
+                yield extra  # created in this envelope, not in the table yet
+
+    # -- records ------------------------------------------------------------------------
 
     def apply(self, item: bytes, source: str) -> None:
         try:
@@ -116,92 +157,33 @@ class EnvelopeRun:
         except DecodeError as exc:
             self.dead.append((source, str(exc), item))
             return
+        if name not in HANDLED:
+            self.dead.append((source, f"unexpected record type {name}", item))
+            return
         now = record.get("event_time")
         if isinstance(now, int) and now > self.view.watermark:
             self.view.watermark = now
             self.meta_dirty = True
-        if name == "DeviceReport":
-            key = device_key(record["product_key"], record["device_name"])
-            self.changed(self.engine.on_report(self.load(key), record, self.fx))
-        elif name == "TaskRelease":
-            key = device_key(record["product_key"], record["device_name"])
-            state = self.load(key)
-            if state is not None:
-                before = len(self.fx.task_events)
-                self.engine.on_release(state, record, self.fx)
-                if len(self.fx.task_events) != before or not state.online:
-                    self.changed(state)
-        elif name == "BatchControl":
-            self.apply_control(record)
-        elif name == "Tick":
-            self.fire_timers(record["event_time"])
-        else:
-            self.dead.append((source, f"unexpected record type {name}", item))
-
-    def apply_control(self, control: dict[str, Any]) -> None:
-        batch = Batch.from_record(control["batch"])
-        now = control["event_time"]
-        self.view.registry.put(batch)
-        partition_meta[f"{self.view.partition}/batch/{batch.batch_id}".encode()] = CODEC.encode(
-            "Batch", batch.to_record()
-        )
-        action = control["action"]
-        if action == "START" and batch.status is BatchStatus.IN_PROGRESS:
-            if batch.kind is BatchKind.DYNAMIC and batch.dynamic_mode == 2:
-                return
-            self.for_each_device(
-                batch.product_key, lambda s: self.engine.on_batch_start(s, batch, now, self.fx)
+        self.engine.apply(name, record, self.fx)
+        partition = self.view.partition
+        if name == "BatchControl":
+            batch_id = record["batch"]["batch_id"]
+            partition_meta[f"{partition}/batch/{batch_id}".encode()] = CODEC.encode(
+                "Batch", record["batch"]
             )
-        elif action == "CANCEL_TASKS":
-            statuses = frozenset(TaskStatus(s) for s in control["cancel_statuses"])
-            self.for_each_device(
-                batch.product_key,
-                lambda s: self.engine.on_cancel(s, batch.batch_id, statuses, now, self.fx),
-            )
-
-    def for_each_device(self, product_key: str, step: Callable[[DeviceState], None]) -> None:
-        prefix = f"{product_key}/".encode()
-        for key_bytes, raw in scan_partition(devices, self.view.partition, prefix):
-            key = key_bytes.decode()
-            state: DeviceState | None = self.states.get(key)
-            if state is None:
-                state = DeviceState.from_record(CODEC.decode_as("DeviceState", raw))
-                self.states[key] = state
-            before = len(self.fx.task_events)
-            step(state)
-            if len(self.fx.task_events) != before:
-                self.changed(state)
-
-    def fire_timers(self, now: int) -> None:
-        view = self.view
-        if view.deadlines is None:
-            view.deadlines = []
-            for key_bytes, raw in scan_partition(devices, view.partition):
-                scanned = DeviceState.from_record(CODEC.decode_as("DeviceState", raw))
-                deadline = scanned.next_deadline()
-                if deadline is not None:
-                    view.deadline_of[scanned.key] = deadline
-                    view.deadlines.append((deadline, key_bytes.decode()))
-            heapq.heapify(view.deadlines)
-        while view.deadlines and view.deadlines[0][0] <= now:
-            deadline, key = heapq.heappop(view.deadlines)
-            if view.deadline_of.get(key) != deadline:
-                continue  # stale entry: the device's timers moved since
-            del view.deadline_of[key]
-            state = self.load(key)
-            if state is None:
-                continue
-            self.engine.on_tick(state, now, self.fx)
-            self.changed(state)
+        elif name == "GroupControl":
+            partition_meta[f"{partition}/group/{record['group_id']}".encode()] = item
 
     async def finish(self) -> None:
         view = self.view
+        view.deadlines = self.engine.deadlines
         for key in self.dirty:
             state = self.states[key]
             if state is None:
-                continue
-            devices[key.encode()] = CODEC.encode("DeviceState", state.to_record())
-            view.note_deadline(key, state.next_deadline())
+                with contextlib.suppress(KeyError):
+                    del devices[key.encode()]
+            else:
+                devices[key.encode()] = CODEC.encode("DeviceState", state.to_record())
         if self.meta_dirty:
             partition_meta[f"{view.partition}/progress".encode()] = CODEC.encode(
                 "PartitionProgress",
