@@ -1,0 +1,99 @@
+"""Write many keys of a Faust table at once: one RocksDB write batch, changelog via librdkafka.
+
+Faust's ``table[key] = value`` costs ~50 us per key here (its changelog send goes
+through aiokafka one record at a time): it capped the device agent near 5k reports/s.
+This writer keeps Faust's table (same RocksDB databases, same changelog topic and
+partitions, so Faust's recovery and rebalancing work unchanged) and replaces only
+the write path:
+
+  1. put every changed key of an envelope into the partition's RocksDB in one
+     ``WriteBatch``;
+  2. produce the changelog records with confluent-kafka (a C producer, ~2 us each);
+  3. ``flush()`` before the agent moves on, so no source offset is committed by
+     Faust before the changelog that reflects it is acknowledged;
+  4. record the last changelog offset as Faust's "persisted offset", so a restart on
+     the same machine replays only what it has not got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Producer
+from faust.types import TP
+
+from otaflow.config import Settings
+
+
+class ChangelogError(RuntimeError):
+    pass
+
+
+class TableWriter:
+    def __init__(self, table: Any, settings: Settings) -> None:
+        self.table = table
+        self.topic = table.changelog_topic.get_topic_name()
+        self.producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 1,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+            }
+        )
+        self._persisted: dict[int, int] = {}
+        self._errors: list[str] = []
+
+    def _db(self, partition: int) -> Any:
+        return self.table.data._db_for_partition(partition)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        value: bytes | None = self._db(partition).get(key)
+        return value
+
+    def write(self, partition: int, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        produce = self.producer.produce
+        for key, value in items:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+            while True:
+                try:
+                    produce(
+                        self.topic,
+                        key=key,
+                        value=value,
+                        partition=partition,
+                        on_delivery=self._delivered,
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.01)
+        self._db(partition).write(batch)
+        self.producer.poll(0)
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+            return
+        partition, offset = msg.partition(), msg.offset()
+        if offset > self._persisted.get(partition, -1):
+            self._persisted[partition] = offset
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every changelog record is acknowledged (call before acking the input)."""
+        remaining = self.producer.flush(timeout)
+        if remaining or self._errors:
+            errors, self._errors = self._errors, []
+            raise ChangelogError(f"changelog not acknowledged ({remaining} left): {errors[:3]}")
+        store = self.table.data
+        for partition, offset in self._persisted.items():
+            store.set_persisted_offset(TP(self.topic, partition), offset)
+        self._persisted.clear()
