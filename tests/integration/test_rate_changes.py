@@ -1,0 +1,119 @@
+"""Variable rates and live rate changes, through the real command and rate agents."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from otaflow.domain.rate import RateCondition, RateConfig, plan
+from tests.integration.conftest import Otaflow
+from tests.integration.test_rollout_kafka import MINUTE, T0, create_package
+
+pytestmark = pytest.mark.integration
+
+
+def queue_devices(otaflow: Otaflow, pk: str, count: int) -> None:
+    for i in range(count):
+        otaflow.report(pk, f"d{i}", "VERSION", T0 + 100, version="1.0")
+    otaflow.flush()
+    otaflow.task_events().wait_for(
+        lambda v: sum(e["status"] == "QUEUED" for e in v) == count, timeout=120, what="queued"
+    )
+
+
+def tick_minutes(otaflow: Otaflow, first: int, last: int) -> None:
+    for minute in range(first, last + 1):
+        for second in range(1, 61):
+            otaflow.tick(T0 + minute * MINUTE + second * 1000 - 1)
+
+
+def pushes_per_minute(otaflow: Otaflow, expected: int) -> Counter[int]:
+    events = otaflow.task_events().wait_for(
+        lambda v: sum(e["status"] == "NOTIFIED" for e in v) >= expected,
+        timeout=180,
+        what=f"{expected} notified",
+    )
+    return Counter((e["event_time"] - T0) // MINUTE for e in events if e["status"] == "NOTIFIED")
+
+
+def test_console_variable_rate_example_runs_as_planned(otaflow: Otaflow) -> None:
+    """Base 50, factor 2, max 10,000, +1 step per 1,000 pushed: 50, 100, 200, ... 10,000."""
+    otaflow.start_worker()
+    pk, devices = "pkVar", 9000
+    firmware_id = create_package(otaflow, pk)
+    otaflow.call(
+        "CreateOTADynamicUpgradeJob",
+        T0,
+        FirmwareId=firmware_id,
+        ProductKey=pk,
+        **{"SrcVersion.1": "1.0"},
+        RateType="variable",
+        BaseRatePerMinute=50,
+        IncrementalFactor="2",
+        MaximumPerMinute=10000,
+        RateIncreaseCondition="pushed",
+        RateIncreaseThreshold=1000,
+    )
+    queue_devices(otaflow, pk, devices)
+    expected = plan(RateConfig.variable(50, "2", 10000, 1000, RateCondition.PUSHED), devices)
+    tick_minutes(otaflow, 0, expected.total_minutes - 1)
+    per_minute = pushes_per_minute(otaflow, devices)
+    # The agent pushes exactly what the plan (the same meter code) says, minute by minute.
+    cumulative, achieved = 0, []
+    for minute in range(expected.total_minutes):
+        cumulative += per_minute[minute]
+        achieved.append(cumulative)
+    assert achieved == [m.pushed for m in expected.minutes]
+    # The console doc's steps: 50/min for the first 1,000 (20 minutes), then 100/min ...
+    assert [per_minute[m] for m in range(3)] == [50, 50, 50]
+    assert per_minute[20] == 100
+    assert sum(per_minute.values()) == devices
+
+
+def test_rate_change_while_updating_takes_effect_in_the_next_window(otaflow: Otaflow) -> None:
+    otaflow.start_worker()
+    pk = "pkChange"
+    firmware_id = create_package(otaflow, pk)
+    job = otaflow.call(
+        "CreateOTADynamicUpgradeJob",
+        T0,
+        FirmwareId=firmware_id,
+        ProductKey=pk,
+        **{"SrcVersion.1": "1.0"},
+        MaximumPerMinute=600,
+    )
+    queue_devices(otaflow, pk, 1500)
+    tick_minutes(otaflow, 0, 0)
+    otaflow.task_events().wait_for(
+        lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 600, what="minute 0 at 600"
+    )
+    # Mid-minute 1, the operator lowers the rate; minute 1 keeps 600, minute 2 runs at 60.
+    tick_minutes(otaflow, 1, 1)
+    otaflow.call(
+        "UpdateOTAJob",
+        T0 + MINUTE + 30_000,
+        JobId=job["JobId"],
+        UpgradeType="DYNAMIC",
+        TargetSelection="ALL",
+        MaximumPerMinute=60,
+    )
+    tick_minutes(otaflow, 2, 3)
+    per_minute = pushes_per_minute(otaflow, 600 + 600 + 60 + 60)
+    assert [per_minute[m] for m in range(4)] == [600, 600, 60, 60]
+    changed_type = otaflow.control.call(
+        "UpdateOTAJob",
+        {
+            "JobId": job["JobId"],
+            "UpgradeType": "DYNAMIC",
+            "TargetSelection": "ALL",
+            "MaximumPerMinute": "100",
+            "RateType": "variable",
+            "BaseRatePerMinute": "10",
+            "IncrementalFactor": "2",
+            "RateIncreaseThreshold": "10",
+        },
+        now_ms=T0 + 4 * MINUTE,
+    )
+    assert not changed_type.success
+    assert changed_type.code == "iot.ota.RateTypeChangeNotAllowed"
