@@ -25,7 +25,8 @@ from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.ids import derived_id
 
 _VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_FIRMWARE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_()\-]{0,39}$")
+# The platform's name rule, widened to the spaces and periods that operators use.
+_FIRMWARE_NAME = re.compile(r"^[\w\u4e00-\u9fa5][\w\u4e00-\u9fa5 ().\-]{0,39}$")
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_MODULES_PER_PRODUCT = 10
 
@@ -55,7 +56,8 @@ class FirmwareOps(OpsBase):
         name = req_str(p, "FirmwareName")
         if not _FIRMWARE_NAME.match(name):
             raise invalid(
-                "FirmwareName", "1-40 letters, digits, '-', '_' or '()', starting alphanumeric"
+                "FirmwareName",
+                "1-40 letters, digits, spaces, '.', '-', '_' or '()', starting alphanumeric",
             )
         dest = req_str(p, "DestVersion")
         if not _VERSION.match(dest):
@@ -88,7 +90,7 @@ class FirmwareOps(OpsBase):
         udi = opt_str(p, "Udi")
         if udi is not None and len(udi) > 4096:
             raise invalid("Udi", "at most 4096 characters")
-        self._unique_firmware_name(name, None)
+        self._unique_firmware_name(product_key, name, None)
         firmware_id = derived_id(request_id, "firmware")
         record = {
             "firmware_id": firmware_id,
@@ -119,9 +121,15 @@ class FirmwareOps(OpsBase):
             writes={f"firmware/{firmware_id}": record},
         )
 
-    def _unique_firmware_name(self, name: str, own_id: str | None) -> None:
+    def _unique_firmware_name(self, product_key: str, name: str, own_id: str | None) -> None:
+        """Names are unique per product (the platform says per account; otaflow serves
+        many teams' products from one deployment)."""
         for _, other in self.store.scan("firmware/"):
-            if other["name"] == name and other["firmware_id"] != own_id:
+            if (
+                other["name"] == name
+                and other["product_key"] == product_key
+                and other["firmware_id"] != own_id
+            ):
                 raise ApiError(E.FIRMWARE_NAME_EXISTS, f"An update package named {name} exists.")
 
     def _ModifyOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
@@ -131,8 +139,8 @@ class FirmwareOps(OpsBase):
         name = opt_str(p, "FirmwareName")
         if name is not None:
             if not _FIRMWARE_NAME.match(name):
-                raise invalid("FirmwareName", "1-40 letters, digits, '-', '_' or '()'")
-            self._unique_firmware_name(name, record["firmware_id"])
+                raise invalid("FirmwareName", "1-40 letters, digits, spaces, '.', '-', '_' or '()'")
+            self._unique_firmware_name(record["product_key"], name, record["firmware_id"])
             record["name"] = name
         desc = opt_str(p, "FirmwareDesc")
         if desc is not None:
