@@ -213,8 +213,9 @@ class TopicReader:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for msg in self.consumer.consume(1000, 0.05):
-                if msg.error() is None and msg.value() is not None:
-                    self.records.append((msg.partition(), CODEC.decode(msg.value())[1]))
+                value, partition = msg.value(), msg.partition()
+                if msg.error() is None and value is not None and partition is not None:
+                    self.records.append((partition, CODEC.decode(value)[1]))
 
     def wait_for(
         self,

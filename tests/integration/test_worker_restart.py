@@ -85,7 +85,7 @@ def test_killed_worker_on_a_fresh_machine_recovers_state_from_kafka(otaflow: Ota
         what="all notified",
     )
     # Every task was released; the meters restored from the changelog kept the rate.
-    first_push = {}
+    first_push: dict[str, int] = {}
     for e in events.values():
         if e["status"] == "NOTIFIED":
             first_push.setdefault(e["task_id"], e["event_time"])
