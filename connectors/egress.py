@@ -16,8 +16,8 @@ offset order); the entry is *done* when the broker PUBACKs its publish (or its d
 letter is delivered). The connector commits, per partition, the offset after the
 longest done prefix of the window, so a committed offset never passes a message the
 broker has not acknowledged. paho keeps unacknowledged QoS 1 publishes and sends them
-again after a reconnect (with backoff, 1 s doubling to 30 s); messages consumed while
-the broker is away queue in paho until it returns. At-least-once: a device may get
+again after a reconnect (the connector retries the connection after 1 s, doubling to
+30 s); messages consumed while the broker is away queue in paho until it returns. At-least-once: a device may get
 an offer twice (after a reconnect or a rebalance), which is why ``data.taskId`` is
 there.
 
@@ -26,9 +26,13 @@ broker's PUBACK. At the bound the connector waits for PUBACKs; if it stays full 
 second (broker away or slow) the consumer's partitions are paused (it keeps polling,
 so the group does not evict it) and resumed at half the bound.
 
-Only the consumer thread touches the windows; paho's network thread merely queues the
-acked message ids (a lock shared with paho's own would deadlock: paho calls
-``on_publish`` holding the lock that ``publish()`` takes).
+One thread does everything: it polls Kafka, publishes, and drives paho through its
+external-loop API (``loop_read`` / ``loop_write`` / ``loop_misc`` on the client's
+socket, reconnecting itself), so PUBACK callbacks run on the thread that owns the
+windows. No network thread is woken per publish and no lock is shared with one:
+measured, that hand-off cost more CPU than the publish itself (``benchmarks/
+egress_bench.py``). paho's own in-flight limit is off (it rescans every message on
+each PUBACK); ``max_in_flight`` bounds what is in flight instead.
 
 Python API::
 
@@ -41,11 +45,12 @@ CLI: ``python -m connectors.egress [--client-id ID]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
-import queue
+import select
 import signal
 import socket
 import threading
@@ -79,6 +84,15 @@ MAX_IN_FLIGHT_LIMIT = 60_000
 COMMIT_INTERVAL_S = 0.2
 DRAIN_TIMEOUT_S = 10.0
 CONSUME_BATCH = 500
+# How long consume() may wait for records: short while PUBACKs are due (they are read
+# between polls), longer when there is nothing in flight.
+CONSUME_WAIT_BUSY_S = 0.005
+CONSUME_WAIT_IDLE_S = 0.05
+KEEPALIVE_S = 30
+URL_REUSE_S = 1.0
+# Reconnect backoff: 1 s, doubling to 30 s, back to 1 s after a CONNACK.
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 30.0
 # Full for this long: pause the partitions (a burst shorter than this just waits).
 PAUSE_AFTER_S = 1.0
 
@@ -121,7 +135,6 @@ class EgressConnector:
         self.peak_in_flight = 0
         self._stopping = False
         self._codec = codec()
-        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._windows: dict[int, deque[_Entry]] = {}
         self._by_mid: dict[int, _Entry] = {}
         # Per partition: the offset to commit next, once the commit is due.
@@ -129,9 +142,12 @@ class EgressConnector:
         self._orphans = 0  # entries of revoked partitions not acknowledged yet
         self._paused = False
         self._full_since: float | None = None
-        self._acked = threading.Event()
         self._last_commit = 0.0
         self._consumer: Consumer | None = None
+        # MQTT connection management (paho's loop_forever would do this on its thread).
+        self._reconnect_at = 0.0
+        self._reconnect_delay = RECONNECT_MIN_S
+        self._urls: dict[str, tuple[str, float]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,14 +156,20 @@ class EgressConnector:
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
         )
-        client.max_inflight_messages_set(self.max_in_flight)
+        # paho's own in-flight limit rescans every message on each PUBACK (O(n) per
+        # ack); the connector's window is the bound instead (see max_in_flight).
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        client.connect_async(self.settings.mqtt.host, self.settings.mqtt.port, keepalive=30)
-        client.loop_start()
+        # paho's external-loop API: publish() only queues the packet and this thread
+        # writes the whole batch with loop_write() (no wake-up of a network thread
+        # per message, no lock shared with one).
+        client.on_socket_register_write = _ignore_socket
+        client.on_socket_unregister_write = _ignore_socket
+        client.connect_async(self.settings.mqtt.host, self.settings.mqtt.port, KEEPALIVE_S)
+        self._mqtt_connect(client)
         producer = Producer(producer_config(self.settings, self.client_id))
         consumer = Consumer(
             {
@@ -170,19 +192,19 @@ class EgressConnector:
             while not stop.is_set():
                 self._step(consumer, producer, client)
             self._stopping = True
-            self._drain(consumer, producer)
+            self._drain(consumer, producer, client)
         finally:
             self._stopping = True
             consumer.close()
             client.disconnect()
-            client.loop_stop()
+            with contextlib.suppress(OSError):
+                client.loop_write()  # sends DISCONNECT and closes the socket
             producer.flush(5)
             self._consumer = None
 
     def _step(self, consumer: Consumer, producer: Producer, client: mqtt.Client) -> None:
-        self._acked.clear()  # before reading the acks, so a later one wakes the wait below
         producer.poll(0)
-        self._apply_acks()
+        self._service_mqtt(client, 0)  # PUBACKs in, pending publishes out
         self._commit(consumer)
         in_flight = self.in_flight
         room = self.max_in_flight - in_flight
@@ -200,13 +222,18 @@ class EgressConnector:
             consumer.pause(consumer.assignment())  # again: new assignments start unpaused
             self._paused = True
         if room <= 0 or self._paused:
-            # Full: wait for PUBACKs. A short burst only skips polling (cheaper than a
-            # pause/resume, which makes librdkafka drop and fetch again what it had).
-            self._acked.wait(0.05)
+            # Full: wait for PUBACKs on the MQTT socket. A short burst only skips
+            # polling (cheaper than a pause/resume, which makes librdkafka drop and
+            # fetch again what it had).
+            self._service_mqtt(client, 0.05)
             if not self._paused:
                 return
         batch = min(CONSUME_BATCH, room) if room > 0 and not self._paused else 1
-        timeout = 0.05 if room > 0 and not self._paused else 0
+        # With publishes in flight, come back soon for their PUBACKs.
+        if room > 0 and not self._paused:
+            timeout = CONSUME_WAIT_BUSY_S if in_flight else CONSUME_WAIT_IDLE_S
+        else:
+            timeout = 0
         for msg in consumer.consume(num_messages=batch, timeout=timeout):
             err = msg.error()
             if err is not None:
@@ -217,12 +244,11 @@ class EgressConnector:
             self._handle(msg, producer, client)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
-    def _drain(self, consumer: Consumer, producer: Producer) -> None:
+    def _drain(self, consumer: Consumer, producer: Producer, client: mqtt.Client) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while self.in_flight and time.monotonic() < deadline:
-            producer.poll(0.02)
-            self._apply_acks()
-        self._apply_acks()
+            producer.poll(0)
+            self._service_mqtt(client, 0.02)
         self._commit(consumer, force=True, asynchronous=False)
         if self.in_flight:
             _log.warning(
@@ -242,6 +268,47 @@ class EgressConnector:
         """Records consumed whose offsets cannot be committed yet (the memory bound)."""
         return sum(len(w) for w in list(self._windows.values())) + self._orphans
 
+    # ------------------------------------------------------------------ MQTT I/O
+
+    def _mqtt_connect(self, client: mqtt.Client) -> None:
+        """Open the connection (or plan the next try); CONNACK arrives through loop_read."""
+        self._reconnect_at = time.monotonic() + self._reconnect_delay
+        delay = self._reconnect_delay
+        self._reconnect_delay = min(self._reconnect_delay * 2, RECONNECT_MAX_S)
+        try:
+            client.reconnect()  # blocking TCP connect (loopback or LAN: quick)
+        except OSError as exc:
+            if not self._stopping:
+                _log.warning(
+                    "egress %s: cannot reach %s (%s); retrying in %.0f s",
+                    self.client_id,
+                    self.settings.mqtt.url,
+                    exc,
+                    delay,
+                )
+
+    def _service_mqtt(self, client: mqtt.Client, timeout: float) -> None:
+        """Read PUBACKs, write queued packets, keep alive, reconnect; wait up to ``timeout``."""
+        sock = client.socket()
+        if sock is None:
+            now = time.monotonic()
+            if now >= self._reconnect_at and not self._stopping:
+                self._mqtt_connect(client)
+            elif timeout:
+                time.sleep(min(timeout, max(0.0, self._reconnect_at - now)))
+            return
+        if client.want_write():
+            client.loop_write()
+        if timeout:
+            wants = [sock] if client.want_write() else []
+            _, writable, _ = select.select([sock], wants, [], timeout)
+            if writable:
+                client.loop_write()
+        client.loop_read()  # up to every PUBACK that has arrived; returns at EAGAIN
+        if client.want_write():
+            client.loop_write()
+        client.loop_misc()  # keepalive PINGREQ, or a lost connection noticed
+
     # ------------------------------------------------------------------ records
 
     def _handle(self, msg: Message, producer: Producer, client: mqtt.Client) -> None:
@@ -257,7 +324,7 @@ class EgressConnector:
             notification = self._codec.decode_as("Notification", raw)
             url = None
             if needs_url(notification):
-                url = self.url_signer(notification["firmware"]["file_path"])
+                url = self._signed_url(notification["firmware"]["file_path"])
             mqtt_topic, payload = build_upgrade_message(notification, url)
             info = client.publish(mqtt_topic, payload, qos=1)
         except (DecodeError, ValueError, KeyError, TypeError) as exc:
@@ -271,6 +338,19 @@ class EgressConnector:
             # NO_CONN is fine: paho keeps the message and sends it after reconnecting.
             raise RuntimeError(f"paho refused a publish: {mqtt.error_string(info.rc)}")
         self._by_mid[info.mid] = entry
+
+    def _signed_url(self, file_path: str) -> str:
+        """The signer's URL, reused for a second: one HMAC per package per second, not per
+        offer (a reused URL expires at most that second earlier than a fresh one)."""
+        now = time.monotonic()
+        cached = self._urls.get(file_path)
+        if cached is not None and now - cached[1] < URL_REUSE_S:
+            return cached[0]
+        if len(self._urls) > 1000:
+            self._urls.clear()
+        url = self.url_signer(file_path)
+        self._urls[file_path] = (url, now)
+        return url
 
     def _dead_letter(self, producer: Producer, entry: _Entry, raw: bytes, reason: str) -> None:
         source = f"{self.topic}/{entry.partition}/{entry.offset}"
@@ -297,19 +377,6 @@ class EgressConnector:
             self._done(entry)
 
         producer.produce(self.dead_letter_topic, value, source.encode(), on_delivery=on_delivery)
-
-    def _apply_acks(self) -> None:
-        while True:
-            try:
-                mid = self._acks.get_nowait()
-            except queue.Empty:
-                return
-            entry = self._by_mid.pop(mid, None)
-            if entry is None:
-                _log.warning("egress: PUBACK for unknown message id %d", mid)
-                continue
-            self.published += 1
-            self._done(entry)
 
     def _done(self, entry: _Entry) -> None:
         if entry.done:
@@ -393,6 +460,7 @@ class EgressConnector:
             _log.error("egress %s: broker refused the connection: %s", self.client_id, reason_code)
             return
         _log.info("egress %s: connected", self.client_id)
+        self._reconnect_delay = RECONNECT_MIN_S
         self.ready.set()
 
     def _on_disconnect(
@@ -404,12 +472,14 @@ class EgressConnector:
         properties: Properties | None,
     ) -> None:
         self.ready.clear()
+        self._reconnect_at = time.monotonic() + self._reconnect_delay
         if not self._stopping:
             _log.warning(
-                "egress %s: disconnected (%s); paho reconnects and re-sends what "
-                "was not acknowledged",
+                "egress %s: disconnected (%s); reconnecting in %.0f s, then paho re-sends "
+                "what was not acknowledged",
                 self.client_id,
                 reason_code,
+                self._reconnect_delay,
             )
 
     def _on_publish(
@@ -420,8 +490,17 @@ class EgressConnector:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._acks.put(mid)
-        self._acked.set()
+        # On this connector's thread (loop_read), so the windows need no lock.
+        entry = self._by_mid.pop(mid, None)
+        if entry is None:
+            _log.warning("egress: PUBACK for unknown message id %d", mid)
+            return
+        self.published += 1
+        self._done(entry)
+
+
+def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Registered so paho leaves writing to :meth:`EgressConnector._service_mqtt`."""
 
 
 def fallback_url_signer(settings: Settings) -> UrlSigner:
