@@ -17,9 +17,9 @@ letter is delivered). The connector commits, per partition, the offset after the
 longest done prefix of the window, so a committed offset never passes a message the
 broker has not acknowledged. paho keeps unacknowledged QoS 1 publishes and sends them
 again after a reconnect (the connector retries the connection after 1 s, doubling to
-30 s); messages consumed while the broker is away queue in paho until it returns. At-least-once: a device may get
-an offer twice (after a reconnect or a rebalance), which is why ``data.taskId`` is
-there.
+30 s); messages consumed while the broker is away queue in paho until it returns.
+At-least-once: a device may get an offer twice (after a reconnect or a rebalance),
+which is why ``data.taskId`` is there.
 
 Memory stays flat: at most ``max_in_flight`` records are between Kafka and the
 broker's PUBACK. At the bound the connector waits for PUBACKs; if it stays full for a
