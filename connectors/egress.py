@@ -15,9 +15,10 @@ Auto-commit is off. Every consumed record gets an entry in its partition's windo
 offset order); the entry is *done* when the broker PUBACKs its publish (or its dead
 letter is delivered). The connector commits, per partition, the offset after the
 longest done prefix of the window, so a committed offset never passes a message the
-broker has not acknowledged. paho keeps unacknowledged QoS 1 publishes and sends them
-again after a reconnect (the connector retries the connection after 1 s, doubling to
-30 s); messages consumed while the broker is away queue in paho until it returns.
+broker has not acknowledged. The MQTT client keeps unacknowledged QoS 1 publishes and
+sends them again (DUP) after a reconnect (the connector retries the connection after
+1 s, doubling to 30 s); messages consumed while the broker is away wait in it until
+the broker returns.
 At-least-once: a device may get an offer twice (after a reconnect or a rebalance),
 which is why ``data.taskId`` is there.
 
@@ -26,13 +27,16 @@ broker's PUBACK. At the bound the connector waits for PUBACKs; if it stays full 
 second (broker away or slow) the consumer's partitions are paused (it keeps polling,
 so the group does not evict it) and resumed at half the bound.
 
-One thread does everything: it polls Kafka, publishes, and drives paho through its
-external-loop API (``loop_read`` / ``loop_write`` / ``loop_misc`` on the client's
-socket, reconnecting itself), so PUBACK callbacks run on the thread that owns the
-windows. No network thread is woken per publish and no lock is shared with one:
-measured, that hand-off cost more CPU than the publish itself (``benchmarks/
-egress_bench.py``). paho's own in-flight limit is off (it rescans every message on
-each PUBACK); ``max_in_flight`` bounds what is in flight instead.
+Throughput
+----------
+One thread does everything: it polls Kafka in batches, publishes, and drives the MQTT
+socket itself (non-blocking; a batch of PUBLISH packets goes out in one write, every
+PUBACK that has arrived is read in one ``recv``), so PUBACK callbacks run on the
+thread that owns the windows, with no lock and no thread hand-off. The MQTT client is
+:class:`connectors.mqtt_publisher.QoS1Publisher`, a publish-only QoS 1 client:
+paho-mqtt cost ~45 µs of CPU per message on its own (see that module and
+``benchmarks/egress_bench.py`` for the measurements), more than the rest of the
+connector together.
 
 Python API::
 
@@ -45,12 +49,10 @@ CLI: ``python -m connectors.egress [--client-id ID]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import hmac
 import logging
 import os
-import select
 import signal
 import socket
 import threading
@@ -58,16 +60,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
-import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
+from connectors.mqtt_publisher import QoS1Publisher, check_topic
 from otaflow import config
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
@@ -144,7 +143,7 @@ class EgressConnector:
         self._full_since: float | None = None
         self._last_commit = 0.0
         self._consumer: Consumer | None = None
-        # MQTT connection management (paho's loop_forever would do this on its thread).
+        # MQTT reconnection (backoff state).
         self._reconnect_at = 0.0
         self._reconnect_delay = RECONNECT_MIN_S
         self._urls: dict[str, tuple[str, float]] = {}
@@ -153,22 +152,12 @@ class EgressConnector:
 
     def run(self, stop: threading.Event) -> None:
         """Publish notifications until ``stop`` is set, then drain, commit and close."""
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
+        client = QoS1Publisher(
+            self.client_id, self.settings.mqtt.host, self.settings.mqtt.port, keepalive=KEEPALIVE_S
         )
-        # paho's own in-flight limit rescans every message on each PUBACK (O(n) per
-        # ack); the connector's window is the bound instead (see max_in_flight).
-        client.max_inflight_messages_set(0)
-        client.max_queued_messages_set(0)
+        client.on_ack = self._on_ack
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        # paho's external-loop API: publish() only queues the packet and this thread
-        # writes the whole batch with loop_write() (no wake-up of a network thread
-        # per message, no lock shared with one).
-        client.on_socket_register_write = _ignore_socket
-        client.on_socket_unregister_write = _ignore_socket
-        client.connect_async(self.settings.mqtt.host, self.settings.mqtt.port, KEEPALIVE_S)
         self._mqtt_connect(client)
         producer = Producer(producer_config(self.settings, self.client_id))
         consumer = Consumer(
@@ -196,13 +185,11 @@ class EgressConnector:
         finally:
             self._stopping = True
             consumer.close()
-            client.disconnect()
-            with contextlib.suppress(OSError):
-                client.loop_write()  # sends DISCONNECT and closes the socket
+            client.disconnect()  # what is unacknowledged is published again by the next owner
             producer.flush(5)
             self._consumer = None
 
-    def _step(self, consumer: Consumer, producer: Producer, client: mqtt.Client) -> None:
+    def _step(self, consumer: Consumer, producer: Producer, client: QoS1Publisher) -> None:
         producer.poll(0)
         self._service_mqtt(client, 0)  # PUBACKs in, pending publishes out
         self._commit(consumer)
@@ -242,9 +229,10 @@ class EgressConnector:
                 _log.warning("egress: consumer error: %s", err)
                 continue
             self._handle(msg, producer, client)
+        client.flush()  # the batch's PUBLISH packets, in one write
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
-    def _drain(self, consumer: Consumer, producer: Producer, client: mqtt.Client) -> None:
+    def _drain(self, consumer: Consumer, producer: Producer, client: QoS1Publisher) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while self.in_flight and time.monotonic() < deadline:
             producer.poll(0)
@@ -270,13 +258,13 @@ class EgressConnector:
 
     # ------------------------------------------------------------------ MQTT I/O
 
-    def _mqtt_connect(self, client: mqtt.Client) -> None:
-        """Open the connection (or plan the next try); CONNACK arrives through loop_read."""
+    def _mqtt_connect(self, client: QoS1Publisher) -> None:
+        """Open the connection (or plan the next try); CONNACK arrives through ``read``."""
         self._reconnect_at = time.monotonic() + self._reconnect_delay
         delay = self._reconnect_delay
         self._reconnect_delay = min(self._reconnect_delay * 2, RECONNECT_MAX_S)
         try:
-            client.reconnect()  # blocking TCP connect (loopback or LAN: quick)
+            client.connect()  # blocking TCP connect (loopback or LAN: quick)
         except OSError as exc:
             if not self._stopping:
                 _log.warning(
@@ -287,31 +275,20 @@ class EgressConnector:
                     delay,
                 )
 
-    def _service_mqtt(self, client: mqtt.Client, timeout: float) -> None:
+    def _service_mqtt(self, client: QoS1Publisher, timeout: float) -> None:
         """Read PUBACKs, write queued packets, keep alive, reconnect; wait up to ``timeout``."""
-        sock = client.socket()
-        if sock is None:
+        if client.socket() is None:
             now = time.monotonic()
             if now >= self._reconnect_at and not self._stopping:
                 self._mqtt_connect(client)
             elif timeout:
                 time.sleep(min(timeout, max(0.0, self._reconnect_at - now)))
             return
-        if client.want_write():
-            client.loop_write()
-        if timeout:
-            wants = [sock] if client.want_write() else []
-            _, writable, _ = select.select([sock], wants, [], timeout)
-            if writable:
-                client.loop_write()
-        client.loop_read()  # up to every PUBACK that has arrived; returns at EAGAIN
-        if client.want_write():
-            client.loop_write()
-        client.loop_misc()  # keepalive PINGREQ, or a lost connection noticed
+        client.service(timeout)
 
     # ------------------------------------------------------------------ records
 
-    def _handle(self, msg: Message, producer: Producer, client: mqtt.Client) -> None:
+    def _handle(self, msg: Message, producer: Producer, client: QoS1Publisher) -> None:
         partition, offset = msg.partition(), msg.offset()
         assert partition is not None and offset is not None
         entry = _Entry(partition, offset)
@@ -326,7 +303,7 @@ class EgressConnector:
             if needs_url(notification):
                 url = self._signed_url(notification["firmware"]["file_path"])
             mqtt_topic, payload = build_upgrade_message(notification, url)
-            info = client.publish(mqtt_topic, payload, qos=1)
+            topic = check_topic(mqtt_topic)
         except (DecodeError, ValueError, KeyError, TypeError) as exc:
             self._dead_letter(producer, entry, raw, f"unusable notification: {exc}")
             return
@@ -334,10 +311,8 @@ class EgressConnector:
             _log.exception("egress: could not build a notification at %d/%d", partition, offset)
             self._dead_letter(producer, entry, raw, f"could not build the message: {exc!r}")
             return
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            # NO_CONN is fine: paho keeps the message and sends it after reconnecting.
-            raise RuntimeError(f"paho refused a publish: {mqtt.error_string(info.rc)}")
-        self._by_mid[info.mid] = entry
+        # While disconnected the publisher keeps it and sends it after the CONNACK.
+        self._by_mid[client.publish(topic, payload)] = entry
 
     def _signed_url(self, file_path: str) -> str:
         """The signer's URL, reused for a second: one HMAC per package per second, not per
@@ -448,59 +423,31 @@ class EgressConnector:
 
     # ------------------------------------------------------------------ MQTT callbacks
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            _log.error("egress %s: broker refused the connection: %s", self.client_id, reason_code)
-            return
+    def _on_connect(self) -> None:
         _log.info("egress %s: connected", self.client_id)
         self._reconnect_delay = RECONNECT_MIN_S
         self.ready.set()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         self.ready.clear()
         self._reconnect_at = time.monotonic() + self._reconnect_delay
         if not self._stopping:
             _log.warning(
-                "egress %s: disconnected (%s); reconnecting in %.0f s, then paho re-sends "
-                "what was not acknowledged",
+                "egress %s: disconnected (%s); reconnecting in %.0f s, then what was not "
+                "acknowledged is published again",
                 self.client_id,
-                reason_code,
+                reason,
                 self._reconnect_delay,
             )
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        # On this connector's thread (loop_read), so the windows need no lock.
+    def _on_ack(self, mid: int) -> None:
+        # Inside client.read(), on this connector's thread: the windows need no lock.
         entry = self._by_mid.pop(mid, None)
         if entry is None:
             _log.warning("egress: PUBACK for unknown message id %d", mid)
             return
         self.published += 1
         self._done(entry)
-
-
-def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """Registered so paho leaves writing to :meth:`EgressConnector._service_mqtt`."""
 
 
 def fallback_url_signer(settings: Settings) -> UrlSigner:
