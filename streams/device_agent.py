@@ -15,7 +15,6 @@ watermark, and a heap of device deadlines (built on the first tick).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +27,24 @@ from otaflow.domain.groups import Group, GroupRegistry
 from otaflow.domain.partition import DeadlineHeap, PartitionEngine
 from otaflow.domain.scopes import Needles, passes
 from streams import app as streams_app
-from streams.app import app, device_events, devices, partition_meta
+from streams.app import app, device_events, devices, partition_meta, settings
 from streams.effects import send_dead_letter, send_effects
 from streams.partition_scan import scan_partition
+from streams.table_writer import TableWriter
 
 CODEC = codec()
+
+# Device states are written once per envelope in one RocksDB batch, with their
+# changelog through librdkafka (see table_writer: Faust's per-key write was the cap).
+_device_writer: TableWriter | None = None
+
+
+def device_writer() -> TableWriter:
+    global _device_writer
+    if _device_writer is None:
+        _device_writer = TableWriter(devices, settings)
+    return _device_writer
+
 
 # Records the partition engine applies (by schema name).
 HANDLED = frozenset(
@@ -120,7 +132,7 @@ class EnvelopeRun:
     def load(self, key: str) -> DeviceState | None:
         if key in self.states:
             return self.states[key]
-        raw = devices.get(key.encode())
+        raw = device_writer().get(self.view.partition, key.encode())
         state = DeviceState.from_record(CODEC.decode_as("DeviceState", raw)) if raw else None
         self.states[key] = state
         return state
@@ -177,13 +189,16 @@ class EnvelopeRun:
     async def finish(self) -> None:
         view = self.view
         view.deadlines = self.engine.deadlines
+        writes: list[tuple[bytes, bytes | None]] = []
         for key in self.dirty:
             state = self.states[key]
-            if state is None:
-                with contextlib.suppress(KeyError):
-                    del devices[key.encode()]
-            else:
-                devices[key.encode()] = CODEC.encode("DeviceState", state.to_record())
+            encoded = None if state is None else CODEC.encode("DeviceState", state.to_record())
+            writes.append((key.encode(), encoded))
+        if writes:
+            writer = device_writer()
+            writer.write(view.partition, writes)
+            # Acknowledged before this envelope is, so no committed offset outruns state.
+            writer.flush()
         if self.meta_dirty:
             partition_meta[f"{view.partition}/progress".encode()] = CODEC.encode(
                 "PartitionProgress",
