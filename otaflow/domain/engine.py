@@ -359,9 +359,23 @@ class DeviceEngine:
 
     # -- dynamic batches -----------------------------------------------------------------
 
-    def on_dynamic_start(self, state: DeviceState, batch: Batch, now: int, fx: Effects) -> None:
-        """A dynamic batch started (or got new source versions): match this device."""
+    def on_dynamic_start(
+        self,
+        state: DeviceState,
+        batch: Batch,
+        now: int,
+        fx: Effects,
+        *,
+        versions: frozenset[str] | None = None,
+    ) -> None:
+        """A dynamic batch started (or got new source ``versions``): match this device.
+
+        With ``versions``, only a device whose module is on one of them is matched
+        (adding source versions matches the devices on the added ones, no others).
+        """
         self.advance(state, now, fx)
+        if versions is not None and state.modules.get(batch.module) not in versions:
+            return
         self._match_dynamic(state, now, fx, version_module=batch.module, only=batch)
 
     def on_groups_changed(self, state: DeviceState, now: int, fx: Effects) -> None:

@@ -200,13 +200,21 @@ class PartitionEngine:
             or not takes_new_tasks(batch, now)
         ):
             return
-        added = set(batch.src_versions) - set(old.src_versions)
+        added = frozenset(batch.src_versions) - frozenset(old.src_versions)
         if added:
-            self._match_existing(batch, [frozenset(v.encode() for v in added)], now, fx)
+            needles = [frozenset(v.encode() for v in added)]
+            self._match_existing(batch, needles, now, fx, versions=added)
 
-    def _match_existing(self, batch: Batch, needles: Needles, now: int, fx: Effects) -> None:
+    def _match_existing(
+        self,
+        batch: Batch,
+        needles: Needles,
+        now: int,
+        fx: Effects,
+        versions: frozenset[str] | None = None,
+    ) -> None:
         for state in self._each(batch.product_key, needles):
-            self.engine.on_dynamic_start(state, batch, now, fx)
+            self.engine.on_dynamic_start(state, batch, now, fx, versions=versions)
             self._settle(state, now, fx)
 
     def group_control(self, record: Record, fx: Effects) -> None:

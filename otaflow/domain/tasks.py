@@ -34,8 +34,16 @@ ACTIVE = frozenset(TaskStatus) - FINAL
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.CONFIRM: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELED}),
+    # A queued task can move on by itself: the device may already hold the package
+    # (a retry, a re-upgrade) and report progress, a failure or its new version.
     TaskStatus.QUEUED: frozenset(
-        {TaskStatus.NOTIFIED, TaskStatus.CANCELED, TaskStatus.IN_PROGRESS, TaskStatus.SUCCEEDED}
+        {
+            TaskStatus.NOTIFIED,
+            TaskStatus.CANCELED,
+            TaskStatus.IN_PROGRESS,
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+        }
     ),
     TaskStatus.NOTIFIED: frozenset(
         {TaskStatus.IN_PROGRESS, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}

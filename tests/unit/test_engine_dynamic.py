@@ -245,3 +245,26 @@ def test_a_successful_device_is_not_matched_again_on_its_new_version() -> None:
     p.version("d1", "2.0", T + 3)
     p.version("d1", "2.0", T + 4)
     assert p.tasks("d1") == [("V", "SUCCEEDED")]
+
+
+def test_adding_a_version_does_not_rematch_devices_on_the_old_ones() -> None:
+    p = Partition()
+    batch = dynamic_batch("V", ["1.0"], at=T)
+    p.start(batch)
+    p.version("d1", "1.0", T + 1)
+    p.version("d1", "1.1", T + 1, module="mcu")  # mentions 1.1, on another module
+    fail_current(p, "d1", T + 2)
+    p.control("UPDATE", batch.with_changes(src_versions=("1.0", "1.1")), T + 3)
+    assert p.tasks("d1") == [("V", "FAILED")]
+    assert p.state("d1").match_counts == {"V": 1}
+
+
+def test_dynamic_mode_2_does_not_match_devices_already_on_added_versions() -> None:
+    p = Partition()
+    batch = dynamic_batch("V", ["1.0"], at=T, dynamic_mode=2)
+    p.start(batch)
+    p.version("d1", "1.1", T + 1)
+    p.control("UPDATE", batch.with_changes(src_versions=("1.0", "1.1")), T + 2)
+    assert p.tasks("d1") == []
+    p.version("d1", "1.1", T + 3)
+    assert p.tasks("d1") == [("V", "QUEUED")]
