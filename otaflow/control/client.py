@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from otaflow import topics
 from otaflow.codec import codec
@@ -62,19 +62,29 @@ class ControlClient:
             }
         )
         # Start at the end: only results of commands sent from now on matter.
-        self.consumer.assign([TopicPartition(results_topic, 0, OFFSET_END)])
+        # The position is resolved here, before any command is sent: assigning at
+        # OFFSET_END would resolve lazily and could skip a result that came back fast.
+        self.consumer.assign([TopicPartition(results_topic, 0, self._end_of(results_topic))])
         self._waiting: dict[str, tuple[threading.Event, list[CommandResult]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="command-results", daemon=True)
         self._thread.start()
-        self._ready.wait(10)
+
+    def _end_of(self, topic: str) -> int:
+        for attempt in range(50):
+            try:
+                _, end = self.consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+                return int(end)
+            except KafkaException:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)  # a just-created topic has no leader for a moment
+        raise AssertionError("unreachable")
 
     def _listen(self) -> None:
         while not self._stop.is_set():
             msg = self.consumer.poll(0.05)
-            self._ready.set()
             if msg is None or msg.error() is not None:
                 continue
             record = self.codec.decode_as("CommandResult", msg.value() or b"")
