@@ -265,10 +265,12 @@ def broker_pid(settings: Settings) -> int | None:
     return None
 
 
-def start_egress(settings: Settings, index: int, extra_args: list[str]) -> subprocess.Popen[bytes]:
+def start_egress(
+    settings: Settings, index: int, extra_args: list[str], repo: Path = REPO
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(repo),
         "OTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "OTAFLOW_MQTT_URL": settings.mqtt.url,
         "OTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
@@ -283,7 +285,7 @@ def start_egress(settings: Settings, index: int, extra_args: list[str]) -> subpr
             f"{settings.app_id}-egress-{index}",
             *extra_args,
         ],
-        cwd=REPO,
+        cwd=repo,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -297,6 +299,7 @@ def run(
     processes: int = 1,
     qos: int = 1,
     egress_args: list[str] | None = None,
+    egress_repo: Path = REPO,
     timeout_s: float = 600,
 ) -> dict[str, Any]:
     """One benchmark run on a fresh topic; returns its figures (see the module doc)."""
@@ -317,7 +320,9 @@ def run(
         broker_cpu = cpu_seconds(broker) if broker else 0.0
         subscriber_cpu = cpu_seconds(subscriber.proc.pid)
         started = time.monotonic()
-        egresses = [start_egress(settings, i, egress_args or []) for i in range(processes)]
+        egresses = [
+            start_egress(settings, i, egress_args or [], egress_repo) for i in range(processes)
+        ]
         deadline = started + timeout_s
         while not acked or acked[-1][1] < n or received[-1][1] < n:
             now = time.monotonic()
@@ -386,6 +391,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="extra argument for connectors.egress (repeatable)",
     )
+    parser.add_argument(
+        "--egress-repo",
+        type=Path,
+        default=REPO,
+        help="run the egress of another checkout (e.g. an older commit, to compare)",
+    )
     parser.add_argument("--json", type=Path, help="also write the runs and median here")
     args = parser.parse_args(argv)
     from otaflow import devstack
@@ -399,7 +410,12 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for i in range(args.runs):
         result = run(
-            args.n, base, processes=args.processes, qos=args.qos, egress_args=args.egress_arg
+            args.n,
+            base,
+            processes=args.processes,
+            qos=args.qos,
+            egress_args=args.egress_arg,
+            egress_repo=args.egress_repo,
         )
         runs.append(result)
         print(

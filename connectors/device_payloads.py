@@ -93,7 +93,7 @@ def report_kind_of_topic(mqtt_topic: str) -> tuple[str, str, str]:
 def _level(value: str, what: str) -> str:
     if not value:
         raise MalformedPayload(f"empty {what} in topic")
-    if any(ch in _BAD_LEVEL_CHARS for ch in value):
+    if not _BAD_LEVEL_CHARS.isdisjoint(value):
         raise MalformedPayload(f"{what} {value!r} in topic contains '+', '#' or NUL")
     return _utf8(value, f"{what} in topic")
 
@@ -334,7 +334,7 @@ def build_upgrade_message(notification: dict[str, Any], url: str | None) -> tupl
 def _device_level(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"notification has no {what}")
-    if "/" in value or any(ch in _BAD_LEVEL_CHARS for ch in value):
+    if "/" in value or not _BAD_LEVEL_CHARS.isdisjoint(value):
         raise ValueError(f"{what} {value!r} cannot be an MQTT topic level")
     return value
 
