@@ -189,6 +189,15 @@ class EnvelopeRun:
     async def finish(self) -> None:
         view = self.view
         view.deadlines = self.engine.deadlines
+        # Effects first, acknowledged, then the states that record them: a crash in
+        # between replays the envelope, and the engine (deterministic task ids) sends
+        # the same events again. The other order would lose them: the replay would
+        # find the tasks already in the states and send nothing.
+        await send_effects(self.fx)
+        for source, reason, raw in self.dead:
+            await send_dead_letter(source, reason, raw, view.watermark)
+        if self.fx.task_events or self.fx.notifications or self.fx.queued or self.dead:
+            await app.producer.flush()
         writes: list[tuple[bytes, bytes | None]] = []
         for key in self.dirty:
             state = self.states[key]
@@ -204,9 +213,6 @@ class EnvelopeRun:
                 "PartitionProgress",
                 {"source_offsets": view.source_offsets, "watermark": view.watermark},
             )
-        await send_effects(self.fx)
-        for source, reason, raw in self.dead:
-            await send_dead_letter(source, reason, raw, view.watermark)
 
 
 async def process_envelope(partition: int, value: bytes) -> None:
