@@ -389,10 +389,11 @@ class DeviceEngine:
         Leaving a group forgets which of its batches matched the device, so a device
         that rejoins is matched again. Groups no live batch uses are not evaluated.
         """
+        group_based = self.batches.group_based_for(state.product_key)
+        if not group_based and not state.dynamic_groups and not state.group_matches:
+            return set()  # the common case: nothing to evaluate or forget
         live = {
-            b.group_id
-            for b in self.batches.group_based_for(state.product_key)
-            if b.group_id is not None and takes_new_tasks(b, now)
+            b.group_id for b in group_based if b.group_id is not None and takes_new_tasks(b, now)
         }
         member_of = {gid for gid in live if self.groups.is_member(gid, state)}
         for gid in sorted(member_of):
