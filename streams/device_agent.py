@@ -28,7 +28,7 @@ from otaflow.domain.partition import DeadlineHeap, PartitionEngine
 from otaflow.domain.scopes import Needles, passes
 from streams import app as streams_app
 from streams.app import app, device_events, devices, partition_meta, settings
-from streams.effects import send_dead_letter, send_effects
+from streams.effects import EffectSender
 from streams.partition_scan import scan_partition
 from streams.table_writer import TableWriter
 
@@ -37,6 +37,7 @@ CODEC = codec()
 # Device states are written once per envelope in one RocksDB batch, with their
 # changelog through librdkafka (see table_writer: Faust's per-key write was the cap).
 _device_writer: TableWriter | None = None
+_effect_sender: EffectSender | None = None
 
 
 def device_writer() -> TableWriter:
@@ -44,6 +45,13 @@ def device_writer() -> TableWriter:
     if _device_writer is None:
         _device_writer = TableWriter(devices, settings)
     return _device_writer
+
+
+def effect_sender() -> EffectSender:
+    global _effect_sender
+    if _effect_sender is None:
+        _effect_sender = EffectSender(settings)
+    return _effect_sender
 
 
 # Records the partition engine applies (by schema name).
@@ -193,11 +201,11 @@ class EnvelopeRun:
         # between replays the envelope, and the engine (deterministic task ids) sends
         # the same events again. The other order would lose them: the replay would
         # find the tasks already in the states and send nothing.
-        await send_effects(self.fx)
+        sender = effect_sender()
+        sender.send(self.fx)
         for source, reason, raw in self.dead:
-            await send_dead_letter(source, reason, raw, view.watermark)
-        if self.fx.task_events or self.fx.notifications or self.fx.queued or self.dead:
-            await app.producer.flush()
+            sender.dead_letter(source, reason, raw, view.watermark)
+        sender.flush()
         writes: list[tuple[bytes, bytes | None]] = []
         for key in self.dirty:
             state = self.states[key]
@@ -221,12 +229,10 @@ async def process_envelope(partition: int, value: bytes) -> None:
     try:
         envelope = CODEC.decode_as("DeviceEventBatch", value)
     except DecodeError as exc:
-        await send_dead_letter(
-            f"{streams_app.device_events.get_topic_name()}/{partition}",
-            str(exc),
-            value,
-            view.watermark,
-        )
+        sender = effect_sender()
+        source = f"{streams_app.device_events.get_topic_name()}/{partition}"
+        sender.dead_letter(source, str(exc), value, view.watermark)
+        sender.flush()
         return
     sources = envelope["source_partitions"]
     offsets = envelope["source_offsets"]

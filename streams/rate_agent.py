@@ -279,8 +279,14 @@ def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:
         # setting of the same type takes effect from the next window.
         meter.state = change_config(meter.state, new_config)
     elif action == "CANCEL_TASKS" and "QUEUED" in control["cancel_statuses"]:
-        # Queued tasks are canceled on the device side; the queue just stops.
-        rec["canceled"] = True
+        # The device side cancels the queued tasks; drop them here so they do not use up
+        # push slots. Tasks queued later (a running dynamic batch) are pushed as usual.
+        for seq in range(rec["queue_head"], rec["queue_tail"]):
+            push_queue.pop(_chunk_key(meter.batch_id, seq), None)
+        _head_chunks.pop(meter.batch_id, None)
+        rec["queue_head"] = rec["queue_tail"]
+        rec["queue_head_index"] = 0
+        rec["queued"] = 0
 
 
 @app.agent(rate_events)

@@ -117,3 +117,33 @@ def test_rate_change_while_updating_takes_effect_in_the_next_window(otaflow: Ota
     )
     assert not changed_type.success
     assert changed_type.code == "iot.ota.RateTypeChangeNotAllowed"
+
+
+def test_canceling_queued_tasks_frees_the_queue_for_later_matches(otaflow: Otaflow) -> None:
+    otaflow.start_worker()
+    pk = "pkCancelQ"
+    firmware_id = create_package(otaflow, pk)
+    job = otaflow.call(
+        "CreateOTADynamicUpgradeJob",
+        T0,
+        FirmwareId=firmware_id,
+        ProductKey=pk,
+        **{"SrcVersion.1": "1.0"},
+        MaximumPerMinute=10,
+    )
+    queue_devices(otaflow, pk, 50)
+    otaflow.call("CancelOTATaskByJob", T0 + 1000, JobId=job["JobId"], CancelQueuedTask=True)
+    events = otaflow.task_events()
+    events.wait_for(lambda v: sum(e["status"] == "CANCELED" for e in v) == 50, what="canceled")
+    # Devices matched after the cancel are pushed at the batch's rate, not stuck behind
+    # (or instead of) the canceled ones.
+    for i in range(5):
+        otaflow.report(pk, f"late{i}", "VERSION", T0 + 2000, version="1.0")
+    otaflow.flush()
+    events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 55, what="late queued")
+    tick_minutes(otaflow, 0, 0)
+    notified = events.wait_for(
+        lambda v: sum(e["status"] == "NOTIFIED" for e in v) >= 5, what="late pushed"
+    )
+    pushed = {e["device_name"] for e in notified if e["status"] == "NOTIFIED"}
+    assert pushed == {f"late{i}" for i in range(5)}
