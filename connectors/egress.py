@@ -94,6 +94,8 @@ RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 30.0
 # Full for this long: pause the partitions (a burst shorter than this just waits).
 PAUSE_AFTER_S = 1.0
+# On a revoke, wait at most this long for the revoked partitions' PUBACKs.
+REVOKE_DRAIN_S = 2.0
 
 
 def default_client_id(settings: Settings) -> str:
@@ -143,6 +145,8 @@ class EgressConnector:
         self._full_since: float | None = None
         self._last_commit = 0.0
         self._consumer: Consumer | None = None
+        self._client: QoS1Publisher | None = None
+        self._producer: Producer | None = None
         # MQTT reconnection (backoff state).
         self._reconnect_at = 0.0
         self._reconnect_delay = RECONNECT_MIN_S
@@ -170,6 +174,7 @@ class EgressConnector:
             }
         )
         self._consumer = consumer
+        self._client, self._producer = client, producer
         consumer.subscribe(
             [self.topic],
             on_assign=self._on_assign,
@@ -187,7 +192,7 @@ class EgressConnector:
             consumer.close()
             client.disconnect()  # what is unacknowledged is published again by the next owner
             producer.flush(5)
-            self._consumer = None
+            self._consumer = self._client = self._producer = None
 
     def _step(self, consumer: Consumer, producer: Producer, client: QoS1Publisher) -> None:
         producer.poll(0)
@@ -403,6 +408,21 @@ class EgressConnector:
             consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Let what is in flight on these partitions be acknowledged first (PUBACKs take
+        # milliseconds), so the commit covers it and the new owner does not publish it
+        # again: a scale-out then costs no duplicate offers, not up to max_in_flight.
+        revoked = [tp.partition for tp in partitions]
+        client, producer = self._client, self._producer
+        deadline = time.monotonic() + REVOKE_DRAIN_S
+        while (
+            client is not None
+            and client.connected
+            and producer is not None
+            and any(self._windows.get(p) for p in revoked)
+            and time.monotonic() < deadline
+        ):
+            producer.poll(0)
+            self._service_mqtt(client, 0.01)
         self._commit(
             consumer, force=True, asynchronous=False, partitions=[tp.partition for tp in partitions]
         )

@@ -459,8 +459,10 @@ def test_ingress_reconnects_after_the_broker_restarts(
 # --------------------------------------------------------------------------- egress
 
 
-def produce_notifications(settings: Settings, pk: str, start: int, n: int) -> None:
-    producer = Producer(producer_config(settings, f"test-{uuid.uuid4().hex[:8]}"))
+def produce_notifications(
+    settings: Settings, pk: str, start: int, n: int, producer: Producer | None = None
+) -> None:
+    producer = producer or Producer(producer_config(settings, f"test-{uuid.uuid4().hex[:8]}"))
     topic = NOTIFICATIONS.full_name(settings)
     for i in range(start, start + n):
         dn = f"dev-{i % 500}"
@@ -684,3 +686,43 @@ def test_egress_survives_the_broker_going_away(
     finally:
         broker.stop()
     assert subscriber.task_ids == {f"task-{i}" for i in range(5000)}
+
+
+def test_egress_scale_out_publishes_each_offer_once(stack: devstack.DevStack) -> None:
+    """A second connector joining the group while offers are in flight takes partitions
+    over without duplicates: the first lets its in-flight offers be acknowledged and
+    commits them before it gives the partitions up."""
+    settings = make_settings(stack)
+    pk = f"pk{uuid.uuid4().hex[:8]}"
+    total, step = 40_000, 1000
+    subscriber = UpgradeSubscriber(pk)
+    first = EgressConnector(settings, signer, client_id=f"{settings.app_id}-out1")
+    second = EgressConnector(settings, signer, client_id=f"{settings.app_id}-out2")
+    produced = threading.Event()
+
+    def produce_steadily() -> None:  # in bursts, faster than one connector: a full window
+        producer = Producer(producer_config(settings, "test-steady"))
+        for start in range(0, total, step):
+            produce_notifications(settings, pk, start, step, producer)
+            produced.wait(0.05)
+        produced.set()
+
+    with mqtt_client(settings.mqtt) as client:
+        subscriber.attach(client)
+        with running(first.run):
+            producer = threading.Thread(target=produce_steadily, daemon=True)
+            producer.start()
+            wait_for(lambda: subscriber.count() >= 500, 60, "the first 500 offers")
+            with running(second.run):
+                wait_for(lambda: second.published > 0, 60, "the second connector to publish")
+                assert not produced.is_set(), "production ended before the rebalance"
+                wait_for(lambda: subscriber.count() >= total, 120, "every task id")
+                producer.join(30)
+                wait_for(
+                    lambda: committed_at_end(settings, first.group_id),
+                    30,
+                    "offsets committed to the end",
+                )
+    assert subscriber.task_ids == {f"task-{i}" for i in range(total)}
+    assert first.published + second.published == total
+    assert subscriber.received == total, f"{subscriber.received - total} duplicates"
