@@ -163,6 +163,8 @@ class DeviceEngine:
 
     def advance(self, state: DeviceState, now: int, fx: Effects) -> None:
         """Bring the device to event time ``now``: schedule ends, timers, waiting pushes."""
+        if not state.tasks:
+            return  # most reports: a device with nothing to update has no timers
         due: list[tuple[int, int, Task]] = []
         for i, task in enumerate(state.tasks):
             batch = self.batches.get(task.batch_id)

@@ -96,10 +96,8 @@ class PartitionEngine:
         # Built on the first tick from a scan of the partition (see ``tick``).
         self.deadlines = deadlines
         self.engine = DeviceEngine(batches, groups, keep_finished)
-
-    def apply(self, name: str, record: Record, fx: Effects) -> None:
-        """Apply one record (by schema name); unknown names raise ``KeyError``."""
-        handler = {
+        # Built once: apply() runs once per device report.
+        self._handlers = {
             "DeviceReport": self.report,
             "TaskRelease": self.release,
             "BatchControl": self.batch_control,
@@ -108,8 +106,11 @@ class PartitionEngine:
             "GroupControl": self.group_control,
             "TaskCommand": self.task_command,
             "Tick": self.tick,
-        }[name]
-        handler(record, fx)
+        }
+
+    def apply(self, name: str, record: Record, fx: Effects) -> None:
+        """Apply one record (by schema name); unknown names raise ``KeyError``."""
+        self._handlers[name](record, fx)
 
     # -- one device ---------------------------------------------------------------------
 
