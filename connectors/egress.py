@@ -433,7 +433,7 @@ class EgressConnector:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         # The new owner starts at the committed offset and publishes these again;
-        # ours still in paho will be published too (at-least-once) but not committed.
+        # ours still in the MQTT client will be published too (at-least-once) but not committed.
         for tp in partitions:
             self._to_commit.pop(tp.partition, None)
             for entry in self._windows.pop(tp.partition, ()):
