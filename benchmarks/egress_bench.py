@@ -19,7 +19,11 @@ same for offers the subscriber received; CPU per notification of the egress
 processes, the broker and the subscriber (all on this machine). ``main()`` prints
 each run and the median of ``--runs`` runs.
 
-CLI: ``python -m benchmarks.egress_bench [--n 100000] [--runs 3] [--processes 1]``.
+``--publish-only paho|qos1`` measures the MQTT client alone (QoS 1 publish + PUBACK,
+no Kafka): why the egress has its own publish-only client.
+
+CLI: ``python -m benchmarks.egress_bench [--n 100000] [--runs 3] [--processes 1]
+[--qos 1] [--egress-repo PATH] [--publish-only paho|qos1] [--json PATH]``.
 Benchmarks print figures; they never fail because a machine was slow.
 """
 
@@ -379,6 +383,85 @@ def run(
     }
 
 
+def publish_only(n: int, settings: Settings, client: str, window: int = 1000) -> dict[str, Any]:
+    """The MQTT client alone: n QoS 1 publishes of an offer-sized payload, at most
+    ``window`` unacknowledged, to distinct topics nobody subscribes to. ``client`` is
+    ``"paho"`` (paho-mqtt driven from this thread through its external-loop API, its
+    in-flight limit off) or ``"qos1"`` (:class:`connectors.mqtt_publisher.QoS1Publisher`).
+    Returns messages/s and this process's CPU per message."""
+    import resource
+    import select
+
+    payload = json.dumps(
+        {"code": "1000", "data": {"url": "x" * 160, "sign": "ab" * 32}, "id": 1}
+    ).encode()
+    topics = [f"/ota/device/upgrade/pkbench/dev-{i}" for i in range(n)]
+    acked = 0
+
+    def on_ack(*_: Any) -> None:
+        nonlocal acked
+        acked += 1
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    host, port = settings.mqtt.host, settings.mqtt.port
+    sent = 0
+    if client == "paho":
+        import paho.mqtt.client as mqtt
+
+        paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{os.getpid()}")
+        paho.max_inflight_messages_set(0)
+        paho.on_publish = on_ack
+        paho.on_socket_register_write = lambda *_: None
+        paho.on_socket_unregister_write = lambda *_: None
+        paho.connect(host, port, 30)
+        sock = paho.socket()
+        assert sock is not None
+        while not paho.is_connected():
+            paho.loop_write()
+            select.select([sock], [], [], 0.1)
+            paho.loop_read()
+        started, cpu_started = time.monotonic(), cpu()
+        while acked < n:
+            while sent < n and sent - acked < window:
+                paho.publish(topics[sent], payload, qos=1)
+                sent += 1
+            if paho.want_write():
+                paho.loop_write()
+            select.select([sock], [], [], 0.05)
+            paho.loop_read()
+        elapsed, used = time.monotonic() - started, cpu() - cpu_started
+        paho.disconnect()
+        paho.loop_write()
+    elif client == "qos1":
+        from connectors.mqtt_publisher import QoS1Publisher, check_topic
+
+        pub = QoS1Publisher(f"bench-qos1-{os.getpid()}", host, port)
+        pub.on_ack = on_ack
+        pub.connect()
+        while not pub.connected:
+            pub.service(0.1)
+        started, cpu_started = time.monotonic(), cpu()
+        while acked < n:
+            while sent < n and sent - acked < window:
+                pub.publish(check_topic(topics[sent]), payload)
+                sent += 1
+            pub.flush()
+            pub.service(0.05)
+        elapsed, used = time.monotonic() - started, cpu() - cpu_started
+        pub.disconnect()
+    else:
+        raise ValueError(f"unknown client {client!r}")
+    return {
+        "client": client,
+        "n": n,
+        "rate": round(n / elapsed, 1),
+        "cpu_us_per_message": round(used / n * 1e6, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="egress connector throughput")
     parser.add_argument("--n", type=int, default=100_000, help="notifications per run")
@@ -397,6 +480,11 @@ def main(argv: list[str] | None = None) -> None:
         default=REPO,
         help="run the egress of another checkout (e.g. an older commit, to compare)",
     )
+    parser.add_argument(
+        "--publish-only",
+        choices=("paho", "qos1"),
+        help="measure only the MQTT client (QoS 1 publish + PUBACK), without Kafka",
+    )
     parser.add_argument("--json", type=Path, help="also write the runs and median here")
     args = parser.parse_args(argv)
     from otaflow import devstack
@@ -407,6 +495,16 @@ def main(argv: list[str] | None = None) -> None:
         kafka_bootstrap=stack.kafka_bootstrap,
         mqtt=config.MqttAddress.parse(stack.mqtt_url),
     )
+    if args.publish_only:
+        results = [publish_only(args.n, base, args.publish_only) for _ in range(args.runs)]
+        for i, r in enumerate(results):
+            print(f"run {i + 1}: {r['rate']:,.0f} msg/s, {r['cpu_us_per_message']} µs CPU each")
+        print(
+            f"{args.publish_only}, QoS 1 publish + PUBACK, n={args.n:,}: median "
+            f"{statistics.median(r['rate'] for r in results):,.0f} msg/s, "
+            f"{statistics.median(r['cpu_us_per_message'] for r in results)} µs CPU per message"
+        )
+        return
     runs = []
     for i in range(args.runs):
         result = run(

@@ -1,15 +1,16 @@
 """A publish-only MQTT 3.1.1 client for QoS 1, for the egress connector's hot path.
 
-Why not paho (or another library): measured on the 2-core benchmark machine
-(``benchmarks/egress_bench.py``), paho-mqtt 2.2 spends ~45 µs of CPU per QoS 1
-message even in a tight loop that does nothing else (publish + PUBACK: a
-``Properties`` and a ``ReasonCode`` object per PUBACK, three ``recv`` calls per
-4-byte packet, one ``send`` per packet), which caps one connection at ~20k/s with
-a whole core and left the egress at ~90 µs per notification. pymosquitto
-(libmosquitto through ctypes) measured 40-55 µs; gmqtt has no per-message PUBACK
-callback, which the "commit only after PUBACK" rule needs. This client does the
-same work in a few µs: PUBLISH packets are built with one ``bytes.join``, written
-in large batches, and PUBACKs are parsed from one ``recv`` of up to 256 KiB.
+Why not paho (or another library): measured on the 2-core benchmark machine with
+``python -m benchmarks.egress_bench --publish-only paho|qos1`` (QoS 1 publish +
+PUBACK and nothing else), paho-mqtt 2.2 spends 45-47 µs of CPU per message (a
+``Properties`` and a ``ReasonCode`` object per PUBACK, three ``recv`` calls per 4-byte
+packet, one ``send`` per packet; with its default in-flight limit also a scan of every
+in-flight message per PUBACK), ~16k messages/s for a whole core; this client spends
+5-8 µs (46-73k/s, the broker's limit). That was more than the rest of the egress
+connector together. pymosquitto (libmosquitto through ctypes) measured 40-55 µs;
+gmqtt has no per-message PUBACK callback, which the "commit only after PUBACK" rule
+needs. Here PUBLISH packets are built with one ``bytes.join`` and written in large
+batches, and PUBACKs are parsed from one ``recv`` of up to 256 KiB.
 
 Scope, deliberately small: CONNECT (clean session, no will, optional username and
 password), CONNACK, PUBLISH at QoS 1, PUBACK, PINGREQ/PINGRESP, DISCONNECT. No
