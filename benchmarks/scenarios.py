@@ -111,7 +111,9 @@ def raw_pass_through(d: BenchDeployment, n: int) -> float:
     """confluent-kafka consume -> produce of the same report records: the broker's and
     client's limit on this machine (records/s)."""
     source = d.topic(topics.DEVICE_REPORTS)
-    sink = f"{d.settings.topic_prefix}bench.passthrough"
+    sink_spec = topics.TopicSpec("bench.passthrough", ("DeviceReport",), "pk/dn", public=False)
+    topics.ensure_topics(d.settings.kafka_bootstrap, d.settings, [sink_spec])
+    sink = sink_spec.full_name(d.settings)
     consumer = Consumer(
         {
             "bootstrap.servers": d.settings.kafka_bootstrap,

@@ -54,7 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_component(args: argparse.Namespace) -> int:
     module = importlib.import_module(COMPONENTS[args.component][1])
-    if args.component in ("ingress", "egress"):
+    if args.component in ("ingress", "egress", "file-download"):
         module.main(args.rest)  # they take their own options (--client-id, ...)
         return 0
     return int(module.main() or 0)

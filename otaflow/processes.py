@@ -26,6 +26,7 @@ COMPONENTS: dict[str, list[str]] = {
     "worker": ["-m", "streams.worker"],
     "ingress": ["-m", "connectors.ingress"],
     "egress": ["-m", "connectors.egress"],
+    "file-download": ["-m", "connectors.file_download"],
     "api": ["-m", "otaflow.api_main"],
 }
 

@@ -108,6 +108,7 @@ class Otaflow:
         self.start_worker()
         self.start("ingress", "-m", "connectors.ingress")
         self.start("egress", "-m", "connectors.egress")
+        self.start("file-download", "-m", "connectors.file_download")
         self.start("api", "-m", "otaflow.api_main")
 
     def stop(self, name: str, kill: bool = False) -> None:
