@@ -25,7 +25,7 @@ demo: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy otaflow streams connectors benchmarks
+	$(BIN)/mypy otaflow streams connectors benchmarks tests
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q

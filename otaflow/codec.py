@@ -126,7 +126,10 @@ class Codec:
         header, encode = schema.header, schema.coder.binary_encode
         return [header + encode(record) for record in records]
 
-    def schema_of(self, data: bytes) -> Schema:
+    def schema_of(self, data: bytes | None) -> Schema:
+        # Consumers hand over a Kafka message's value as it is: None is a tombstone.
+        if data is None:
+            raise DecodeError("null value (a tombstone), not a record")
         if len(data) < HEADER_LEN or data[:2] != MARKER:
             raise DecodeError("not an Avro single-object record (missing C3 01 marker)")
         schema = self._by_fingerprint.get(bytes(data[2:HEADER_LEN]))
@@ -134,16 +137,18 @@ class Codec:
             raise DecodeError(f"unknown schema fingerprint {bytes(data[2:HEADER_LEN]).hex()}")
         return schema
 
-    def decode(self, data: bytes) -> tuple[str, Record]:
+    def decode(self, data: bytes | None) -> tuple[str, Record]:
         """Return ``(schema name, record)`` for any otaflow record."""
         schema = self.schema_of(data)
+        assert data is not None
         return schema.name, self._read(schema, data)
 
-    def decode_as(self, name: str, data: bytes) -> Record:
+    def decode_as(self, name: str, data: bytes | None) -> Record:
         """Decode a record that must be of schema ``name``."""
         schema = self.schema_of(data)
         if schema.name != name:
             raise DecodeError(f"expected {name}, got {schema.name}")
+        assert data is not None
         return self._read(schema, data)
 
     @staticmethod

@@ -108,13 +108,14 @@ def test_every_topic_schema_is_known_to_the_codec() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
+        (None, "tombstone"),
         (b"", "marker"),
         (b'{"json": true}', "marker"),
         (MARKER + b"\x00" * 8 + b"x", "unknown schema fingerprint"),
         (CODEC.schema("DeviceReport").header + b"\x02", "corrupt DeviceReport"),
     ],
 )
-def test_garbage_is_refused_with_a_reason(data: bytes, reason: str) -> None:
+def test_garbage_is_refused_with_a_reason(data: bytes | None, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         CODEC.decode(data)
 
