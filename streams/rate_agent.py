@@ -8,19 +8,17 @@ steps) is ``otaflow.domain.rate``; this module only stores and forwards.
 from __future__ import annotations
 
 from collections import defaultdict
-from decimal import Decimal
 from typing import Any
 
 from otaflow.codec import DecodeError, codec
 from otaflow.domain.rate import (
     MeterState,
-    RateCondition,
-    RateConfig,
     change_config,
     record_release,
     record_success,
     releasable,
 )
+from otaflow.domain.rate_settings import from_settings, to_settings
 from otaflow.partitioning import device_key, partition_for
 from streams.app import app, batch_meters, device_events, push_queue, rate_events, settings
 from streams.effects import send_dead_letter
@@ -32,51 +30,13 @@ CODEC = codec()
 KEEP_WINDOWS = 60
 
 
-def rate_config(settings_record: dict[str, Any] | None) -> RateConfig | None:
-    """The domain's RateConfig from a batch's RateSettings record (None: no push)."""
-    if settings_record is None:
-        return None
-    if settings_record["kind"] == "constant":
-        return RateConfig.constant(settings_record["max_rate"])
-    return RateConfig.variable(
-        base_rate=settings_record["base_rate"],
-        factor=Decimal(settings_record["factor_hundredths"]) / 100,
-        max_rate=settings_record["max_rate"],
-        threshold=settings_record["threshold"],
-        condition=RateCondition(settings_record["condition"]),
-    )
-
-
-def rate_settings(config: RateConfig | None) -> dict[str, Any] | None:
-    """Inverse of :func:`rate_config`."""
-    if config is None:
-        return None
-    if config.kind == "constant":
-        return {
-            "kind": "constant",
-            "max_rate": config.rate,
-            "base_rate": None,
-            "factor_hundredths": None,
-            "threshold": None,
-            "condition": None,
-        }
-    return {
-        "kind": "variable",
-        "max_rate": config.max_rate,
-        "base_rate": config.base_rate,
-        "factor_hundredths": int(config.factor * 100),
-        "threshold": config.threshold,
-        "condition": config.condition.value if config.condition else None,
-    }
-
-
 class BatchMeter:
     """A batch's meter and queue pointers, loaded from and saved to the table."""
 
     def __init__(self, record: dict[str, Any]) -> None:
         self.record = record
-        config = rate_config(record["rate"])
-        pending = rate_config(record["pending_rate"])
+        config = from_settings(record["rate"])
+        pending = from_settings(record["pending_rate"])
         self.state: MeterState | None = None
         if config is not None:
             self.state = MeterState(
@@ -120,8 +80,8 @@ class BatchMeter:
                 released_in_window=self.state.released_in_window,
                 pushed_total=self.state.pushed_total,
                 succeeded_total=self.state.succeeded_total,
-                rate=rate_settings(self.state.config),
-                pending_rate=rate_settings(self.state.pending_config),
+                rate=to_settings(self.state.config),
+                pending_rate=to_settings(self.state.pending_config),
             )
         batch_meters[self.batch_id.encode()] = CODEC.encode("BatchMeter", self.record)
 
@@ -270,7 +230,7 @@ def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:
     rec = meter.record
     batch = control["batch"]
     action = control["action"]
-    new_config = rate_config(batch["rate"])
+    new_config = from_settings(batch["rate"])
     if action == "START" and meter.state is None and new_config is not None:
         meter.state = MeterState.start(new_config)
         rec["origin"] = control["event_time"]

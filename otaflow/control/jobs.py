@@ -46,6 +46,7 @@ from otaflow.domain.batches import (
 )
 from otaflow.domain.rate import RateCondition, RateConfig
 from otaflow.domain.rate_rules import RateRuleError, validate_rate
+from otaflow.domain.rate_settings import to_settings as rate_settings
 
 INVALID_CHUNK = 10_000
 SELECTIONS = {
@@ -103,28 +104,6 @@ def rate_from_params(params: Mapping[str, Any]) -> RateConfig | None:
     except RateRuleError as exc:
         raise ApiError(exc.code, exc.message) from None
     return config
-
-
-def rate_settings(config: RateConfig | None) -> Record | None:
-    if config is None:
-        return None
-    if config.kind == "constant":
-        return {
-            "kind": "constant",
-            "max_rate": config.rate,
-            "base_rate": None,
-            "factor_hundredths": None,
-            "threshold": None,
-            "condition": None,
-        }
-    return {
-        "kind": "variable",
-        "max_rate": config.max_rate,
-        "base_rate": config.base_rate,
-        "factor_hundredths": int(config.factor * 100),
-        "threshold": config.threshold,
-        "condition": config.condition.value if config.condition else None,
-    }
 
 
 def rate_fields(rate: Record | None) -> dict[str, Any]:

@@ -392,3 +392,18 @@ def test_invalid_rates_report_codes(cfg: RateConfig, code: str) -> None:
     assert err.value.code == code
     assert code in ERROR_CODES
     assert err.value.message and code in str(err.value)
+
+
+def test_rate_settings_records_round_trip_exactly() -> None:
+    from otaflow.domain.rate_settings import from_settings, to_settings
+
+    for config in (
+        RateConfig.constant(600),
+        RateConfig.variable(50, "2.35", 10_000, 1_000, RateCondition.SUCCEEDED),
+        RateConfig.variable(1, "1.2", 10, 1, RateCondition.PUSHED),
+    ):
+        record = to_settings(config)
+        assert record is not None
+        assert from_settings(record) == config
+    assert to_settings(RateConfig.variable(1, "2.35", 10, 1))["factor_hundredths"] == 235  # type: ignore[index]
+    assert from_settings(None) is None and to_settings(None) is None
