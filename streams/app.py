@@ -13,7 +13,9 @@ import faust
 from mode import CrashingSupervisor
 
 from otaflow import config, topics
+from streams import fetch_tuning
 
+fetch_tuning.apply()
 settings = config.load()
 _datadir = config.data_dir() / settings.app_id
 _datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,8 @@ app = faust.App(
     value_serializer="raw",
     # Envelopes are large; keep Faust's buffer of them small.
     stream_buffer_maxsize=64,
-    producer_linger=0.005,
+    # No linger: a release waiting 5 ms in the producer is 5 ms of push latency.
+    producer_linger=0.0,
     producer_max_batch_size=1_048_576,
     producer_max_request_size=8_388_608,
     consumer_max_fetch_size=8_388_608,
