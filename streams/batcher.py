@@ -209,6 +209,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s batcher %(message)s")
     settings = config.load()
     topics.ensure_topics(settings.kafka_bootstrap, settings)
+    from streams import gc_tuning
+
+    gc_tuning.apply()  # same reason as the worker: short-lived objects per report
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from otaflow import config, topics
+from streams import gc_tuning
 
 
 def _die_with_parent() -> None:
@@ -46,6 +47,8 @@ def main(with_batcher: bool = True) -> int:
     import streams.rate_agent
     import streams.ticker  # noqa: F401  (registers agents and timers)
     from streams.app import app
+
+    gc_tuning.apply()
 
     level = config_log_level()
     worker = Worker(app, loglevel=level, quiet=True)
