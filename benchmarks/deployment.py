@@ -11,9 +11,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -24,6 +25,7 @@ from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
 from otaflow.processes import ProcessGroup
 
 CODEC = codec()
+T = TypeVar("T")
 
 
 class BenchDeployment:
@@ -92,19 +94,15 @@ class BenchDeployment:
         )
         try:
             tps = [TopicPartition(name, p) for p in range(spec.partition_count(self.settings))]
-            for attempt in range(50):
-                try:
-                    committed = consumer.committed(tps, timeout=10)
-                    lag = 0
-                    for tp in committed:
-                        _, high = consumer.get_watermark_offsets(tp, timeout=10)
-                        lag += high - (tp.offset if tp.offset >= 0 else 0)
-                    return lag
-                except KafkaException:
-                    if attempt == 49:
-                        raise
-                    time.sleep(0.2)
-            raise AssertionError("unreachable")
+
+            def lag() -> int:
+                total = 0
+                for tp in consumer.committed(tps, timeout=10):
+                    _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                    total += high - (tp.offset if tp.offset >= 0 else 0)
+                return total
+
+            return with_leader_retry(lag)
         finally:
             consumer.close()
 
@@ -112,6 +110,18 @@ class BenchDeployment:
         self.group.stop()
         if not keep:
             shutil.rmtree(self.root / "data", ignore_errors=True)
+
+
+def with_leader_retry(read: Callable[[], T], attempts: int = 50) -> T:
+    """Run a metadata read, retrying while a just-created topic has no leader yet."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 def version_reports(

@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.deployment import BenchDeployment, version_reports
+from benchmarks.deployment import BenchDeployment, version_reports, with_leader_retry
 from benchmarks.results import ScenarioResult
 from otaflow import topics
 from otaflow.codec import codec
@@ -82,18 +82,12 @@ def applied(d: BenchDeployment, total: int) -> Callable[[], int]:
 def end_offsets(d: BenchDeployment, spec: topics.TopicSpec) -> int:
     consumer = Consumer({"bootstrap.servers": d.settings.kafka_bootstrap, "group.id": "bench-eo"})
     try:
-        for attempt in range(50):
-            try:
-                return sum(
-                    consumer.get_watermark_offsets(TopicPartition(d.topic(spec), p), timeout=10)[1]
-                    for p in range(spec.partition_count(d.settings))
-                )
-            except KafkaException:
-                # Just-created topics have no leader for a moment.
-                if attempt == 49:
-                    raise
-                time.sleep(0.2)
-        raise AssertionError("unreachable")
+        return with_leader_retry(
+            lambda: sum(
+                consumer.get_watermark_offsets(TopicPartition(d.topic(spec), p), timeout=10)[1]
+                for p in range(spec.partition_count(d.settings))
+            )
+        )
     finally:
         consumer.close()
 
