@@ -53,7 +53,6 @@ import hashlib
 import hmac
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -67,10 +66,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
-from otaflow import config
+from connectors.process import start_process
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
-from otaflow.topics import DEAD_LETTERS, NOTIFICATIONS, ensure_topics
+from otaflow.topics import DEAD_LETTERS, NOTIFICATIONS
 
 _log = logging.getLogger("otaflow.egress")
 
@@ -501,14 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client-id", help="MQTT client id (default: unique per process)")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = config.load()
-    ensure_topics(settings.kafka_bootstrap, settings, [NOTIFICATIONS, DEAD_LETTERS])
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    settings, stop = start_process([NOTIFICATIONS, DEAD_LETTERS])
     EgressConnector(
         settings,
         url_signer_for(settings),

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -73,11 +72,11 @@ from connectors.device_payloads import (
     uses_mqtt_download,
 )
 from connectors.ingress import producer_config
-from otaflow import config
+from connectors.process import start_process
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
 from otaflow.packages import PackageStore
-from otaflow.topics import BATCHES, DEAD_LETTERS, ensure_topics
+from otaflow.topics import BATCHES, DEAD_LETTERS
 
 _log = logging.getLogger("otaflow.file_download")
 
@@ -460,14 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         "--share-group", help="MQTT shared-subscription group (default: <app id>-file-download)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = config.load()
-    ensure_topics(settings.kafka_bootstrap, settings, [BATCHES, DEAD_LETTERS])
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    settings, stop = start_process([BATCHES, DEAD_LETTERS])
     FileDownloadResponder(
         settings, PackageStore(settings), client_id=args.client_id, share_group=args.share_group
     ).run(stop)

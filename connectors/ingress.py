@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import threading
 import time
@@ -61,11 +60,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connectors.device_payloads import MAX_PAYLOAD_BYTES, MalformedPayload, parse_report
-from otaflow import config
+from connectors.process import start_process
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
-from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS, ensure_topics
+from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS
 
 _log = logging.getLogger("otaflow.ingress")
 
@@ -479,14 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         "keeping the session for a restart",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = config.load()
-    ensure_topics(settings.kafka_bootstrap, settings, [DEVICE_REPORTS, DEAD_LETTERS])
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    settings, stop = start_process([DEVICE_REPORTS, DEAD_LETTERS])
     IngressConnector(
         settings,
         client_id=args.client_id,
