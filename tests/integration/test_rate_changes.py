@@ -8,7 +8,7 @@ import pytest
 
 from otaflow.domain.rate import RateCondition, RateConfig, plan
 from tests.integration.conftest import Otaflow
-from tests.integration.test_rollout_kafka import MINUTE, T0, create_package
+from tests.integration.test_rollout_kafka import MINUTE, T0, dynamic_batch
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +41,9 @@ def test_console_variable_rate_example_runs_as_planned(otaflow: Otaflow) -> None
     """Base 50, factor 2, max 10,000, +1 step per 1,000 pushed: 50, 100, 200, ... 10,000."""
     otaflow.start_worker()
     pk, devices = "pkVar", 9000
-    firmware_id = create_package(otaflow, pk)
-    otaflow.call(
-        "CreateOTADynamicUpgradeJob",
-        T0,
-        FirmwareId=firmware_id,
-        ProductKey=pk,
-        **{"SrcVersion.1": "1.0"},
+    dynamic_batch(
+        otaflow,
+        pk,
         RateType="variable",
         BaseRatePerMinute=50,
         IncrementalFactor="2",
@@ -74,15 +70,7 @@ def test_console_variable_rate_example_runs_as_planned(otaflow: Otaflow) -> None
 def test_rate_change_while_updating_takes_effect_in_the_next_window(otaflow: Otaflow) -> None:
     otaflow.start_worker()
     pk = "pkChange"
-    firmware_id = create_package(otaflow, pk)
-    job = otaflow.call(
-        "CreateOTADynamicUpgradeJob",
-        T0,
-        FirmwareId=firmware_id,
-        ProductKey=pk,
-        **{"SrcVersion.1": "1.0"},
-        MaximumPerMinute=600,
-    )
+    job_id = dynamic_batch(otaflow, pk, MaximumPerMinute=600)
     queue_devices(otaflow, pk, 1500)
     tick_minutes(otaflow, 0, 0)
     otaflow.task_events().wait_for(
@@ -93,7 +81,7 @@ def test_rate_change_while_updating_takes_effect_in_the_next_window(otaflow: Ota
     otaflow.call(
         "UpdateOTAJob",
         T0 + MINUTE + 30_000,
-        JobId=job["JobId"],
+        JobId=job_id,
         UpgradeType="DYNAMIC",
         TargetSelection="ALL",
         MaximumPerMinute=60,
@@ -104,7 +92,7 @@ def test_rate_change_while_updating_takes_effect_in_the_next_window(otaflow: Ota
     changed_type = otaflow.control.call(
         "UpdateOTAJob",
         {
-            "JobId": job["JobId"],
+            "JobId": job_id,
             "UpgradeType": "DYNAMIC",
             "TargetSelection": "ALL",
             "MaximumPerMinute": "100",
@@ -122,17 +110,9 @@ def test_rate_change_while_updating_takes_effect_in_the_next_window(otaflow: Ota
 def test_canceling_queued_tasks_frees_the_queue_for_later_matches(otaflow: Otaflow) -> None:
     otaflow.start_worker()
     pk = "pkCancelQ"
-    firmware_id = create_package(otaflow, pk)
-    job = otaflow.call(
-        "CreateOTADynamicUpgradeJob",
-        T0,
-        FirmwareId=firmware_id,
-        ProductKey=pk,
-        **{"SrcVersion.1": "1.0"},
-        MaximumPerMinute=10,
-    )
+    job_id = dynamic_batch(otaflow, pk, MaximumPerMinute=10)
     queue_devices(otaflow, pk, 50)
-    otaflow.call("CancelOTATaskByJob", T0 + 1000, JobId=job["JobId"], CancelQueuedTask=True)
+    otaflow.call("CancelOTATaskByJob", T0 + 1000, JobId=job_id, CancelQueuedTask=True)
     events = otaflow.task_events()
     events.wait_for(lambda v: sum(e["status"] == "CANCELED" for e in v) == 50, what="canceled")
     # Devices matched after the cancel are pushed at the batch's rate, not stuck behind

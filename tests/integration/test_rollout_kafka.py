@@ -34,9 +34,8 @@ def create_package(otaflow: Otaflow, pk: str, version: str = "2.0", **extra: str
     return str(data["FirmwareId"])
 
 
-def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> None:
-    otaflow.start_worker()
-    pk = "pkDyn"
+def dynamic_batch(otaflow: Otaflow, pk: str, **rate: object) -> str:
+    """A package 2.0 and a dynamic batch from source version 1.0 at ``rate``; its job id."""
     firmware_id = create_package(otaflow, pk)
     job = otaflow.call(
         "CreateOTADynamicUpgradeJob",
@@ -44,8 +43,15 @@ def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> No
         FirmwareId=firmware_id,
         ProductKey=pk,
         **{"SrcVersion.1": "1.0"},
-        MaximumPerMinute=100,
+        **rate,
     )
+    return str(job["JobId"])
+
+
+def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> None:
+    otaflow.start_worker()
+    pk = "pkDyn"
+    job_id = dynamic_batch(otaflow, pk, MaximumPerMinute=100)
     devices = [f"dev{i}" for i in range(20)]
     for dn in devices:
         otaflow.report(pk, dn, "VERSION", T0 + 1000, version="1.0")
@@ -58,7 +64,7 @@ def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> No
     events.wait_for(lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 20, what="notified")
     notes = otaflow.notifications().wait_for(lambda v: len(v) == 20, what="20 notifications")
     assert {n["device_name"] for n in notes} == set(devices)
-    assert all(n["batch_id"] == job["JobId"] and n["firmware"]["version"] == "2.0" for n in notes)
+    assert all(n["batch_id"] == job_id and n["firmware"]["version"] == "2.0" for n in notes)
 
     for dn in devices[:10]:
         otaflow.report(pk, dn, "PROGRESS", T0 + 2 * MINUTE, step=50)
