@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -31,17 +30,14 @@ T = TypeVar("T")
 class BenchDeployment:
     def __init__(self, name: str, partitions: int = 8, tick_interval_s: float = 0) -> None:
         stack = devstack.up()
-        tag = f"{name}{uuid.uuid4().hex[:6]}"
-        self.root = config.cache_dir() / "bench" / tag
         self.settings: Settings = replace(
-            config.load(),
+            topics.scratch_settings(config.load(), f"bench-{name}"),
             kafka_bootstrap=stack.kafka_bootstrap,
             mqtt=config.MqttAddress.parse(stack.mqtt_url),
             partitions=partitions,
-            topic_prefix=f"b{tag}.",
-            app_id=f"otaflow-b{tag}",
             tick_interval_s=tick_interval_s,
         )
+        self.root = config.cache_dir() / "bench" / self.settings.app_id
         self.env = {
             "OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
             "OTAFLOW_MQTT_URL": stack.mqtt_url,
@@ -107,8 +103,12 @@ class BenchDeployment:
             consumer.close()
 
     def close(self, keep: bool = False) -> None:
+        """Stop the processes; unless ``keep``, delete the deployment's topics and state
+        (its logs stay under ``root``)."""
         self.group.stop()
         if not keep:
+            self.producer.flush(10)
+            topics.delete_deployment_topics(self.settings.kafka_bootstrap, self.settings)
             shutil.rmtree(self.root / "data", ignore_errors=True)
 
 

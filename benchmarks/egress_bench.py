@@ -50,15 +50,21 @@ from otaflow import config
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
-from otaflow.topics import BATCHES, DEAD_LETTERS, NOTIFICATIONS, ensure_topics
+from otaflow.topics import (
+    BATCHES,
+    DEAD_LETTERS,
+    NOTIFICATIONS,
+    delete_deployment_topics,
+    ensure_topics,
+    scratch_settings,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE_DEVICE = "__probe__"
 
 
 def fresh_settings(base: Settings) -> Settings:
-    uid = uuid.uuid4().hex[:10]
-    return dataclasses.replace(base, topic_prefix=f"bench{uid}.", app_id=f"bench{uid}")
+    return scratch_settings(base, "bench-egress")
 
 
 def notification(pk: str, i: int) -> dict[str, Any]:
@@ -357,6 +363,7 @@ def run(
                 proc.wait()
         subscriber.close()
         watcher.close()
+        delete_deployment_topics(settings.kafka_bootstrap, settings)
     first_ack = next(t for t, c in acked if c > 0)
     acked_rate = rate_between(acked, n, 0.1, 0.9)
     received_rate = rate_between(received, n, 0.1, 0.9)

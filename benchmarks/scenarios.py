@@ -156,6 +156,15 @@ def ingest(
     n: int, workers: int = 1, pass_through_runs: int = 3, deployment: BenchDeployment | None = None
 ) -> tuple[ScenarioResult, BenchDeployment]:
     d = deployment or BenchDeployment("ingest")
+    try:
+        return _ingest(d, n, workers, pass_through_runs), d
+    except BaseException:
+        if deployment is None:  # ours to clean up: the caller never sees it
+            d.close()
+        raise
+
+
+def _ingest(d: BenchDeployment, n: int, workers: int, pass_through_runs: int) -> ScenarioResult:
     result = ScenarioResult(
         "ingest" if workers == 1 else f"ingest-{workers}w",
         {"devices": n, "workers": workers, "partitions": d.settings.partitions},
@@ -181,7 +190,7 @@ def ingest(
         result.add("raw confluent pass-through (median)", raw, "records/s")
         result.add("ratio to pass-through", rate / raw, "", "≥ 0.5", rate / raw >= 0.5)
         result.notes.append(f"pass-through runs: {[round(r) for r in raws]}")
-    return result, d
+    return result
 
 
 # -- 2. fan-out -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 otaflow up                 dev stack (unless URLs are given) + every process, foreground
 otaflow demo               the main job: a rollout to 1,000 simulated devices, live
-otaflow devstack up|down|status
+otaflow devstack up|down|status|prune
 otaflow worker|ingress|egress|api   run one component (scale out by running more)
 otaflow plan ...           what-if push schedule for a rate configuration
 otaflow firmware|batch|task|device|group ...   operate through the OpenAPI

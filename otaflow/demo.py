@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import os
 import random
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -88,19 +89,36 @@ def progress_table(board: TaskBoard, devices: int, started: float) -> Table:
     return table
 
 
-def run(devices: int, rate: int, fail_ratio: float, timeout_s: float) -> int:
+def run(devices: int, rate: int, fail_ratio: float, timeout_s: float, keep: bool = False) -> int:
     console = Console()
     stack = devstack.up()
-    tag = time.strftime("%Y%m%d%H%M%S")
-    base = config.load()
     settings = replace(
-        base,
+        topics.scratch_settings(config.load(), "demo"),
         kafka_bootstrap=stack.kafka_bootstrap,
         mqtt=config.MqttAddress.parse(stack.mqtt_url),
-        topic_prefix=f"demo{tag}.",
-        app_id=f"otaflow-demo{tag}",
         partitions=4,
     )
+    try:
+        return _run(console, stack, settings, devices, rate, fail_ratio, timeout_s)
+    finally:
+        if keep:
+            console.print(f"topics kept under the prefix {settings.topic_prefix}")
+        else:
+            # A demo is a throwaway deployment: leave the broker and the disk as we found them.
+            topics.delete_deployment_topics(settings.kafka_bootstrap, settings)
+            shutil.rmtree(config.data_dir() / settings.app_id, ignore_errors=True)
+
+
+def _run(
+    console: Console,
+    stack: devstack.DevStack,
+    settings: config.Settings,
+    devices: int,
+    rate: int,
+    fail_ratio: float,
+    timeout_s: float,
+) -> int:
+    tag = time.strftime("%Y%m%d%H%M%S")
     env = {
         "OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "OTAFLOW_MQTT_URL": stack.mqtt_url,
@@ -239,7 +257,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--rate", type=int, default=6000, help="devices per minute (10-10,000)")
     parser.add_argument("--fail-ratio", type=float, default=0.02)
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.set_defaults(func=lambda a: run(a.devices, a.rate, a.fail_ratio, a.timeout))
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the demo's topics (deleted at the end otherwise)"
+    )
+    parser.set_defaults(func=lambda a: run(a.devices, a.rate, a.fail_ratio, a.timeout, a.keep))
 
 
 def main(argv: list[str] | None = None) -> int:

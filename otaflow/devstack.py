@@ -11,8 +11,9 @@ Python API::
     stack = up()        # idempotent: reuses whatever already answers
     status()            # {"kafka": {...}, "mqtt": {...}}
     down()              # stops only what up() started
+    prune()             # deletes what throwaway deployments left (tests, benchmarks)
 
-CLI: ``python -m otaflow.devstack up|down|status``.
+CLI: ``python -m otaflow.devstack up|down|status|prune``.
 
 Setting ``OTAFLOW_KAFKA_BOOTSTRAP`` / ``OTAFLOW_MQTT_URL`` points otaflow at
 services someone else runs; ``up()`` then only checks they answer.
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from otaflow import config
+from otaflow import config, topics
 
 KAFKA_VERSION = "4.1.1"
 SCALA_VERSION = "2.13"
@@ -54,7 +55,10 @@ SLF4J_VERSION = "2.0.17"
 DEPENDENCY_PLUGIN_VERSION = "3.8.1"
 MIN_JAVA = 17
 
-KAFKA_START_TIMEOUT_S = 60.0
+# A broker that was killed replays and indexes every partition's log before it answers;
+# with thousands of partitions that takes minutes. We wait as long as the process lives.
+KAFKA_START_TIMEOUT_S = 300.0
+KAFKA_SLOW_START_NOTE_S = 20.0
 MQTT_START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 30.0
 MAVEN_TIMEOUT_S = 900.0
@@ -503,10 +507,28 @@ def _kafka_running(bootstrap: str, timeout: float = 5.0) -> bool:
     return _port_open(host, port) and _admin_answers(bootstrap, timeout)
 
 
+def _partition_dirs() -> int:
+    try:
+        return sum(1 for entry in os.scandir(_kafka_data()) if entry.is_dir())
+    except OSError:
+        return 0
+
+
 def _wait_kafka(bootstrap: str, pid: int | None, timeout: float) -> None:
     host, port = _split_hostport(bootstrap, config.DEFAULT_KAFKA_PORT)
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    noted = False
     while time.monotonic() < deadline:
+        if not noted and time.monotonic() - started > KAFKA_SLOW_START_NOTE_S:
+            noted = True
+            print(
+                f"devstack: Kafka is still loading its logs ({_partition_dirs():,} partition "
+                f"directories in {_kafka_data()}); waiting up to {timeout:.0f}s. "
+                "`otaflow devstack prune` removes what killed test runs left behind.",
+                file=sys.stderr,
+                flush=True,
+            )
         if pid is not None and not _alive(pid):
             raise DevstackError(
                 f"Kafka (pid {pid}) exited while starting.\n"
@@ -583,6 +605,11 @@ def _up_kafka(settings: config.Settings) -> str:
     except DevstackError:
         _stop("kafka", timeout=10)
         raise
+    # We just started the broker, so no throwaway deployment can be running against it:
+    # whatever they left is garbage, and it would slow every later start.
+    pruned = topics.prune_scratch_topics(bootstrap)
+    if pruned:
+        _log.info("deleted %d topics left by earlier test and benchmark runs", pruned)
     return bootstrap
 
 
@@ -753,6 +780,15 @@ def down() -> None:
         _stop("mqtt")
 
 
+def prune() -> int:
+    """Delete the topics of throwaway deployments (tests, benchmarks, the demo) that runs
+    killed before their clean-up left behind. Only run it when none of them is running."""
+    settings = config.load()
+    with _locked():
+        bootstrap = _up_kafka(settings)
+        return topics.prune_scratch_topics(bootstrap)
+
+
 def status() -> dict[str, dict[str, object]]:
     """What answers where: ``{"kafka": {...}, "mqtt": {...}}``.
 
@@ -790,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="devstack", description="Start, stop or inspect otaflow's dev Kafka and Mosquitto."
     )
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "prune"))
     parser.add_argument("--json", action="store_true", help="print machine-readable output")
     args = parser.parse_args(argv)
     try:
@@ -817,6 +853,14 @@ def main(argv: list[str] | None = None) -> int:
             down()
             if not args.json:
                 print("dev stack stopped")
+            return 0
+        if args.command == "prune":
+            deleted = prune()
+            print(
+                json.dumps({"deleted_topics": deleted})
+                if args.json
+                else f"deleted {deleted} topics"
+            )
             return 0
         report = status()
         if args.json:

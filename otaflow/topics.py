@@ -7,8 +7,10 @@ topics may change between releases.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from otaflow.config import Settings
 
@@ -133,3 +135,79 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
         except Exception as exc:  # another process won the race: fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+
+
+# -- throwaway deployments ----------------------------------------------------------------
+#
+# Tests, benchmarks and the demo each run a whole deployment under their own names. They
+# delete their topics when done; the mark lets `otaflow devstack prune` (and a fresh
+# `devstack up`) find what a killed run left behind. Left alone, a dev broker gathers
+# thousands of partitions and then takes minutes to start.
+
+SCRATCH_MARK = "scratch."
+
+
+def scratch_settings(base: Settings, kind: str) -> Settings:
+    """``base`` renamed into a fresh throwaway namespace (topic prefix and app id)."""
+    name = f"{SCRATCH_MARK}{kind}-{uuid.uuid4().hex[:8]}"
+    return replace(base, topic_prefix=name + ".", app_id=name)
+
+
+# The names tests, benchmarks and the demo used before they had the mark; a dev broker
+# from then may still hold thousands of them.
+_UNMARKED_SCRATCH = re.compile(
+    r"^(otaflow-)?(t[0-9a-f]{8}|t[0-9a-f]{10}|b[a-z]+[0-9a-f]{6}|bench[0-9a-f]{10}|demo[0-9]{14})[.-]"
+)
+
+
+def is_scratch(topic: str) -> bool:
+    return topic.startswith(SCRATCH_MARK) or _UNMARKED_SCRATCH.match(topic) is not None
+
+
+def owned_topics(names: Iterable[str], settings: Settings) -> list[str]:
+    """The topics of one deployment: its prefixed ones and those its app id names (Faust's
+    changelogs and leader topic)."""
+    if not settings.topic_prefix:
+        raise ValueError("a deployment without a topic prefix does not own its topic names")
+    app = settings.app_id + "-"
+    return sorted(n for n in names if n.startswith(settings.topic_prefix) or n.startswith(app))
+
+
+def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -> int:
+    """Delete ``names`` (already gone is fine); return how many were deleted."""
+    from confluent_kafka.admin import AdminClient
+
+    pending = list(names)
+    if not pending:
+        return 0
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deleted = 0
+    # The controller takes large requests in its stride, but one failure should not
+    # void thousands of deletions, so go in chunks.
+    for start in range(0, len(pending), 500):
+        chunk = pending[start : start + 500]
+        futures = admin.delete_topics(chunk, operation_timeout=timeout, request_timeout=timeout)
+        for name, future in futures.items():
+            try:
+                future.result()
+                deleted += 1
+            except Exception as exc:
+                if "UNKNOWN_TOPIC_OR_PART" not in str(exc):
+                    raise RuntimeError(f"could not delete topic {name}: {exc}") from exc
+    return deleted
+
+
+def delete_deployment_topics(bootstrap: str, settings: Settings, timeout: float = 60.0) -> int:
+    """Delete every topic of the deployment ``settings`` names; return how many."""
+    from confluent_kafka.admin import AdminClient
+
+    existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout).topics
+    return delete_topics(bootstrap, owned_topics(existing, settings), timeout)
+
+
+def prune_scratch_topics(bootstrap: str, timeout: float = 60.0) -> int:
+    """Delete the topics of every throwaway deployment (only when none of them runs)."""
+    from confluent_kafka.admin import AdminClient
+
+    existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout).topics
+    return delete_topics(bootstrap, sorted(n for n in existing if is_scratch(n)), timeout)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from otaflow import config, devstack, topics
 from otaflow.codec import codec
@@ -29,6 +30,26 @@ from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key, partition_fo
 
 REPO = Path(__file__).resolve().parents[2]
 CODEC = codec()
+
+
+# Every deployment a test makes lives in this session's namespace, and the session deletes
+# the lot at its end, whatever each test's own clean-up got to: a dev broker that gathers
+# thousands of partitions takes minutes to start.
+SESSION_KIND = f"test{uuid.uuid4().hex[:6]}"
+
+
+def scratch(base: Settings) -> Settings:
+    """``base`` under a fresh topic prefix and app id of this test session."""
+    return topics.scratch_settings(base, SESSION_KIND)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_session_topics() -> Iterator[None]:
+    yield
+    stack = devstack.up()
+    mark = f"{topics.SCRATCH_MARK}{SESSION_KIND}-"
+    existing = AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=30)
+    topics.delete_topics(stack.kafka_bootstrap, [n for n in existing.topics if n.startswith(mark)])
 
 
 @pytest.fixture(scope="session")
@@ -49,15 +70,12 @@ class Otaflow:
     def __init__(
         self, stack: devstack.DevStack, tmp: Path, partitions: int = 4, tick_interval_s: float = 0
     ) -> None:
-        tag = uuid.uuid4().hex[:8]
         api_port, package_port = free_port(), free_port()
         self.settings: Settings = replace(
-            config.load(),
+            scratch(config.load()),
             kafka_bootstrap=stack.kafka_bootstrap,
             mqtt=config.MqttAddress.parse(stack.mqtt_url),
             partitions=partitions,
-            topic_prefix=f"t{tag}.",
-            app_id=f"otaflow-t{tag}",
             tick_interval_s=tick_interval_s,
             api_port=api_port,
             package_port=package_port,
@@ -133,6 +151,8 @@ class Otaflow:
             self._control.close()
         for reader in self._readers.values():
             reader.close()
+        self.producer.flush(10)
+        topics.delete_deployment_topics(self.settings.kafka_bootstrap, self.settings)
 
     # -- control plane -------------------------------------------------------------------
 

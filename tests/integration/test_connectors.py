@@ -34,6 +34,7 @@ from otaflow.codec import codec
 from otaflow.config import MqttAddress, Settings
 from otaflow.partitioning import device_key, partition_for
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS, NOTIFICATIONS, TopicSpec, ensure_topics
+from tests.integration.conftest import scratch
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +45,11 @@ def stack() -> devstack.DevStack:
 
 
 def make_settings(stack: devstack.DevStack, mqtt_address: MqttAddress | None = None) -> Settings:
-    uid = uuid.uuid4().hex[:10]
-    settings = Settings(
-        kafka_bootstrap=stack.kafka_bootstrap,
-        mqtt=mqtt_address or MqttAddress.parse(stack.mqtt_url),
-        topic_prefix=f"t{uid}.",
-        app_id=f"t{uid}",
+    settings = scratch(
+        Settings(
+            kafka_bootstrap=stack.kafka_bootstrap,
+            mqtt=mqtt_address or MqttAddress.parse(stack.mqtt_url),
+        )
     )
     ensure_topics(settings.kafka_bootstrap, settings, [DEVICE_REPORTS, DEAD_LETTERS, NOTIFICATIONS])
     return settings

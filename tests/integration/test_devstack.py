@@ -14,8 +14,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from otaflow import devstack
-from otaflow.config import MqttAddress
+from otaflow import devstack, topics
+from otaflow.config import MqttAddress, Settings
+from tests.integration.conftest import scratch
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +107,20 @@ def test_cli_status_exit_code(stack: devstack.DevStack, capsys: pytest.CaptureFi
     assert devstack.main(["status"]) == 0
     out = capsys.readouterr().out
     assert "kafka" in out and "mqtt" in out
+
+
+def test_a_deployment_deletes_its_topics_and_only_its_own(stack: devstack.DevStack) -> None:
+    mine, other = scratch(Settings()), scratch(Settings())
+    for settings in (mine, other):
+        topics.ensure_topics(stack.kafka_bootstrap, settings, [topics.DEVICE_REPORTS])
+    changelog = topics.TopicSpec(f"{mine.app_id}-devices-changelog", (), "", public=False)
+    topics.ensure_topics(stack.kafka_bootstrap, Settings(topic_prefix=""), [changelog])
+
+    deleted = topics.delete_deployment_topics(stack.kafka_bootstrap, mine)
+
+    assert deleted == 2
+    left = AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10).topics
+    assert topics.DEVICE_REPORTS.full_name(mine) not in left
+    assert changelog.name not in left
+    assert topics.DEVICE_REPORTS.full_name(other) in left
+    assert topics.delete_deployment_topics(stack.kafka_bootstrap, mine) == 0  # idempotent

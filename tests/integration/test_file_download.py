@@ -39,6 +39,7 @@ from otaflow.codec import codec
 from otaflow.config import MqttAddress, Settings
 from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS, ensure_topics
+from tests.integration.conftest import scratch
 from tests.integration.test_connectors import TopicReader, running
 
 pytestmark = pytest.mark.integration
@@ -53,12 +54,11 @@ def stack() -> devstack.DevStack:
 
 
 def make_settings(stack: devstack.DevStack) -> Settings:
-    uid = uuid.uuid4().hex[:10]
-    settings = Settings(
-        kafka_bootstrap=stack.kafka_bootstrap,
-        mqtt=MqttAddress.parse(stack.mqtt_url),
-        topic_prefix=f"t{uid}.",
-        app_id=f"t{uid}",
+    settings = scratch(
+        Settings(
+            kafka_bootstrap=stack.kafka_bootstrap,
+            mqtt=MqttAddress.parse(stack.mqtt_url),
+        )
     )
     ensure_topics(settings.kafka_bootstrap, settings, [BATCHES, DEAD_LETTERS])
     return settings
