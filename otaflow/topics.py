@@ -116,20 +116,34 @@ ALL: tuple[TopicSpec, ...] = (
 
 def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec] = ALL) -> None:
     """Create the topics that do not exist yet (idempotent; safe from several processes)."""
+    create_topics(
+        bootstrap,
+        [
+            (
+                spec.full_name(settings),
+                spec.partition_count(settings),
+                {"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for spec in specs
+        ],
+    )
+
+
+def create_topics(bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str]]]) -> None:
+    """Create each (name, partitions, config) that does not exist yet; losing a creation
+    race to another process is fine."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=30).topics)
-    wanted = []
-    for spec in specs:
-        name = spec.full_name(settings)
-        if name in existing:
-            continue
-        config = {"cleanup.policy": "compact"} if spec.compacted else {}
-        wanted.append(NewTopic(name, spec.partition_count(settings), 1, config=config))
-    if not wanted:
+    new = [
+        NewTopic(name, partitions, 1, config=config)
+        for name, partitions, config in wanted
+        if name not in existing
+    ]
+    if not new:
         return
-    for name, future in admin.create_topics(wanted, operation_timeout=30).items():
+    for name, future in admin.create_topics(new, operation_timeout=30).items():
         try:
             future.result()
         except Exception as exc:  # another process won the race: fine

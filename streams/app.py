@@ -99,3 +99,24 @@ push_queue = table("push-queue")
 # Control plane state (single partition, owned by the command agent).
 control_state = table("control-state", partitions=1)
 dead_letters = topic(topics.DEAD_LETTERS)
+
+
+def declare_changelogs() -> None:
+    """Create every table's changelog topic before the worker joins its group.
+
+    Faust creates them itself on start, but two workers starting together race to do
+    so, and the loser can be handed a changelog partition that is not in its metadata
+    yet: its table recovery then never finishes, and the group waits on it (seen as a
+    five-minute stall when a benchmark starts two workers at once).
+    """
+    topics.create_topics(
+        settings.kafka_bootstrap,
+        [
+            (
+                table.changelog_topic.get_topic_name(),
+                table.partitions or settings.partitions,
+                {"cleanup.policy": "compact"},
+            )
+            for table in app.tables.values()
+        ],
+    )

@@ -46,8 +46,9 @@ def main(with_batcher: bool = True) -> int:
     import streams.device_agent
     import streams.rate_agent
     import streams.ticker  # noqa: F401  (registers agents and timers)
-    from streams.app import app
+    from streams.app import app, declare_changelogs
 
+    declare_changelogs()
     gc_tuning.apply()
 
     level = config_log_level()
