@@ -27,10 +27,11 @@ class DeviceState:
     # Group-based dynamic batches that matched the device since it last joined their
     # group; leaving the group clears them, so a device that rejoins is matched again.
     group_matches: list[str] = field(default_factory=list)
+    # The table key, kept: it is asked for several times per report.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return device_key(self.product_key, self.device_name)
+    def __post_init__(self) -> None:
+        self.key = device_key(self.product_key, self.device_name)
 
     def task(self, task_id: str) -> Task | None:
         for task in self.tasks:

@@ -219,6 +219,31 @@ class DeviceEngine:
     def on_report(self, state: DeviceState | None, report: Record, fx: Effects) -> DeviceState:
         if state is None:
             state = DeviceState(report["product_key"], report["device_name"])
+        if report["kind"] == "VERSION" and self._nothing_to_decide(state, report):
+            # Most reports at fleet scale: a device with no task, and no dynamic batch
+            # that could match it, says its version. ``_on_report`` would reach the same
+            # state through every check below; this skips them (tested as equivalent).
+            fx.touch(state)
+            state.last_seen = max(state.last_seen, report["event_time"])
+            state.online = True
+            version = report.get("version")
+            if version is not None:
+                state.modules[report.get("module") or "default"] = version
+            return state
+        return self._on_report(state, report, fx)
+
+    def _nothing_to_decide(self, state: DeviceState, report: Record) -> bool:
+        """No task to move, no group to evaluate, no dynamic batch for the module."""
+        product_key = state.product_key
+        return (
+            not state.tasks
+            and not state.dynamic_groups
+            and not state.group_matches
+            and not self.batches.group_based_for(product_key)
+            and not self.batches.dynamic_for(product_key, report.get("module") or "default")
+        )
+
+    def _on_report(self, state: DeviceState, report: Record, fx: Effects) -> DeviceState:
         now = report["event_time"]
         kind = report["kind"]
         self.advance(state, now, fx)
