@@ -106,7 +106,11 @@ class ReportBatcher:
                 "group.id": group_id or f"{settings.app_id}-batcher",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "cooperative-sticky",
+                # Eager, not cooperative-sticky: with the incremental protocol a batcher
+                # that joined second once never fetched its newly assigned partitions
+                # (librdkafka 2.16; ten minutes stalled in a two-worker benchmark). A
+                # poll here is short and synchronous, so an eager rebalance costs one.
+                "partition.assignment.strategy": "range",
                 "fetch.max.bytes": 16 * 1024 * 1024,
                 "queued.max.messages.kbytes": 65536,
             }
