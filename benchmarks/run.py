@@ -60,12 +60,16 @@ def run(
             d.close()
     if "scale-out" in names:
         two, d2 = scenarios.ingest(n, workers=2, pass_through_runs=0)
-        d2.close()
-        one = next((r for r in results if r.scenario == "ingest"), None)
-        if one is not None:
-            single = one.figures[0].value
-            two.add("speed-up over 1 worker", two.figures[0].value / single, "x")
-        keep(two)
+        try:
+            one = next((r for r in results if r.scenario == "ingest"), None)
+            if one is not None:
+                single = one.figures[0].value
+                two.add("speed-up over 1 worker", two.figures[0].value / single, "x")
+            keep(two)
+            # The same fleet, started over by two workers: each scans its own partitions.
+            keep(scenarios.fan_out(n, d2, name="fan-out-2w"))
+        finally:
+            d2.close()
     if "rollout" in names:
         keep(scenarios.rollout(sizes["rollout"]))
     if "latency" in names:

@@ -218,9 +218,12 @@ def create_package(d: BenchDeployment, control: ControlClient, pk: str) -> str:
     return str(result.data["FirmwareId"])
 
 
-def fan_out(n: int, d: BenchDeployment) -> ScenarioResult:
-    """One static batch over the n devices already in ``d`` (from the ingest scenario)."""
-    result = ScenarioResult("fan-out", {"devices": n, "partitions": d.settings.partitions})
+def fan_out(n: int, d: BenchDeployment, name: str = "fan-out") -> ScenarioResult:
+    """One static batch over the n devices already in ``d`` (from an ingest scenario)."""
+    workers = sum(1 for p in d.group.procs if p.startswith("worker"))
+    result = ScenarioResult(
+        name, {"devices": n, "partitions": d.settings.partitions, "workers": workers}
+    )
     with ControlClient(d.settings) as control:
         firmware_id = create_package(d, control, "pkBench")
         base = end_offsets(d, topics.TASK_EVENTS)
