@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from otaflow.codec import DecodeError, codec
+from otaflow.codec import HEADER_LEN, DecodeError, codec
 from otaflow.domain.batches import Batch, BatchRegistry
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import Effects
@@ -33,6 +33,9 @@ from streams.partition_scan import scan_partition
 from streams.table_writer import TableWriter
 
 CODEC = codec()
+# Batcher items are DeviceReports: decoded straight by their schema (see ``apply``).
+REPORT_HEADER = CODEC.schema("DeviceReport").header
+decode_report = CODEC.schema("DeviceReport").coder.binary_decode
 
 # Device states are written once per envelope in one RocksDB batch, with their
 # changelog through librdkafka (see table_writer: Faust's per-key write was the cap).
@@ -171,14 +174,28 @@ class EnvelopeRun:
 
     # -- records ------------------------------------------------------------------------
 
-    def apply(self, item: bytes, source: str) -> None:
-        try:
-            name, record = CODEC.decode(item)
-        except DecodeError as exc:
-            self.dead.append((source, str(exc), item))
-            return
-        if name not in HANDLED:
-            self.dead.append((source, f"unexpected record type {name}", item))
+    def apply(self, item: bytes, source_partition: int, offset: int) -> None:
+        """Apply one item: a report the batcher copied from ``source_partition`` at
+        ``offset``, or (``source_partition`` -1) a record another agent sent."""
+        if item[:HEADER_LEN] == REPORT_HEADER:  # most items: skip the schema lookup
+            name = "DeviceReport"
+            try:
+                record = decode_report(item[HEADER_LEN:])
+            except Exception as exc:  # cavro raises several types for corrupt bodies
+                reason = f"corrupt DeviceReport body: {exc}"
+                self.dead.append((self._source(source_partition, offset), reason, item))
+                return
+        else:
+            try:
+                name, record = CODEC.decode(item)
+            except DecodeError as exc:
+                self.dead.append((self._source(source_partition, offset), str(exc), item))
+                return
+        if name not in HANDLED or (source_partition >= 0 and name != "DeviceReport"):
+            # The public reports topic carries device reports only: a tick or a task
+            # command produced there by mistake must not act on the engine.
+            reason = f"unexpected record type {name}"
+            self.dead.append((self._source(source_partition, offset), reason, item))
             return
         now = record.get("event_time")
         if isinstance(now, int) and now > self.view.watermark:
@@ -193,6 +210,12 @@ class EnvelopeRun:
             )
         elif name == "GroupControl":
             partition_meta[f"{partition}/group/{record['group_id']}".encode()] = item
+
+    def _source(self, source_partition: int, offset: int) -> str:
+        """Where a dead-lettered item came from (built only for those)."""
+        if source_partition >= 0:
+            return f"reports/{source_partition}/{offset}"
+        return f"device-events/{self.view.partition}"
 
     def release(self) -> None:
         """Drop the envelope's states and effects now.
@@ -248,20 +271,20 @@ async def process_envelope(partition: int, value: bytes) -> None:
         return
     sources = envelope["source_partitions"]
     offsets = envelope["source_offsets"]
+    applied = view.source_offsets
+    apply = run.apply
     for i, item in enumerate(envelope["items"]):
-        source_partition = sources[i] if sources else -1
-        if source_partition >= 0:
+        if sources and (source_partition := sources[i]) >= 0:
             # Reports the batcher re-sent after a restart are skipped, not applied twice.
-            sp = str(source_partition)
+            sp = str(source_partition)  # an Avro map key
             offset = offsets[i]
-            if offset <= view.source_offsets.get(sp, -1):
+            if offset <= applied.get(sp, -1):
                 continue
-            view.source_offsets[sp] = offset
+            applied[sp] = offset
             run.meta_dirty = True
-            source = f"reports/{source_partition}/{offset}"
+            apply(item, source_partition, offset)
         else:
-            source = f"device-events/{partition}"
-        run.apply(item, source)
+            apply(item, -1, -1)
     await run.finish()
     run.release()
 

@@ -6,8 +6,13 @@ import hashlib
 
 import pytest
 
+from otaflow import topics
+from otaflow.codec import codec
 from otaflow.packages import PackageStore
+from otaflow.partitioning import device_key
 from tests.integration.conftest import Otaflow, statuses_by_task
+
+CODEC = codec()
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +87,34 @@ def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> No
     assert all(s[:2] == ["QUEUED", "NOTIFIED"] for s in by_task.values())
     failed = [e for e in events.values() if e["status"] == "FAILED"]
     assert all(e["desc"] == "download failed: http 500" for e in failed)
+
+
+def test_malformed_reports_are_dead_lettered_and_the_rest_applied(otaflow: Otaflow) -> None:
+    otaflow.start_worker()
+    pk = "pkBad"
+    dynamic_batch(otaflow, pk, MaximumPerMinute=100)
+    reports = topics.DEVICE_REPORTS.full_name(otaflow.settings)
+    good = CODEC.encode(
+        "DeviceReport",
+        {"product_key": pk, "device_name": "d1", "kind": "VERSION", "event_time": T0 + 1},
+    )
+    bad = {
+        "not avro": b"garbage, not a record",
+        "truncated": good[:-5],
+        "other schema": CODEC.encode("Tick", {"event_time": T0}),
+    }
+    for dn, value in zip(("d1", "d2", "d3"), bad.values(), strict=True):
+        otaflow.producer.produce(reports, key=device_key(pk, dn).encode(), value=value)
+    otaflow.report(pk, "d4", "VERSION", T0 + 2, version="1.0")
+    otaflow.flush()
+
+    # The good report after them is applied: its device matches the batch.
+    events = otaflow.task_events().wait_for(lambda v: len(v) > 0, what="d4's task")
+    assert {e["device_name"] for e in events} == {"d4"}
+    letters = otaflow.reader(topics.DEAD_LETTERS).wait_for(lambda v: len(v) == 3)
+    assert sorted(letter["raw"] for letter in letters) == sorted(bad.values())
+    by_raw = {letter["raw"]: letter for letter in letters}
+    assert "marker" in by_raw[bad["not avro"]]["reason"]
+    assert "corrupt DeviceReport body" in by_raw[bad["truncated"]]["reason"]
+    assert "unexpected record type Tick" in by_raw[bad["other schema"]]["reason"]
+    assert all(letter["source"].startswith("reports/") for letter in letters)
