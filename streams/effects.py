@@ -18,6 +18,7 @@ from otaflow.config import Settings
 from otaflow.domain.engine import Effects
 from otaflow.partitioning import CONFLUENT_PARTITIONER
 from streams.app import dead_letters
+from streams.produce import produce_all
 
 CODEC = codec()
 
@@ -66,8 +67,14 @@ class EffectSender:
 
     def send(self, fx: Effects) -> None:
         encode = CODEC.encode
-        for key, event in fx.task_events:
-            self._produce(self.task_events, key.encode(), encode("TaskEvent", event))
+        if fx.task_events:
+            # A START over a large fleet: one event per device, sent in one call.
+            events = [
+                {"key": key.encode(), "value": encode("TaskEvent", event)}
+                for key, event in fx.task_events
+            ]
+            produce_all(self.producer, self.task_events, events, self._delivered)
+            self.pending += len(events)
         for key, note in fx.notifications:
             self._produce(self.notifications, key.encode(), encode("Notification", note))
         now = max((e["event_time"] for _, e in fx.task_events), default=0)

@@ -1,0 +1,47 @@
+"""produce_all: keyed records land where Kafka's partitioner puts them, and a full queue
+only delays records, never drops them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from otaflow import config, devstack, topics
+from otaflow.partitioning import CONFLUENT_PARTITIONER, partition_for
+from streams.produce import produce_all
+from tests.integration.conftest import scratch
+
+pytestmark = pytest.mark.integration
+
+
+def deliver(producer_config: dict[str, Any], partition: int | None) -> list[tuple[bytes, int]]:
+    stack = devstack.up()
+    settings = scratch(config.Settings(kafka_bootstrap=stack.kafka_bootstrap))
+    topic = settings.topic_prefix + "produce"
+    topics.create_topics(stack.kafka_bootstrap, [(topic, 8, {})])
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, **producer_config})
+    delivered: list[tuple[bytes, int]] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        assert err is None, err
+        delivered.append((msg.key(), msg.partition()))
+
+    messages = [{"key": f"pk/dev-{i}".encode(), "value": b"v"} for i in range(500)]
+    produce_all(producer, topic, messages, on_delivery, partition)
+    assert producer.flush(30) == 0
+    topics.delete_topics(stack.kafka_bootstrap, [topic])
+    return delivered
+
+
+def test_keyed_records_follow_the_partitioner() -> None:
+    delivered = deliver({"partitioner": CONFLUENT_PARTITIONER}, partition=None)
+    assert len(delivered) == 500
+    assert all(p == partition_for(key, 8) for key, p in delivered)
+
+
+def test_a_full_queue_delays_records_and_loses_none() -> None:
+    delivered = deliver({"queue.buffering.max.messages": 50, "linger.ms": 5}, partition=3)
+    assert sorted(key for key, _ in delivered) == sorted(f"pk/dev-{i}".encode() for i in range(500))
+    assert {p for _, p in delivered} == {3}
