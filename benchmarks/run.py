@@ -24,9 +24,17 @@ FULL = {
     "rollout": 100_000,
     "latency": 1000,
     "pass_through_runs": 3,
+    "ingest_runs": 3,
     "egress_runs": 3,
 }
-SMOKE = {"devices": 2000, "rollout": 2000, "latency": 100, "pass_through_runs": 1, "egress_runs": 1}
+SMOKE = {
+    "devices": 2000,
+    "rollout": 2000,
+    "latency": 100,
+    "pass_through_runs": 1,
+    "ingest_runs": 1,
+    "egress_runs": 1,
+}
 SCENARIOS = ("ingest", "fan-out", "state", "recovery", "rollout", "latency", "egress", "scale-out")
 
 
@@ -46,7 +54,15 @@ def run(
     n = sizes["devices"]
     fleet_scenarios = {"ingest", "fan-out", "state", "recovery"} & set(names)
     if fleet_scenarios:
-        ingest_result, d = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
+        # The ingest figure is the median of several runs, each on a fresh deployment; the
+        # last run's fleet stays for the scenarios that need 1,000,000 devices in place.
+        runs: list[ScenarioResult] = []
+        for _ in range(sizes["ingest_runs"] - 1):
+            result, extra = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
+            extra.close()
+            runs.append(result)
+        last, d = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
+        ingest_result = scenarios.median_ingest([*runs, last])
         try:
             if "ingest" in names:
                 keep(ingest_result)
