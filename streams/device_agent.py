@@ -237,7 +237,7 @@ class EnvelopeRun:
         # the same events again. The other order would lose them: the replay would
         # find the tasks already in the states and send nothing.
         sender = effect_sender()
-        sender.send(self.fx)
+        sender.send(self.fx, view.watermark)
         for source, reason, raw in self.dead:
             sender.dead_letter(source, reason, raw, view.watermark)
         sender.flush()

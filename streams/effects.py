@@ -65,7 +65,14 @@ class EffectSender:
             except BufferError:
                 self.producer.poll(0.01)
 
-    def send(self, fx: Effects) -> None:
+    def send(self, fx: Effects, now: int) -> None:
+        """Send ``fx``; ``now`` is the device partition's event time after them.
+
+        Rate-agent records carry ``now``: the rate agent releases queued tasks at its own
+        event time, the later of its ticks and what it is sent, and a release stamped
+        before the time its task was queued at (a scheduled batch's start, say) would be
+        refused by the device agent and the task never pushed.
+        """
         encode = CODEC.encode
         if fx.task_events:
             # A START over a large fleet: one event per device, sent in one call.
@@ -77,7 +84,6 @@ class EffectSender:
             self.pending += len(events)
         for key, note in fx.notifications:
             self._produce(self.notifications, key.encode(), encode("Notification", note))
-        now = max((e["event_time"] for _, e in fx.task_events), default=0)
         for batch_id, tasks in fx.queued.items():
             for start in range(0, len(tasks), QUEUE_CHUNK):
                 body = {

@@ -192,3 +192,27 @@ def test_retry_after_24_hours_timeout_and_a_7_day_schedule(otaflow: Otaflow) -> 
     sched_push = [e for e in events if e["batch_id"] == "sched" and e["status"] == "NOTIFIED"]
     assert min(e["event_time"] for e in sched_push) >= start
     check_task_view(events)
+
+
+def test_a_scheduled_start_is_pushed_when_the_rate_agent_lags_behind(otaflow: Otaflow) -> None:
+    """The device partitions reach the schedule's start before the rate agent's own ticks
+    do (its ticks are late, or on another worker): the tasks queued at the start must be
+    released at the start, not at the rate agent's older time, which the device agent
+    would refuse as before the batch began (they were then never pushed)."""
+    otaflow.start_worker()
+    drive = EngineDriver(otaflow)
+    reader = otaflow.task_events()
+    start = T0 + DAY
+    for dn in ("s1", "s2", "s3"):
+        drive.version("pkLag", dn, "1.0", T0)
+    drive.send()
+    drive.start(make_batch("lag", at=T0 + S, product_key="pkLag", schedule_start=start, rate=FAST))
+    drive.tick(start - S)
+    reader.wait_for(lambda v: devices_with(v, "lag", "QUEUED") == {"s1", "s2", "s3"})
+    assert task_statuses(settle(reader, 0.5), "lag") == {d: ["QUEUED"] for d in ("s1", "s2", "s3")}
+    drive.tick(start, rate=False)  # the rate topic stays at start - 1 s
+    reader.wait_for(
+        lambda v: devices_with(v, "lag", "NOTIFIED") == {"s1", "s2", "s3"}, what="pushed"
+    )
+    notified = [e for e in settle(reader) if e["status"] == "NOTIFIED"]
+    assert {e["event_time"] for e in notified} == {start}

@@ -208,15 +208,17 @@ class EngineDriver:
         }
         self.broadcast("GroupControl", record)
 
-    def tick(self, at: int) -> None:
-        """Event time for every partition of the device and rate topics."""
+    def tick(self, at: int, rate: bool = True) -> None:
+        """Event time for every partition of the device and (unless not ``rate``) the
+        rate topic."""
         self.send()
         tick = {"event_time": at}
         item = CODEC.encode("Tick", tick)
         rate_tick = CODEC.encode("RateEvent", {"body": ("otaflow.Tick", tick)})
         for partition in range(self.partitions):
             self._produce(partition, [item])
-            self.producer.produce(self.rate_topic, value=rate_tick, partition=partition)
+            if rate:
+                self.producer.produce(self.rate_topic, value=rate_tick, partition=partition)
         self.producer.flush(30)
 
 
