@@ -105,9 +105,9 @@ def declare_changelogs() -> None:
     """Create every table's changelog topic before the worker joins its group.
 
     Faust creates them itself on start, but two workers starting together race to do
-    so, and the loser can be handed a changelog partition that is not in its metadata
-    yet: its table recovery then never finishes, and the group waits on it (seen as a
-    five-minute stall when a benchmark starts two workers at once).
+    so, and the one that loses is handed changelog partitions its metadata does not
+    have yet ("Topic ... not found in cluster metadata"). Created here, idempotently,
+    before either joins, every worker finds them.
     """
     topics.create_topics(
         settings.kafka_bootstrap,
