@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from otaflow.config import Settings
@@ -178,13 +178,18 @@ def is_scratch(topic: str) -> bool:
     return topic.startswith(SCRATCH_MARK) or _UNMARKED_SCRATCH.match(topic) is not None
 
 
-def owned_topics(names: Iterable[str], settings: Settings) -> list[str]:
-    """The topics of one deployment: its prefixed ones and those its app id names (Faust's
-    changelogs and leader topic)."""
+def owner_of(settings: Settings) -> Callable[[str], bool]:
+    """Whether a topic belongs to the deployment ``settings`` names: its prefixed topics
+    and those its app id names (Faust's changelogs and leader topic)."""
     if not settings.topic_prefix:
         raise ValueError("a deployment without a topic prefix does not own its topic names")
-    app = settings.app_id + "-"
-    return sorted(n for n in names if n.startswith(settings.topic_prefix) or n.startswith(app))
+    prefix, app = settings.topic_prefix, settings.app_id + "-"
+    return lambda name: name.startswith(prefix) or name.startswith(app)
+
+
+def owned_topics(names: Iterable[str], settings: Settings) -> list[str]:
+    owns = owner_of(settings)
+    return sorted(n for n in names if owns(n))
 
 
 def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -> int:
@@ -211,17 +216,21 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -
     return deleted
 
 
-def delete_deployment_topics(bootstrap: str, settings: Settings, timeout: float = 60.0) -> int:
-    """Delete every topic of the deployment ``settings`` names; return how many."""
+def delete_topics_where(
+    bootstrap: str, wanted: Callable[[str], bool], timeout: float = 60.0
+) -> int:
+    """Delete every topic on the broker whose name ``wanted`` accepts; return how many."""
     from confluent_kafka.admin import AdminClient
 
     existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout).topics
-    return delete_topics(bootstrap, owned_topics(existing, settings), timeout)
+    return delete_topics(bootstrap, sorted(n for n in existing if wanted(n)), timeout)
+
+
+def delete_deployment_topics(bootstrap: str, settings: Settings, timeout: float = 60.0) -> int:
+    """Delete every topic of the deployment ``settings`` names; return how many."""
+    return delete_topics_where(bootstrap, owner_of(settings), timeout)
 
 
 def prune_scratch_topics(bootstrap: str, timeout: float = 60.0) -> int:
     """Delete the topics of every throwaway deployment (only when none of them runs)."""
-    from confluent_kafka.admin import AdminClient
-
-    existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout).topics
-    return delete_topics(bootstrap, sorted(n for n in existing if is_scratch(n)), timeout)
+    return delete_topics_where(bootstrap, is_scratch, timeout)

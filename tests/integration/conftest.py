@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from otaflow import config, devstack, topics
 from otaflow.codec import codec
@@ -46,10 +45,8 @@ def scratch(base: Settings) -> Settings:
 @pytest.fixture(scope="session", autouse=True)
 def _delete_session_topics() -> Iterator[None]:
     yield
-    stack = devstack.up()
     mark = f"{topics.SCRATCH_MARK}{SESSION_KIND}-"
-    existing = AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=30)
-    topics.delete_topics(stack.kafka_bootstrap, [n for n in existing.topics if n.startswith(mark)])
+    topics.delete_topics_where(devstack.up().kafka_bootstrap, lambda n: n.startswith(mark))
 
 
 @pytest.fixture(scope="session")
