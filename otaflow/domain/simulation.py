@@ -32,6 +32,100 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 
 
+# -- the records the engine applies, as the agents send them ------------------------------
+# (one builder each, shared by ``Partition`` and the real-Kafka test driver)
+
+
+def report_record(pk: str, dn: str, kind: str, at: int, **fields: Any) -> Record:
+    record: Record = {
+        "product_key": pk,
+        "device_name": dn,
+        "kind": kind,
+        "module": "default",
+        "version": None,
+        "step": None,
+        "desc": None,
+        "message_id": None,
+        "event_time": at,
+    }
+    record.update(fields)
+    return record
+
+
+def control_record(action: str, batch: Batch, at: int, statuses: Iterable[str] = ()) -> Record:
+    return {
+        "action": action,
+        "batch": batch.to_record(),
+        "cancel_statuses": list(statuses),
+        "event_time": at,
+    }
+
+
+def target_record(batch_id: str, pk: str, dn: str, at: int) -> Record:
+    return {"batch_id": batch_id, "product_key": pk, "device_name": dn, "event_time": at}
+
+
+def registration_record(
+    pk: str,
+    dn: str,
+    at: int,
+    *,
+    province: str | None = None,
+    city: str | None = None,
+    groups: Sequence[str] = (),
+    action: str = "REGISTER",
+) -> Record:
+    return {
+        "product_key": pk,
+        "device_name": dn,
+        "action": action,
+        "province": province,
+        "city": city,
+        "groups": list(groups),
+        "event_time": at,
+    }
+
+
+def group_record(
+    group_id: str,
+    at: int,
+    *,
+    expression: str | None = None,
+    parent_id: str | None = None,
+    deleted: bool = False,
+) -> Record:
+    return {
+        "group_id": group_id,
+        "group_type": "DYNAMIC" if expression is not None else "STATIC",
+        "name": group_id,
+        "parent_id": parent_id,
+        "expression": expression,
+        "deleted": deleted,
+        "event_time": at,
+    }
+
+
+def command_record(
+    action: str,
+    pk: str,
+    dn: str,
+    at: int,
+    *,
+    task_ids: Sequence[str] = (),
+    batch_id: str | None = None,
+    firmware_id: str | None = None,
+) -> Record:
+    return {
+        "action": action,
+        "product_key": pk,
+        "device_name": dn,
+        "task_ids": list(task_ids),
+        "batch_id": batch_id,
+        "firmware_id": firmware_id,
+        "event_time": at,
+    }
+
+
 def firmware(
     version: str = "2.0",
     *,
@@ -125,19 +219,7 @@ class Partition:
     # -- device reports --------------------------------------------------------------------
 
     def report(self, dn: str, kind: str, at: int, pk: str = PK, **fields: Any) -> Effects:
-        record = {
-            "product_key": pk,
-            "device_name": dn,
-            "kind": kind,
-            "module": "default",
-            "version": None,
-            "step": None,
-            "desc": None,
-            "message_id": None,
-            "event_time": at,
-        }
-        record.update(fields)
-        return self.apply("DeviceReport", record)
+        return self.apply("DeviceReport", report_record(pk, dn, kind, at, **fields))
 
     def version(
         self, dn: str, version: str, at: int, module: str = "default", **kw: Any
@@ -167,20 +249,13 @@ class Partition:
     # -- control ---------------------------------------------------------------------------
 
     def control(self, action: str, batch: Batch, at: int, statuses: Iterable[str] = ()) -> Effects:
-        record = {
-            "action": action,
-            "batch": batch.to_record(),
-            "cancel_statuses": list(statuses),
-            "event_time": at,
-        }
-        return self.apply("BatchControl", record)
+        return self.apply("BatchControl", control_record(action, batch, at, statuses))
 
     def start(self, batch: Batch, at: int | None = None) -> Effects:
         return self.control("START", batch, batch.created_at if at is None else at)
 
     def target(self, batch_id: str, dn: str, at: int, pk: str = PK) -> Effects:
-        record = {"batch_id": batch_id, "product_key": pk, "device_name": dn, "event_time": at}
-        return self.apply("BatchTarget", record)
+        return self.apply("BatchTarget", target_record(batch_id, pk, dn, at))
 
     def register(
         self,
@@ -193,15 +268,9 @@ class Partition:
         groups: Sequence[str] = (),
         action: str = "REGISTER",
     ) -> Effects:
-        record = {
-            "product_key": pk,
-            "device_name": dn,
-            "action": action,
-            "province": province,
-            "city": city,
-            "groups": list(groups),
-            "event_time": at,
-        }
+        record = registration_record(
+            pk, dn, at, province=province, city=city, groups=groups, action=action
+        )
         return self.apply("DeviceRegistration", record)
 
     def group(
@@ -213,15 +282,9 @@ class Partition:
         parent_id: str | None = None,
         deleted: bool = False,
     ) -> Effects:
-        record = {
-            "group_id": group_id,
-            "group_type": "DYNAMIC" if expression is not None else "STATIC",
-            "name": group_id,
-            "parent_id": parent_id,
-            "expression": expression,
-            "deleted": deleted,
-            "event_time": at,
-        }
+        record = group_record(
+            group_id, at, expression=expression, parent_id=parent_id, deleted=deleted
+        )
         return self.apply("GroupControl", record)
 
     def command(
@@ -235,15 +298,9 @@ class Partition:
         batch_id: str | None = None,
         firmware_id: str | None = None,
     ) -> Effects:
-        record = {
-            "action": action,
-            "product_key": pk,
-            "device_name": dn,
-            "task_ids": list(task_ids),
-            "batch_id": batch_id,
-            "firmware_id": firmware_id,
-            "event_time": at,
-        }
+        record = command_record(
+            action, pk, dn, at, task_ids=task_ids, batch_id=batch_id, firmware_id=firmware_id
+        )
         return self.apply("TaskCommand", record)
 
     def tick(self, at: int) -> Effects:

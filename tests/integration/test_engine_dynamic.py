@@ -8,7 +8,9 @@ from otaflow.domain.batches import BatchStatus
 from otaflow.domain.simulation import dynamic_batch, firmware, group_batch
 from tests.integration.conftest import Otaflow
 from tests.integration.test_engine_support import (
+    T0,
     EngineDriver,
+    S,
     check_task_view,
     devices_with,
     settle,
@@ -16,9 +18,6 @@ from tests.integration.test_engine_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-T0 = 1_800_000_000_000
-S = 1000
 
 
 def test_dynamic_matching_cap_precedence_groups_edits_and_cancel(otaflow: Otaflow) -> None:

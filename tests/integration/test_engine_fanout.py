@@ -12,11 +12,10 @@ import pytest
 from otaflow.domain.simulation import make_batch
 from otaflow.partitioning import device_key, partition_for
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import FAST, EngineDriver
+from tests.integration.test_engine_support import FAST, T0, EngineDriver
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_800_000_000_000
 DEVICES = 100_000
 PARTITIONS = 8
 

@@ -9,7 +9,9 @@ from otaflow.domain.simulation import DAY, HOUR, MINUTE, dynamic_batch, firmware
 from tests.integration.conftest import Otaflow
 from tests.integration.test_engine_support import (
     FAST,
+    T0,
     EngineDriver,
+    S,
     check_task_view,
     devices_with,
     settle,
@@ -17,9 +19,6 @@ from tests.integration.test_engine_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-T0 = 1_800_000_000_000
-S = 1000
 
 
 def test_override_multi_module_and_confirmation(otaflow: Otaflow) -> None:

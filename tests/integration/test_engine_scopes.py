@@ -9,6 +9,7 @@ from otaflow.domain.simulation import firmware, make_batch
 from tests.integration.conftest import Otaflow
 from tests.integration.test_engine_support import (
     FAST,
+    T0,
     EngineDriver,
     check_task_view,
     devices_with,
@@ -16,8 +17,6 @@ from tests.integration.test_engine_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-T0 = 1_800_000_000_000
 
 
 def test_every_static_scope(otaflow: Otaflow) -> None:

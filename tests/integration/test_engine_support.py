@@ -24,11 +24,21 @@ from otaflow import topics
 from otaflow.api.views import TaskView
 from otaflow.codec import codec
 from otaflow.domain.batches import Batch
+from otaflow.domain.simulation import (
+    command_record,
+    control_record,
+    group_record,
+    registration_record,
+    report_record,
+    target_record,
+)
 from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key, partition_for
 from tests.integration.conftest import Otaflow
 
 CODEC = codec()
 ENVELOPE_LIMIT = 700_000
+T0 = 1_800_000_000_000  # event time of the tests' world, far from the wall clock
+S = 1000
 FAST = {
     "kind": "constant",
     "max_rate": 10_000,
@@ -104,19 +114,7 @@ class EngineDriver:
     # -- the records ---------------------------------------------------------------------
 
     def report(self, pk: str, dn: str, kind: str, at: int, **fields: Any) -> None:
-        record = {
-            "product_key": pk,
-            "device_name": dn,
-            "kind": kind,
-            "module": "default",
-            "version": None,
-            "step": None,
-            "desc": None,
-            "message_id": None,
-            "event_time": at,
-        }
-        record.update(fields)
-        self.to_device(pk, dn, "DeviceReport", record)
+        self.to_device(pk, dn, "DeviceReport", report_record(pk, dn, kind, at, **fields))
 
     def version(self, pk: str, dn: str, version: str, at: int, module: str = "default") -> None:
         self.report(pk, dn, "VERSION", at, version=version, module=module)
@@ -136,48 +134,22 @@ class EngineDriver:
         groups: Sequence[str] = (),
         action: str = "REGISTER",
     ) -> None:
-        record = {
-            "product_key": pk,
-            "device_name": dn,
-            "action": action,
-            "province": province,
-            "city": city,
-            "groups": list(groups),
-            "event_time": at,
-        }
+        record = registration_record(
+            pk, dn, at, province=province, city=city, groups=groups, action=action
+        )
         self.to_device(pk, dn, "DeviceRegistration", record)
 
     def target(self, batch: Batch, names: Iterable[str], at: int) -> None:
         for dn in names:
-            record = {
-                "batch_id": batch.batch_id,
-                "product_key": batch.product_key,
-                "device_name": dn,
-                "event_time": at,
-            }
+            record = target_record(batch.batch_id, batch.product_key, dn, at)
             self.to_device(batch.product_key, dn, "BatchTarget", record)
 
     def command(self, action: str, pk: str, dn: str, at: int, **fields: Any) -> None:
-        record: dict[str, Any] = {
-            "action": action,
-            "product_key": pk,
-            "device_name": dn,
-            "task_ids": [],
-            "batch_id": None,
-            "firmware_id": None,
-            "event_time": at,
-        }
-        record.update(fields)
-        self.to_device(pk, dn, "TaskCommand", record)
+        self.to_device(pk, dn, "TaskCommand", command_record(action, pk, dn, at, **fields))
 
     def control(self, action: str, batch: Batch, at: int, statuses: Sequence[str] = ()) -> None:
         """What the command agent's ``broadcast_control`` sends: rate agent, then partitions."""
-        control = {
-            "action": action,
-            "batch": batch.to_record(),
-            "cancel_statuses": list(statuses),
-            "event_time": at,
-        }
+        control = control_record(action, batch, at, statuses)
         self.send()
         self.producer.produce(
             self.rate_topic,
@@ -197,15 +169,9 @@ class EngineDriver:
         parent_id: str | None = None,
         deleted: bool = False,
     ) -> None:
-        record = {
-            "group_id": group_id,
-            "group_type": "DYNAMIC" if expression is not None else "STATIC",
-            "name": group_id,
-            "parent_id": parent_id,
-            "expression": expression,
-            "deleted": deleted,
-            "event_time": at,
-        }
+        record = group_record(
+            group_id, at, expression=expression, parent_id=parent_id, deleted=deleted
+        )
         self.broadcast("GroupControl", record)
 
     def tick(self, at: int, rate: bool = True) -> None:
