@@ -187,11 +187,6 @@ def owner_of(settings: Settings) -> Callable[[str], bool]:
     return lambda name: name.startswith(prefix) or name.startswith(app)
 
 
-def owned_topics(names: Iterable[str], settings: Settings) -> list[str]:
-    owns = owner_of(settings)
-    return sorted(n for n in names if owns(n))
-
-
 def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -> int:
     """Delete ``names`` (already gone is fine); return how many were deleted."""
     from confluent_kafka.admin import AdminClient
