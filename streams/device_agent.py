@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otaflow.codec import HEADER_LEN, DecodeError, codec
+from otaflow.device_state_codec import encode_device_state
 from otaflow.domain.batches import Batch, BatchRegistry
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import Effects
@@ -244,7 +245,7 @@ class EnvelopeRun:
         writes: list[tuple[bytes, bytes | None]] = []
         for key in self.dirty:
             state = self.states[key]
-            encoded = None if state is None else CODEC.encode("DeviceState", state.to_record())
+            encoded = None if state is None else encode_device_state(state)
             writes.append((key.encode(), encoded))
         if writes:
             writer = device_writer()

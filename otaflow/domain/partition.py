@@ -265,8 +265,10 @@ class MemoryDeviceStore:
 
     def __init__(self) -> None:
         from otaflow.codec import codec
+        from otaflow.device_state_codec import encode_device_state
 
         self.codec = codec()
+        self.encode = encode_device_state
         self.table: dict[str, bytes] = {}
         self._cache: dict[str, DeviceState | None] = {}
         self._dirty: set[str] = set()
@@ -312,7 +314,7 @@ class MemoryDeviceStore:
             if state is None:
                 self.table.pop(key, None)
             else:
-                self.table[key] = self.codec.encode("DeviceState", state.to_record())
+                self.table[key] = self.encode(state)
         self._dirty.clear()
         self._cache.clear()
 
