@@ -80,7 +80,8 @@ class DevicePartition:
     partition: int
     registry: BatchRegistry
     groups: GroupRegistry
-    source_offsets: dict[str, int]
+    # Source partition of ota.device.reports -> the last offset applied from it.
+    source_offsets: dict[int, int]
     watermark: int
     deadlines: DeadlineHeap | None = None
 
@@ -98,7 +99,7 @@ def partition_view(partition: int) -> DevicePartition:
         return view
     registry = BatchRegistry()
     groups = GroupRegistry()
-    offsets: dict[str, int] = {}
+    offsets: dict[int, int] = {}
     watermark = 0
     for key, raw in scan_partition(partition_meta, partition, _meta_prefix(partition)):
         name, record = CODEC.decode(raw)
@@ -107,7 +108,7 @@ def partition_view(partition: int) -> DevicePartition:
         elif name == "GroupControl":
             groups.put(Group.from_control(record))
         elif name == "PartitionProgress" and key == f"{partition}/progress".encode():
-            offsets = dict(record["source_offsets"])
+            offsets = {int(p): offset for p, offset in record["source_offsets"].items()}
             watermark = record["watermark"]
     view = _views[partition] = DevicePartition(partition, registry, groups, offsets, watermark)
     return view
@@ -138,13 +139,14 @@ class EnvelopeRun:
         self.dead: list[tuple[str, str, bytes]] = []
         self.meta_dirty = False
         self.engine = PartitionEngine(view.registry, view.groups, self, view.deadlines)
+        self._stored = device_writer().reader(view.partition)
 
     # -- DeviceStore --------------------------------------------------------------------
 
     def load(self, key: str) -> DeviceState | None:
         if key in self.states:
             return self.states[key]
-        raw = device_writer().get(self.view.partition, key.encode())
+        raw = self._stored(key.encode())
         state = DeviceState.from_record(CODEC.decode_as("DeviceState", raw)) if raw else None
         self.states[key] = state
         return state
@@ -178,20 +180,26 @@ class EnvelopeRun:
     def apply(self, item: bytes, source_partition: int, offset: int) -> None:
         """Apply one item: a report the batcher copied from ``source_partition`` at
         ``offset``, or (``source_partition`` -1) a record another agent sent."""
-        if item[:HEADER_LEN] == REPORT_HEADER:  # most items: skip the schema lookup
-            name = "DeviceReport"
+        if item[:HEADER_LEN] == REPORT_HEADER:
+            # Most items: a device report, straight to the engine (no schema lookup,
+            # no dispatch by name).
             try:
-                record = decode_report(item[HEADER_LEN:])
+                report = decode_report(item[HEADER_LEN:])
             except Exception as exc:  # cavro raises several types for corrupt bodies
                 reason = f"corrupt DeviceReport body: {exc}"
                 self.dead.append((self._source(source_partition, offset), reason, item))
                 return
-        else:
-            try:
-                name, record = CODEC.decode(item)
-            except DecodeError as exc:
-                self.dead.append((self._source(source_partition, offset), str(exc), item))
-                return
+            now = report["event_time"]
+            if now > self.view.watermark:
+                self.view.watermark = now
+                self.meta_dirty = True
+            self.engine.report(report, self.fx)
+            return
+        try:
+            name, record = CODEC.decode(item)
+        except DecodeError as exc:
+            self.dead.append((self._source(source_partition, offset), str(exc), item))
+            return
         if name not in HANDLED or (source_partition >= 0 and name != "DeviceReport"):
             # The public reports topic carries device reports only: a tick or a task
             # command produced there by mistake must not act on the engine.
@@ -255,7 +263,11 @@ class EnvelopeRun:
         if self.meta_dirty:
             partition_meta[f"{view.partition}/progress".encode()] = CODEC.encode(
                 "PartitionProgress",
-                {"source_offsets": view.source_offsets, "watermark": view.watermark},
+                {
+                    # An Avro map: its keys are strings.
+                    "source_offsets": {str(p): o for p, o in view.source_offsets.items()},
+                    "watermark": view.watermark,
+                },
             )
 
 
@@ -277,11 +289,10 @@ async def process_envelope(partition: int, value: bytes) -> None:
     for i, item in enumerate(envelope["items"]):
         if sources and (source_partition := sources[i]) >= 0:
             # Reports the batcher re-sent after a restart are skipped, not applied twice.
-            sp = str(source_partition)  # an Avro map key
             offset = offsets[i]
-            if offset <= applied.get(sp, -1):
+            if offset <= applied.get(source_partition, -1):
                 continue
-            applied[sp] = offset
+            applied[source_partition] = offset
             run.meta_dirty = True
             apply(item, source_partition, offset)
         else:

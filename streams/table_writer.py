@@ -17,7 +17,7 @@ the write path:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -51,9 +51,10 @@ class TableWriter:
     def _db(self, partition: int) -> Any:
         return self.table.data._db_for_partition(partition)
 
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        value: bytes | None = self._db(partition).get(key)
-        return value
+    def reader(self, partition: int) -> Callable[[bytes], bytes | None]:
+        """``get`` for one partition, looked up once (an envelope reads many keys)."""
+        getter: Callable[[bytes], bytes | None] = self._db(partition).get
+        return getter
 
     def write(self, partition: int, items: Iterable[tuple[bytes, bytes | None]]) -> None:
         from rocksdict import WriteBatch

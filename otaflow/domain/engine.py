@@ -186,6 +186,8 @@ class DeviceEngine:
 
     def next_deadline(self, state: DeviceState, after: int | None) -> int | None:
         """The earliest event time after ``after`` (None: ever) at which ``advance`` acts."""
+        if not state.tasks:
+            return None  # most devices: no task, no timer
         floor = after if after is not None else -(2**63)
         deadline: int | None = None
         for task in state.tasks:
