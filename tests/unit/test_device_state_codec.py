@@ -5,8 +5,15 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otaflow.codec import codec
-from otaflow.device_state_codec import FIELDS, _long, _varint_slow, encode_device_state
+from otaflow.codec import codec, definition
+from otaflow.device_state_codec import (
+    FIELDS,
+    STATUS_SYMBOLS,
+    TASK_FIELDS,
+    _long,
+    _varint_slow,
+    encode_device_state,
+)
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.tasks import Task, TaskStatus
 
@@ -106,3 +113,10 @@ def test_a_typical_device_in_bytes() -> None:
 def test_the_encoder_follows_the_schemas_field_order() -> None:
     fields = codec().schema("DeviceState").parsed["fields"]
     assert tuple(field["name"] for field in fields) == FIELDS
+
+
+def test_the_task_encoder_follows_the_task_schema() -> None:
+    task = definition(codec().schema("Task").parsed)
+    assert tuple(field["name"] for field in task["fields"]) == TASK_FIELDS
+    status = next(f["type"] for f in task["fields"] if f["name"] == "status")
+    assert tuple(status["symbols"]) == STATUS_SYMBOLS == tuple(s.value for s in TaskStatus)
