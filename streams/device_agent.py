@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from otaflow.codec import HEADER_LEN, DecodeError, codec
-from otaflow.device_state_codec import encode_device_state
 from otaflow.domain.batches import Batch, BatchRegistry
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import Effects
 from otaflow.domain.groups import Group, GroupRegistry
 from otaflow.domain.partition import DeadlineHeap, PartitionEngine
 from otaflow.domain.scopes import Needles, passes
+from otaflow.hot_codec import decode_device_state, encode_device_state
 from streams import app as streams_app
 from streams.app import app, device_events, devices, partition_meta, settings
 from streams.effects import EffectSender
@@ -147,7 +147,7 @@ class EnvelopeRun:
         if key in self.states:
             return self.states[key]
         raw = self._stored(key.encode())
-        state = DeviceState.from_record(CODEC.decode_as("DeviceState", raw)) if raw else None
+        state = decode_device_state(raw) if raw else None
         self.states[key] = state
         return state
 
@@ -170,7 +170,7 @@ class EnvelopeRun:
                 if cached is not None:
                     yield cached
             elif passes(raw, needles):
-                yield DeviceState.from_record(CODEC.decode_as("DeviceState", raw))
+                yield decode_device_state(raw)
         for key, extra in list(self.states.items()):
             if extra is not None and key not in seen and key.startswith(prefix):
                 yield extra  # created in this envelope, not in the table yet

@@ -16,6 +16,7 @@ from otaflow import topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.domain.engine import Effects
+from otaflow.hot_codec import encode_task_event
 from otaflow.partitioning import CONFLUENT_PARTITIONER
 from streams.app import dead_letters
 from streams.produce import produce_all
@@ -77,7 +78,7 @@ class EffectSender:
         if fx.task_events:
             # A START over a large fleet: one event per device, sent in one call.
             events = [
-                {"key": key.encode(), "value": encode("TaskEvent", event)}
+                {"key": key.encode(), "value": encode_task_event(event)}
                 for key, event in fx.task_events
             ]
             produce_all(self.producer, self.task_events, events, self._delivered)

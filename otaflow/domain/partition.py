@@ -264,11 +264,10 @@ class MemoryDeviceStore:
     """
 
     def __init__(self) -> None:
-        from otaflow.codec import codec
-        from otaflow.device_state_codec import encode_device_state
+        from otaflow.hot_codec import decode_device_state, encode_device_state
 
-        self.codec = codec()
         self.encode = encode_device_state
+        self.decode = decode_device_state
         self.table: dict[str, bytes] = {}
         self._cache: dict[str, DeviceState | None] = {}
         self._dirty: set[str] = set()
@@ -276,7 +275,7 @@ class MemoryDeviceStore:
 
     def _decode(self, raw: bytes) -> DeviceState:
         self.decoded += 1
-        return DeviceState.from_record(self.codec.decode_as("DeviceState", raw))
+        return self.decode(raw)
 
     def load(self, key: str) -> DeviceState | None:
         if key not in self._cache:

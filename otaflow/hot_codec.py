@@ -1,25 +1,33 @@
-"""``DeviceState`` to its Avro record, written by hand: the device agent's hottest write.
+"""The device agent's hottest records written as Avro by hand: ``DeviceState`` (with its
+tasks) and ``TaskEvent``; and the plain device state read back by hand.
 
 Every report ends in one state encode. Through cavro it costs a ``to_record`` dict
 plus cavro's walk over thirteen fields (~5 us here, a quarter of the worker's time
 per report); this writes the same bytes straight from the dataclass: ~1.3 us for the
 plain device most of a fleet is (one module, no task, group or region), ~2 us for
-others (``python -m benchmarks.codec_bench``). Tasks are written the same way: a batch
-start over a fleet writes one per device.
+others (``python -m benchmarks.codec_bench``). Tasks and task events are written the
+same way: a batch start over a fleet writes one of each per device.
 
-The output is byte for byte ``codec().encode("DeviceState", state.to_record())``
-(``tests/unit/test_device_state_codec.py`` checks it on generated states). The field
+The output is byte for byte what cavro writes from the schema (``codec().encode``;
+``tests/unit/test_hot_codec.py`` checks it on generated records). Reading: a batch
+start reads every device of the fleet and a returning device is read on each report;
+the plain state is parsed here (~3 vs ~5 us through cavro and ``from_record``), any
+other shape or anything unexpected goes through cavro, which also gives the errors. The
+field
 orders below are the schemas'; ``_check_schemas`` refuses to import against a schema
 that has changed, so the two cannot drift apart silently.
 """
 
 from __future__ import annotations
 
-from otaflow.codec import codec, definition
+from collections.abc import Mapping
+from typing import Any
+
+from otaflow.codec import DecodeError, codec, definition
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.tasks import Task, TaskStatus
 
-FIELDS = (
+DEVICE_STATE_FIELDS = (
     "product_key",
     "device_name",
     "online",
@@ -53,7 +61,23 @@ TASK_FIELDS = (
     "in_push_queue",
 )
 
+TASK_EVENT_FIELDS = (
+    "task_id",
+    "batch_id",
+    "product_key",
+    "device_name",
+    "module",
+    "src_version",
+    "dest_version",
+    "status",
+    "previous_status",
+    "progress",
+    "desc",
+    "event_time",
+)
+
 _SCHEMA = codec().schema("DeviceState")
+_TASK_EVENT_SCHEMA = codec().schema("TaskEvent")
 _HEADER = _SCHEMA.header
 _TASK_SCHEMA = definition(codec().schema("Task").parsed)
 # The enum's symbols in schema order: a status is written as its index.
@@ -63,12 +87,16 @@ STATUS_SYMBOLS = tuple(
 
 
 def _check_schemas() -> None:
-    for schema, written in ((_SCHEMA.parsed, FIELDS), (_TASK_SCHEMA, TASK_FIELDS)):
+    for schema, written in (
+        (_SCHEMA.parsed, DEVICE_STATE_FIELDS),
+        (_TASK_SCHEMA, TASK_FIELDS),
+        (_TASK_EVENT_SCHEMA.parsed, TASK_EVENT_FIELDS),
+    ):
         names = tuple(field["name"] for field in schema["fields"])
         if names != written:
             raise RuntimeError(
                 f"schema {schema['name']} has fields {names}; "
-                f"otaflow/device_state_codec.py writes {written}: update the encoder"
+                f"otaflow/hot_codec.py writes {written}: update the encoder"
             )
     if set(STATUS_SYMBOLS) != {status.value for status in TaskStatus}:
         raise RuntimeError(f"TaskStatus symbols {STATUS_SYMBOLS} differ from the domain's")
@@ -93,6 +121,7 @@ _SMALL = 1 << 14
 _WHOLE = tuple(_varint_slow(n) for n in range(_SMALL))
 _CHUNK = tuple(bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80)) for n in range(_SMALL))
 _TRUE, _FALSE, _ZERO, _SOME = b"\x01", b"\x00", b"\x00", b"\x02"
+# Keyed by TaskStatus, a str enum: looking a status's plain string up finds it too.
 _STATUS = {TaskStatus(symbol): _WHOLE[i << 1] for i, symbol in enumerate(STATUS_SYMBOLS)}
 
 
@@ -237,4 +266,99 @@ def _add_task(task: Task, parts: list[bytes]) -> None:
         _long(task.retries_left),
         _ZERO if task.retry_at is None else _SOME + _long(task.retry_at),
         _TRUE if task.in_push_queue else _FALSE,
+    )
+
+
+def encode_task_event(event: Mapping[str, Any]) -> bytes:
+    """The single-object Avro encoding of a ``TaskEvent`` record (every field present)."""
+    repeated = _repeated.get
+    src, previous, desc = event["src_version"], event["previous_status"], event["desc"]
+    return b"".join(
+        (
+            _TASK_EVENT_SCHEMA.header,
+            _string(event["task_id"]),
+            repeated(event["batch_id"]) or _repeated_string(event["batch_id"]),
+            repeated(event["product_key"]) or _repeated_string(event["product_key"]),
+            _string(event["device_name"]),
+            repeated(event["module"]) or _repeated_string(event["module"]),
+            _ZERO if src is None else _SOME + (repeated(src) or _repeated_string(src)),
+            repeated(event["dest_version"]) or _repeated_string(event["dest_version"]),
+            _STATUS[event["status"]],
+            _ZERO if previous is None else _SOME + _STATUS[previous],
+            _long(event["progress"]),
+            _string(desc) if desc else _ZERO,
+            _long(event["event_time"]),
+        )
+    )
+
+
+def decode_device_state(raw: bytes) -> DeviceState:
+    """A ``DeviceState`` from its single-object encoding; ``DecodeError`` if it is not one."""
+    state = _decode_plain(raw)
+    if state is not None:
+        return state
+    record = codec().decode_as("DeviceState", raw)
+    try:
+        return DeviceState.from_record(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"not a device state: {exc}") from exc
+
+
+def _decode_plain(raw: bytes) -> DeviceState | None:
+    """The plain device (``_encode_plain``'s layout) with short strings, else None."""
+    try:
+        if raw[:10] != _HEADER:
+            return None
+        # Strings shorter than 64 bytes: a one-byte length (zig-zag, so twice the length).
+        n = raw[10]
+        if n & 0x81:
+            return None
+        pos = 11 + (n >> 1)
+        product_key = raw[11:pos].decode()
+        n = raw[pos]
+        if n & 0x81:
+            return None
+        start = pos + 1
+        pos = start + (n >> 1)
+        device_name = raw[start:pos].decode()
+        online = raw[pos]
+        if online > 1 or raw[pos + 1] != 2:  # modules: a block of exactly one entry
+            return None
+        n = raw[pos + 2]
+        if n & 0x81:
+            return None
+        start = pos + 3
+        pos = start + (n >> 1)
+        module = raw[start:pos].decode()
+        n = raw[pos]
+        if n & 0x81:
+            return None
+        start = pos + 1
+        pos = start + (n >> 1)
+        version = raw[start:pos].decode()
+        if raw[pos : pos + 3] != b"\x00\x00\x00":  # end of modules; no tasks, no counts
+            return None
+        pos += 3
+        value = shift = 0
+        while True:
+            byte = raw[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                return None
+        registered = raw[pos]
+        if registered > 1 or raw[pos + 1 :] != b"\x00\x00\x00\x00\x00":
+            return None
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return DeviceState(
+        product_key,
+        device_name,
+        online=online == 1,
+        modules={module: version},
+        last_seen=(value >> 1) ^ -(value & 1),
+        registered=registered == 1,
     )

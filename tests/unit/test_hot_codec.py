@@ -1,21 +1,25 @@
-"""The hand-written DeviceState encoder writes exactly what cavro writes from the schema."""
+"""The hand-written encoders write exactly what cavro writes from the schemas."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otaflow.codec import codec, definition
-from otaflow.device_state_codec import (
-    FIELDS,
-    STATUS_SYMBOLS,
-    TASK_FIELDS,
-    _long,
-    _varint_slow,
-    encode_device_state,
-)
+from otaflow.codec import DecodeError, codec, definition
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.tasks import Task, TaskStatus
+from otaflow.hot_codec import (
+    DEVICE_STATE_FIELDS,
+    STATUS_SYMBOLS,
+    TASK_EVENT_FIELDS,
+    TASK_FIELDS,
+    _decode_plain,
+    _long,
+    _varint_slow,
+    decode_device_state,
+    encode_device_state,
+    encode_task_event,
+)
 
 # Every range the encoder's varint tables treat apart (2**14, 2**28, 2**42), and beyond.
 LONGS = st.one_of(
@@ -112,7 +116,7 @@ def test_a_typical_device_in_bytes() -> None:
 
 def test_the_encoder_follows_the_schemas_field_order() -> None:
     fields = codec().schema("DeviceState").parsed["fields"]
-    assert tuple(field["name"] for field in fields) == FIELDS
+    assert tuple(field["name"] for field in fields) == DEVICE_STATE_FIELDS
 
 
 def test_the_task_encoder_follows_the_task_schema() -> None:
@@ -120,3 +124,77 @@ def test_the_task_encoder_follows_the_task_schema() -> None:
     assert tuple(field["name"] for field in task["fields"]) == TASK_FIELDS
     status = next(f["type"] for f in task["fields"] if f["name"] == "status")
     assert tuple(status["symbols"]) == STATUS_SYMBOLS == tuple(s.value for s in TaskStatus)
+
+
+task_events = st.fixed_dictionaries(
+    {
+        "task_id": st.text(max_size=20),
+        "batch_id": st.text(max_size=12),
+        "product_key": TEXT,
+        "device_name": TEXT,
+        "module": st.text(max_size=8),
+        "src_version": st.none() | st.text(max_size=8),
+        "dest_version": st.text(max_size=8),
+        "status": st.sampled_from([s.value for s in TaskStatus]),
+        "previous_status": st.none() | st.sampled_from([s.value for s in TaskStatus]),
+        "progress": INTS,
+        "desc": st.text(max_size=20) | LONG_TEXT,
+        "event_time": LONGS,
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(task_events)
+def test_a_task_event_is_encoded_as_cavro_does(event: dict[str, object]) -> None:
+    assert encode_task_event(event) == codec().encode("TaskEvent", event)
+
+
+def test_the_task_event_encoder_follows_the_schema() -> None:
+    fields = codec().schema("TaskEvent").parsed["fields"]
+    assert tuple(field["name"] for field in fields) == TASK_EVENT_FIELDS
+
+
+@settings(max_examples=200, deadline=None)
+@given(states | plain_states)
+def test_a_state_reads_back_as_written(state: DeviceState) -> None:
+    assert decode_device_state(encode_device_state(state)) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.builds(
+        DeviceState,
+        product_key=st.text(max_size=20),
+        device_name=st.text(max_size=20),
+        online=st.booleans(),
+        modules=st.dictionaries(st.text(max_size=8), st.text(max_size=8), min_size=1, max_size=1),
+        last_seen=LONGS,
+        registered=st.booleans(),
+    )
+)
+def test_a_plain_state_is_read_by_the_short_path(state: DeviceState) -> None:
+    assert _decode_plain(encode_device_state(state)) == state
+
+
+def cavro_reading(raw: bytes) -> DeviceState | str:
+    try:
+        return DeviceState.from_record(codec().decode_as("DeviceState", raw))
+    except (DecodeError, KeyError, TypeError, ValueError):
+        return "error"
+
+
+@settings(max_examples=500, deadline=None)
+@given(plain_states, st.data())
+def test_damaged_bytes_read_as_cavro_reads_them(state: DeviceState, data: st.DataObject) -> None:
+    raw = bytearray(encode_device_state(state))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(len(raw) // 2, len(raw)))
+    damaged = bytes(raw[:cut])
+    try:
+        ours: DeviceState | str = decode_device_state(damaged)
+    except DecodeError:
+        ours = "error"
+    assert ours == cavro_reading(damaged)
