@@ -1,12 +1,13 @@
 """The device agent's hottest records written as Avro by hand: ``DeviceState`` (with its
-tasks) and ``TaskEvent``; and the plain device state read back by hand.
+tasks), ``TaskEvent`` and the rate agent's ``TasksQueued``; and the plain device state
+read back by hand.
 
 Every report ends in one state encode. Through cavro it costs a ``to_record`` dict
 plus cavro's walk over thirteen fields (~5 us here, a quarter of the worker's time
 per report); this writes the same bytes straight from the dataclass: ~1.3 us for the
 plain device most of a fleet is (one module, no task, group or region), ~2 us for
-others (``python -m benchmarks.codec_bench``). Tasks and task events are written the
-same way: a batch start over a fleet writes one of each per device.
+others (``python -m benchmarks.codec_bench``). Tasks, task events and queued tasks are
+written the same way: a batch start over a fleet writes one of each per device.
 
 The output is byte for byte what cavro writes from the schema (``codec().encode``;
 ``tests/unit/test_hot_codec.py`` checks it on generated records). Reading: a batch
@@ -20,7 +21,7 @@ that has changed, so the two cannot drift apart silently.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from otaflow.codec import DecodeError, codec, definition
@@ -76,7 +77,11 @@ TASK_EVENT_FIELDS = (
     "event_time",
 )
 
+QUEUED_TASK_FIELDS = ("task_id", "product_key", "device_name")
+TASKS_QUEUED_FIELDS = ("batch_id", "tasks", "event_time")
+
 _SCHEMA = codec().schema("DeviceState")
+_RATE_EVENT_SCHEMA = codec().schema("RateEvent")
 _TASK_EVENT_SCHEMA = codec().schema("TaskEvent")
 _HEADER = _SCHEMA.header
 _TASK_SCHEMA = definition(codec().schema("Task").parsed)
@@ -87,16 +92,22 @@ STATUS_SYMBOLS = tuple(
 
 
 def _check_schemas() -> None:
-    for schema, written in (
+    body = definition(_RATE_EVENT_SCHEMA.parsed)["fields"][0]["type"]
+    if body[0]["name"] != "otaflow.TasksQueued":
+        raise RuntimeError("RateEvent.body's first branch is no longer TasksQueued")
+    written: list[tuple[dict[str, Any], tuple[str, ...]]] = [
         (_SCHEMA.parsed, DEVICE_STATE_FIELDS),
         (_TASK_SCHEMA, TASK_FIELDS),
         (_TASK_EVENT_SCHEMA.parsed, TASK_EVENT_FIELDS),
-    ):
+        (body[0], TASKS_QUEUED_FIELDS),
+        (body[0]["fields"][1]["type"]["items"], QUEUED_TASK_FIELDS),
+    ]
+    for schema, fields in written:
         names = tuple(field["name"] for field in schema["fields"])
-        if names != written:
+        if names != fields:
             raise RuntimeError(
                 f"schema {schema['name']} has fields {names}; "
-                f"otaflow/hot_codec.py writes {written}: update the encoder"
+                f"otaflow/hot_codec.py writes {fields}: update the encoder"
             )
     if set(STATUS_SYMBOLS) != {status.value for status in TaskStatus}:
         raise RuntimeError(f"TaskStatus symbols {STATUS_SYMBOLS} differ from the domain's")
@@ -168,7 +179,6 @@ def encode_device_state(state: DeviceState) -> bytes:
     """The single-object Avro encoding of ``state`` (header included)."""
     if (
         len(state.modules) == 1
-        and not state.tasks
         and not state.match_counts
         and state.province is None
         and state.city is None
@@ -181,24 +191,46 @@ def encode_device_state(state: DeviceState) -> bytes:
 
 
 def _encode_plain(state: DeviceState) -> bytes:
-    """Most devices of a fleet: one module, no task, no group, no region."""
+    """Most devices of a fleet: one module, no group, no region; tasks or not."""
     repeated = _repeated.get
     ((module, version),) = state.modules.items()
-    return b"".join(
-        (
-            _HEADER,
-            repeated(state.product_key) or _repeated_string(state.product_key),
-            _string(state.device_name),
-            _TRUE if state.online else _FALSE,
-            b"\x02",  # modules: one entry
-            repeated(module) or _repeated_string(module),
-            repeated(version) or _repeated_string(version),
-            b"\x00\x00\x00",  # end of modules; no tasks; no match counts
-            _long(state.last_seen),
-            _TRUE if state.registered else _FALSE,
-            b"\x00\x00\x00\x00\x00",  # province, city null; three empty name lists
+    tasks = state.tasks
+    if not tasks:
+        return b"".join(
+            (
+                _HEADER,
+                repeated(state.product_key) or _repeated_string(state.product_key),
+                _string(state.device_name),
+                _TRUE if state.online else _FALSE,
+                b"\x02",  # modules: one entry
+                repeated(module) or _repeated_string(module),
+                repeated(version) or _repeated_string(version),
+                b"\x00\x00\x00",  # end of modules; no tasks; no match counts
+                _long(state.last_seen),
+                _TRUE if state.registered else _FALSE,
+                b"\x00\x00\x00\x00\x00",  # province, city null; three empty name lists
+            )
         )
+    parts = [
+        _HEADER,
+        repeated(state.product_key) or _repeated_string(state.product_key),
+        _string(state.device_name),
+        _TRUE if state.online else _FALSE,
+        b"\x02",
+        repeated(module) or _repeated_string(module),
+        repeated(version) or _repeated_string(version),
+        b"\x00",  # end of modules
+        _unsigned(len(tasks) << 1),
+    ]
+    for task in tasks:
+        _add_task(task, parts)
+    parts += (
+        b"\x00\x00",  # end of tasks; no match counts
+        _long(state.last_seen),
+        _TRUE if state.registered else _FALSE,
+        b"\x00\x00\x00\x00\x00",
     )
+    return b"".join(parts)
 
 
 def _encode_any(state: DeviceState) -> bytes:
@@ -362,3 +394,24 @@ def _decode_plain(raw: bytes) -> DeviceState | None:
         last_seen=(value >> 1) ^ -(value & 1),
         registered=registered == 1,
     )
+
+
+def encode_tasks_queued(batch_id: str, tasks: Sequence[Mapping[str, Any]], now: int) -> bytes:
+    """A ``RateEvent`` whose body is ``TasksQueued`` (``QueuedTask`` records as dicts)."""
+    repeated = _repeated.get
+    parts = [
+        _RATE_EVENT_SCHEMA.header,
+        _ZERO,  # union branch 0: TasksQueued
+        _string(batch_id),
+    ]
+    if tasks:
+        parts.append(_unsigned(len(tasks) << 1))
+        for task in tasks:
+            product_key = task["product_key"]
+            parts += (
+                _string(task["task_id"]),
+                repeated(product_key) or _repeated_string(product_key),
+                _string(task["device_name"]),
+            )
+    parts += (_ZERO, _long(now))
+    return b"".join(parts)

@@ -16,7 +16,7 @@ from otaflow import topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.domain.engine import Effects
-from otaflow.hot_codec import encode_task_event
+from otaflow.hot_codec import encode_task_event, encode_tasks_queued
 from otaflow.partitioning import CONFLUENT_PARTITIONER
 from streams.app import dead_letters
 from streams.produce import produce_all
@@ -87,12 +87,7 @@ class EffectSender:
             self._produce(self.notifications, key.encode(), encode("Notification", note))
         for batch_id, tasks in fx.queued.items():
             for start in range(0, len(tasks), QUEUE_CHUNK):
-                body = {
-                    "batch_id": batch_id,
-                    "tasks": tasks[start : start + QUEUE_CHUNK],
-                    "event_time": now,
-                }
-                value = encode("RateEvent", {"body": ("otaflow.TasksQueued", body)})
+                value = encode_tasks_queued(batch_id, tasks[start : start + QUEUE_CHUNK], now)
                 self._produce(self.rate_events, batch_id.encode(), value)
         for batch_id, count in fx.succeeded.items():
             body = {"batch_id": batch_id, "succeeded": count, "event_time": now}

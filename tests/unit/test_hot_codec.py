@@ -19,6 +19,7 @@ from otaflow.hot_codec import (
     decode_device_state,
     encode_device_state,
     encode_task_event,
+    encode_tasks_queued,
 )
 
 # Every range the encoder's varint tables treat apart (2**14, 2**28, 2**42), and beyond.
@@ -78,13 +79,14 @@ def test_the_encoding_is_cavros_byte_for_byte(state: DeviceState) -> None:
     assert DeviceState.from_record(codec().decode_as("DeviceState", expected)) == state
 
 
-# The shape most of a fleet has, which the encoder writes by a shorter path.
+# The shape most of a fleet has (tasks or not), which the encoder writes by a shorter path.
 plain_states = st.builds(
     DeviceState,
     product_key=TEXT,
     device_name=TEXT,
     online=st.booleans(),
     modules=st.dictionaries(st.text(max_size=8), TEXT, min_size=1, max_size=1),
+    tasks=st.lists(tasks, max_size=2),
     last_seen=LONGS,
     registered=st.booleans(),
 )
@@ -198,3 +200,22 @@ def test_damaged_bytes_read_as_cavro_reads_them(state: DeviceState, data: st.Dat
     except DecodeError:
         ours = "error"
     assert ours == cavro_reading(damaged)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.text(max_size=12),
+    st.lists(
+        st.fixed_dictionaries(
+            {"task_id": st.text(max_size=20), "product_key": TEXT, "device_name": TEXT}
+        ),
+        max_size=5,
+    ),
+    LONGS,
+)
+def test_queued_tasks_are_encoded_as_cavro_does(
+    batch_id: str, tasks: list[dict[str, str]], now: int
+) -> None:
+    body = {"batch_id": batch_id, "tasks": tasks, "event_time": now}
+    expected = codec().encode("RateEvent", {"body": ("otaflow.TasksQueued", body)})
+    assert encode_tasks_queued(batch_id, tasks, now) == expected
