@@ -79,20 +79,15 @@ def applied(d: BenchDeployment, total: int) -> Callable[[], int]:
     return count
 
 
-class StatesWritten:
-    """Device states the device agent has written: the end offsets of its changelog.
+class TopicEnd:
+    """The sum of a topic's end offsets, read again on each call by one consumer (a new
+    consumer per poll costs CPU the measured processes share)."""
 
-    The agent waits for the broker to acknowledge an envelope's changelog records before
-    it takes the next envelope, so a state counted here is durable; the input offsets
-    are committed after it, on the worker's commit interval (1 s), which is why progress
-    is not read from the commits: that would add up to a second to every run.
-    """
-
-    def __init__(self, d: BenchDeployment) -> None:
-        self.topic = f"{d.settings.app_id}-devices-changelog"
-        self.partitions = d.settings.partitions
+    def __init__(self, d: BenchDeployment, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
         self.consumer = Consumer(
-            {"bootstrap.servers": d.settings.kafka_bootstrap, "group.id": "bench-states"}
+            {"bootstrap.servers": d.settings.kafka_bootstrap, "group.id": "bench-end"}
         )
 
     def __call__(self) -> int:
@@ -105,6 +100,17 @@ class StatesWritten:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def states_written(d: BenchDeployment) -> TopicEnd:
+    """Device states the device agent has written: the end offsets of its changelog.
+
+    The agent waits for the broker to acknowledge an envelope's changelog records before
+    it takes the next envelope, so a state counted here is durable; the input offsets
+    are committed after it, on the worker's commit interval (1 s), which is why progress
+    is not read from the commits: that would add up to a second to every run.
+    """
+    return TopicEnd(d, f"{d.settings.app_id}-devices-changelog", d.settings.partitions)
 
 
 def end_offsets(d: BenchDeployment, spec: topics.TopicSpec) -> int:
@@ -205,7 +211,7 @@ def _ingest(d: BenchDeployment, n: int, workers: int, pass_through_runs: int) ->
     warm_up(d, workers)
     records = version_reports("pkBench", n)
     base = end_offsets(d, topics.DEVICE_REPORTS)
-    states = StatesWritten(d)
+    states = states_written(d)
     states_base = states()
     series: list[tuple[float, float]] = []
     try:
@@ -291,7 +297,10 @@ def fan_out(n: int, d: BenchDeployment, name: str = "fan-out") -> ScenarioResult
     )
     with ControlClient(d.settings) as control:
         firmware_id = create_package(d, control, "pkBench")
-        base = end_offsets(d, topics.TASK_EVENTS)
+        task_events = TopicEnd(
+            d, d.topic(topics.TASK_EVENTS), topics.TASK_EVENTS.partition_count(d.settings)
+        )
+        base = task_events()
         series: list[tuple[float, float]] = []
         start = time.perf_counter()
         job = control.call(
@@ -306,16 +315,17 @@ def fan_out(n: int, d: BenchDeployment, name: str = "fan-out") -> ScenarioResult
             now_ms=T0 + 1000,
         )
         assert job.success, job
-        elapsed = (
+        try:
             wait_progress(
                 f"fan-out to {n:,} devices",
                 n,
-                lambda: end_offsets(d, topics.TASK_EVENTS) - base,
+                lambda: task_events() - base,
                 timeout=3600,
                 series=series,
+                interval=0.05,
             )
-            + 0.0
-        )
+        finally:
+            task_events.close()
         elapsed = time.perf_counter() - start
     result.series["tasks queued"] = series
     result.chart_axes = ("seconds", "tasks queued")

@@ -65,6 +65,8 @@ class DeviceState:
 
         Their history lives on the task-events topic; match counts stay.
         """
+        if len(self.tasks) <= keep_final:
+            return  # nothing to drop (checked first: this runs for every new task)
         final = [t for t in self.tasks if t.status not in ACTIVE]
         if len(final) <= keep_final:
             return
