@@ -336,38 +336,32 @@ def decode_device_state(raw: bytes) -> DeviceState:
         raise DecodeError(f"not a device state: {exc}") from exc
 
 
+class _NotPlain(Exception):
+    """Raised inside ``_decode_plain``: the bytes are not the short plain layout."""
+
+
+def _short_string(raw: bytes, pos: int) -> tuple[str, int]:
+    """The string at ``pos`` if it is shorter than 64 bytes (a one-byte length, zig-zag
+    so twice the length), and the position after it."""
+    n = raw[pos]
+    if n & 0x81:
+        raise _NotPlain
+    end = pos + 1 + (n >> 1)
+    return raw[pos + 1 : end].decode(), end
+
+
 def _decode_plain(raw: bytes) -> DeviceState | None:
     """The plain device (``_encode_plain``'s layout) with short strings, else None."""
     try:
         if raw[:10] != _HEADER:
             return None
-        # Strings shorter than 64 bytes: a one-byte length (zig-zag, so twice the length).
-        n = raw[10]
-        if n & 0x81:
-            return None
-        pos = 11 + (n >> 1)
-        product_key = raw[11:pos].decode()
-        n = raw[pos]
-        if n & 0x81:
-            return None
-        start = pos + 1
-        pos = start + (n >> 1)
-        device_name = raw[start:pos].decode()
+        product_key, pos = _short_string(raw, 10)
+        device_name, pos = _short_string(raw, pos)
         online = raw[pos]
         if online > 1 or raw[pos + 1] != 2:  # modules: a block of exactly one entry
             return None
-        n = raw[pos + 2]
-        if n & 0x81:
-            return None
-        start = pos + 3
-        pos = start + (n >> 1)
-        module = raw[start:pos].decode()
-        n = raw[pos]
-        if n & 0x81:
-            return None
-        start = pos + 1
-        pos = start + (n >> 1)
-        version = raw[start:pos].decode()
+        module, pos = _short_string(raw, pos + 2)
+        version, pos = _short_string(raw, pos)
         if raw[pos : pos + 3] != b"\x00\x00\x00":  # end of modules; no tasks, no counts
             return None
         pos += 3
@@ -384,7 +378,7 @@ def _decode_plain(raw: bytes) -> DeviceState | None:
         registered = raw[pos]
         if registered > 1 or raw[pos + 1 :] != b"\x00\x00\x00\x00\x00":
             return None
-    except (IndexError, UnicodeDecodeError):
+    except (_NotPlain, IndexError, UnicodeDecodeError):
         return None
     return DeviceState(
         product_key,
