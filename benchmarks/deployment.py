@@ -106,8 +106,11 @@ class BenchDeployment:
         """Stop the processes; unless ``keep``, delete the deployment's topics and state
         (its logs stay under ``root``)."""
         self.group.stop()
+        self.producer.flush(10)
         if not keep:
-            self.producer.flush(10)
+            # Let go of the producer first: kept, it logs each deleted topic's partitions
+            # vanishing, in the middle of whatever scenario runs next.
+            del self.producer
             topics.delete_deployment_topics(self.settings.kafka_bootstrap, self.settings)
             shutil.rmtree(self.root / "data", ignore_errors=True)
 
