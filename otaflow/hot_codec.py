@@ -13,10 +13,9 @@ The output is byte for byte what cavro writes from the schema (``codec().encode`
 ``tests/unit/test_hot_codec.py`` checks it on generated records). Reading: a batch
 start reads every device of the fleet and a returning device is read on each report;
 the plain state is parsed here (~3 vs ~5 us through cavro and ``from_record``), any
-other shape or anything unexpected goes through cavro, which also gives the errors. The
-field
-orders below are the schemas'; ``_check_schemas`` refuses to import against a schema
-that has changed, so the two cannot drift apart silently.
+other shape or anything unexpected goes through cavro, which also gives the errors.
+The field orders below are the schemas'; ``_check_schemas`` refuses to import against a
+schema that has changed, so the two cannot drift apart silently.
 """
 
 from __future__ import annotations
@@ -140,7 +139,7 @@ def _unsigned(n: int) -> bytes:
     """The varint of a non-negative (already zig-zagged) number."""
     if n < _SMALL:
         return _WHOLE[n]
-    if n < 1 << 42:  # millisecond times until the year 2109, unrolled
+    if n < 1 << 42:  # unrolled: millisecond times (zig-zagged: until 2039) and less
         if n < 1 << 28:
             return _CHUNK[n & 0x3FFF] + _WHOLE[n >> 14]
         return _CHUNK[n & 0x3FFF] + _CHUNK[(n >> 14) & 0x3FFF] + _WHOLE[n >> 28]
