@@ -124,20 +124,9 @@ class EngineDriver:
     ) -> None:
         self.report(pk, dn, "PROGRESS", at, step=step, module=module, desc=desc)
 
-    def register(
-        self,
-        pk: str,
-        dn: str,
-        at: int,
-        province: str | None = None,
-        city: str | None = None,
-        groups: Sequence[str] = (),
-        action: str = "REGISTER",
-    ) -> None:
-        record = registration_record(
-            pk, dn, at, province=province, city=city, groups=groups, action=action
-        )
-        self.to_device(pk, dn, "DeviceRegistration", record)
+    def register(self, pk: str, dn: str, at: int, **fields: Any) -> None:
+        """``fields``: ``registration_record``'s (province, city, groups, action)."""
+        self.to_device(pk, dn, "DeviceRegistration", registration_record(pk, dn, at, **fields))
 
     def target(self, batch: Batch, names: Iterable[str], at: int) -> None:
         for dn in names:
@@ -161,18 +150,9 @@ class EngineDriver:
     def start(self, batch: Batch) -> None:
         self.control("START", batch, batch.created_at)
 
-    def group(
-        self,
-        group_id: str,
-        at: int,
-        expression: str | None = None,
-        parent_id: str | None = None,
-        deleted: bool = False,
-    ) -> None:
-        record = group_record(
-            group_id, at, expression=expression, parent_id=parent_id, deleted=deleted
-        )
-        self.broadcast("GroupControl", record)
+    def group(self, group_id: str, at: int, **fields: Any) -> None:
+        """``fields``: ``group_record``'s (expression, parent_id, deleted)."""
+        self.broadcast("GroupControl", group_record(group_id, at, **fields))
 
     def tick(self, at: int, rate: bool = True) -> None:
         """Event time for every partition of the device and (unless not ``rate``) the
