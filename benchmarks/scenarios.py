@@ -90,6 +90,10 @@ class TopicEnd:
             {"bootstrap.servers": d.settings.kafka_bootstrap, "group.id": "bench-end"}
         )
 
+    @classmethod
+    def of(cls, d: BenchDeployment, spec: topics.TopicSpec) -> TopicEnd:
+        return cls(d, d.topic(spec), spec.partition_count(d.settings))
+
     def __call__(self) -> int:
         return with_leader_retry(
             lambda: sum(
@@ -114,16 +118,11 @@ def states_written(d: BenchDeployment) -> TopicEnd:
 
 
 def end_offsets(d: BenchDeployment, spec: topics.TopicSpec) -> int:
-    consumer = Consumer({"bootstrap.servers": d.settings.kafka_bootstrap, "group.id": "bench-eo"})
+    reader = TopicEnd.of(d, spec)
     try:
-        return with_leader_retry(
-            lambda: sum(
-                consumer.get_watermark_offsets(TopicPartition(d.topic(spec), p), timeout=10)[1]
-                for p in range(spec.partition_count(d.settings))
-            )
-        )
+        return reader()
     finally:
-        consumer.close()
+        reader.close()
 
 
 def warm_up(d: BenchDeployment, workers: int = 1, at: int = T0) -> None:
@@ -299,9 +298,7 @@ def fan_out(n: int, d: BenchDeployment, name: str = "fan-out") -> ScenarioResult
     )
     with ControlClient(d.settings) as control:
         firmware_id = create_package(d, control, "pkBench")
-        task_events = TopicEnd(
-            d, d.topic(topics.TASK_EVENTS), topics.TASK_EVENTS.partition_count(d.settings)
-        )
+        task_events = TopicEnd.of(d, topics.TASK_EVENTS)
         base = task_events()
         series: list[tuple[float, float]] = []
         start = time.perf_counter()
