@@ -25,6 +25,9 @@ from otaflow.processes import ProcessGroup
 
 CODEC = codec()
 T = TypeVar("T")
+# Event time of the benchmarks' simulated fleet (in 2027, far from the wall clock). A
+# scenario that measures on the wall clock must not mix it in (see ``warm_up``).
+T0 = 1_800_000_000_000
 
 
 class BenchDeployment:
@@ -131,7 +134,7 @@ def version_reports(
     product_key: str,
     count: int,
     version: str = "1.0",
-    at: int = 1_800_000_000_000,
+    at: int = T0,
     start: int = 0,
 ) -> list[tuple[bytes, bytes]]:
     """Pre-encoded VERSION reports for devices ``d{start}..`` (encoding off the clock)."""

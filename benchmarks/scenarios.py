@@ -20,7 +20,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.deployment import BenchDeployment, version_reports, with_leader_retry
+from benchmarks.deployment import T0, BenchDeployment, version_reports, with_leader_retry
 from benchmarks.results import ScenarioResult
 from otaflow import topics
 from otaflow.codec import codec
@@ -29,7 +29,6 @@ from otaflow.packages import PackageStore
 from otaflow.partitioning import device_key
 
 CODEC = codec()
-T0 = 1_800_000_000_000
 MINUTE = 60_000
 
 

@@ -11,12 +11,12 @@ from otaflow.codec import codec
 from otaflow.packages import PackageStore
 from otaflow.partitioning import device_key
 from tests.integration.conftest import Otaflow, statuses_by_task
+from tests.integration.test_engine_support import T0
 
 CODEC = codec()
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_800_000_000_000  # event time of the test's world, far from the wall clock
 MINUTE = 60_000
 
 
