@@ -257,51 +257,17 @@ class Partition:
     def target(self, batch_id: str, dn: str, at: int, pk: str = PK) -> Effects:
         return self.apply("BatchTarget", target_record(batch_id, pk, dn, at))
 
-    def register(
-        self,
-        dn: str,
-        at: int,
-        *,
-        pk: str = PK,
-        province: str | None = None,
-        city: str | None = None,
-        groups: Sequence[str] = (),
-        action: str = "REGISTER",
-    ) -> Effects:
-        record = registration_record(
-            pk, dn, at, province=province, city=city, groups=groups, action=action
-        )
-        return self.apply("DeviceRegistration", record)
+    def register(self, dn: str, at: int, *, pk: str = PK, **fields: Any) -> Effects:
+        """``fields``: ``registration_record``'s (province, city, groups, action)."""
+        return self.apply("DeviceRegistration", registration_record(pk, dn, at, **fields))
 
-    def group(
-        self,
-        group_id: str,
-        at: int,
-        *,
-        expression: str | None = None,
-        parent_id: str | None = None,
-        deleted: bool = False,
-    ) -> Effects:
-        record = group_record(
-            group_id, at, expression=expression, parent_id=parent_id, deleted=deleted
-        )
-        return self.apply("GroupControl", record)
+    def group(self, group_id: str, at: int, **fields: Any) -> Effects:
+        """``fields``: ``group_record``'s (expression, parent_id, deleted)."""
+        return self.apply("GroupControl", group_record(group_id, at, **fields))
 
-    def command(
-        self,
-        action: str,
-        dn: str,
-        at: int,
-        *,
-        pk: str = PK,
-        task_ids: Sequence[str] = (),
-        batch_id: str | None = None,
-        firmware_id: str | None = None,
-    ) -> Effects:
-        record = command_record(
-            action, pk, dn, at, task_ids=task_ids, batch_id=batch_id, firmware_id=firmware_id
-        )
-        return self.apply("TaskCommand", record)
+    def command(self, action: str, dn: str, at: int, *, pk: str = PK, **fields: Any) -> Effects:
+        """``fields``: ``command_record``'s (task_ids, batch_id, firmware_id)."""
+        return self.apply("TaskCommand", command_record(action, pk, dn, at, **fields))
 
     def tick(self, at: int) -> Effects:
         return self.apply("Tick", {"event_time": at})
