@@ -154,6 +154,11 @@ def _long(n: int) -> bytes:
     return _unsigned((n << 1) ^ (n >> 63))
 
 
+# For otaflow.plain_reports, which splices plain device states from report bytes.
+STATE_HEADER = _HEADER
+encode_long = _long
+
+
 # Product keys, module names and versions repeat across a fleet: their encodings
 # (length prefix and bytes) are kept, up to a bound so arbitrary strings cannot grow it.
 _REPEATED_MAX = 4096

@@ -15,21 +15,19 @@ watermark, and a heap of device deadlines (built on the first tick).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from otaflow.codec import HEADER_LEN, DecodeError, codec
 from otaflow.domain.batches import Batch, BatchRegistry
-from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import Effects
 from otaflow.domain.groups import Group, GroupRegistry
 from otaflow.domain.partition import DeadlineHeap, PartitionEngine
-from otaflow.domain.scopes import Needles, passes
-from otaflow.hot_codec import decode_device_state, encode_device_state
+from otaflow.plain_reports import VersionReport, read_version_report
 from streams import app as streams_app
 from streams.app import app, device_events, devices, partition_meta, settings
 from streams.effects import EffectSender
+from streams.envelope_store import EnvelopeStore
 from streams.partition_scan import scan_partition
 from streams.table_writer import TableWriter
 
@@ -126,54 +124,22 @@ async def _forget_views_on_assign(*args: Any, **kwargs: Any) -> None:
 
 
 class EnvelopeRun:
-    """One envelope's worth of work: device states read once, written once.
-
-    It is the partition engine's ``DeviceStore`` over the ``devices`` table.
-    """
+    """One envelope's worth of work over the partition's devices (``EnvelopeStore``)."""
 
     def __init__(self, view: DevicePartition) -> None:
         self.view = view
         self.fx = Effects()
-        self.states: dict[str, DeviceState | None] = {}
-        self.dirty: set[str] = set()
         self.dead: list[tuple[str, str, bytes]] = []
         self.meta_dirty = False
-        self.engine = PartitionEngine(view.registry, view.groups, self, view.deadlines)
-        self._stored = device_writer().reader(view.partition)
-
-    # -- DeviceStore --------------------------------------------------------------------
-
-    def load(self, key: str) -> DeviceState | None:
-        if key in self.states:
-            return self.states[key]
-        raw = self._stored(key.encode())
-        state = decode_device_state(raw) if raw else None
-        self.states[key] = state
-        return state
-
-    def put(self, state: DeviceState) -> None:
-        self.states[state.key] = state
-        self.dirty.add(state.key)
-
-    def delete(self, key: str) -> None:
-        self.states[key] = None
-        self.dirty.add(key)
-
-    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
-        """The prefix of this partition's RocksDB; only candidates are decoded, none kept."""
-        seen: set[str] = set()
-        for key_bytes, raw in scan_partition(devices, self.view.partition, prefix.encode()):
-            key = key_bytes.decode()
-            seen.add(key)
-            if key in self.states:
-                cached = self.states[key]
-                if cached is not None:
-                    yield cached
-            elif passes(raw, needles):
-                yield decode_device_state(raw)
-        for key, extra in list(self.states.items()):
-            if extra is not None and key not in seen and key.startswith(prefix):
-                yield extra  # created in this envelope, not in the table yet
+        partition = view.partition
+        self.store = EnvelopeStore(
+            device_writer().reader(partition),
+            lambda prefix: scan_partition(devices, partition, prefix),
+        )
+        self.engine = PartitionEngine(view.registry, view.groups, self.store, view.deadlines)
+        # (product key, module) -> whether a version report can only be recorded:
+        # asked once per pair and envelope (only reports come between the asks).
+        self._nothing_to_decide: dict[tuple[bytes, bytes], bool] = {}
 
     # -- records ------------------------------------------------------------------------
 
@@ -181,8 +147,12 @@ class EnvelopeRun:
         """Apply one item: a report the batcher copied from ``source_partition`` at
         ``offset``, or (``source_partition`` -1) a record another agent sent."""
         if item[:HEADER_LEN] == REPORT_HEADER:
-            # Most items: a device report, straight to the engine (no schema lookup,
-            # no dispatch by name).
+            # Most items: a plain device's version report, applied in bytes.
+            version = read_version_report(item)
+            if version is not None and self._record_version(version):
+                return
+            # Other reports go straight to the engine (no schema lookup, no dispatch
+            # by name).
             try:
                 report = decode_report(item[HEADER_LEN:])
             except Exception as exc:  # cavro raises several types for corrupt bodies
@@ -206,6 +176,7 @@ class EnvelopeRun:
             reason = f"unexpected record type {name}"
             self.dead.append((self._source(source_partition, offset), reason, item))
             return
+        self._nothing_to_decide.clear()  # a batch or group may have changed
         now = record.get("event_time")
         if isinstance(now, int) and now > self.view.watermark:
             self.view.watermark = now
@@ -220,6 +191,27 @@ class EnvelopeRun:
         elif name == "GroupControl":
             partition_meta[f"{partition}/group/{record['group_id']}".encode()] = item
 
+    def _record_version(self, report: VersionReport) -> bool:
+        """The byte path, where the domain decides nothing on this version (see
+        ``otaflow.plain_reports``); False when the engine must see the report."""
+        _, _, product, module, _, now = report
+        nothing = self._nothing_to_decide.get((product, module))
+        if nothing is None:
+            # The module as written carries its length byte (short strings only).
+            nothing = self.engine.engine.decides_nothing_on_version(
+                product.decode(), module[1:].decode()
+            )
+            self._nothing_to_decide[(product, module)] = nothing
+        if not nothing or not self.store.record_version(report):
+            return False
+        deadlines = self.engine.deadlines
+        if deadlines:  # a device without tasks has no deadline (what the engine notes)
+            deadlines.note(report[0].decode(), None)
+        if now > self.view.watermark:
+            self.view.watermark = now
+            self.meta_dirty = True
+        return True
+
     def _source(self, source_partition: int, offset: int) -> str:
         """Where a dead-lettered item came from (built only for those)."""
         if source_partition >= 0:
@@ -233,8 +225,7 @@ class EnvelopeRun:
         without this the states would wait for the cyclic collector, which the worker
         runs rarely (see ``streams.gc_tuning``).
         """
-        self.states.clear()
-        self.dirty.clear()
+        self.store.clear()
         self.fx = Effects()
         self.dead.clear()
 
@@ -250,11 +241,7 @@ class EnvelopeRun:
         for source, reason, raw in self.dead:
             sender.dead_letter(source, reason, raw, view.watermark)
         sender.flush()
-        writes: list[tuple[bytes, bytes | None]] = []
-        for key in self.dirty:
-            state = self.states[key]
-            encoded = None if state is None else encode_device_state(state)
-            writes.append((key.encode(), encoded))
+        writes = self.store.writes()
         if writes:
             writer = device_writer()
             writer.write(view.partition, writes)

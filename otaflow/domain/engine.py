@@ -236,13 +236,22 @@ class DeviceEngine:
 
     def _nothing_to_decide(self, state: DeviceState, report: Record) -> bool:
         """No task to move, no group to evaluate, no dynamic batch for the module."""
-        product_key = state.product_key
         return (
             not state.tasks
             and not state.dynamic_groups
             and not state.group_matches
-            and not self.batches.group_based_for(product_key)
-            and not self.batches.dynamic_for(product_key, report.get("module") or "default")
+            and self.decides_nothing_on_version(
+                state.product_key, report.get("module") or "default"
+            )
+        )
+
+    def decides_nothing_on_version(self, product_key: str, module: str) -> bool:
+        """No batch could match a device of ``product_key`` on a version of ``module``:
+        no dynamic batch for the module, no group-based batch for the product. A device
+        without tasks or dynamic groups then only records a version report (online,
+        last seen, the module's version); ``otaflow.plain_reports`` does that in bytes."""
+        return not self.batches.group_based_for(product_key) and not self.batches.dynamic_for(
+            product_key, module
         )
 
     def _on_report(self, state: DeviceState, report: Record, fx: Effects) -> DeviceState:

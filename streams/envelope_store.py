@@ -1,0 +1,112 @@
+"""The partition's devices as one envelope sees them: read once, written once.
+
+``EnvelopeStore`` is the partition engine's ``DeviceStore`` over one partition of the
+``devices`` table (given as a getter and a prefix scan, so it holds no Kafka or Faust).
+A device is held in one of two forms until the envelope ends:
+
+- as a ``DeviceState``, for everything the engine decides on;
+- as its new encoded state, for a plain device's version report applied in bytes
+  (``otaflow.plain_reports``; most reports at fleet scale).
+
+A device is never in both: the byte path is taken only for a device with no object in
+this envelope, and the engine loading a device turns its bytes into an object (so a
+progress report after a version report of the same device, in one envelope, sees it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from otaflow.domain.devices import DeviceState
+from otaflow.domain.scopes import Needles, passes
+from otaflow.hot_codec import decode_device_state, encode_device_state
+from otaflow.plain_reports import VersionReport, apply_version
+
+Getter = Callable[[bytes], bytes | None]
+PrefixScan = Callable[[bytes], Iterable[tuple[bytes, bytes]]]
+
+
+class EnvelopeStore:
+    def __init__(self, stored: Getter, scan_stored: PrefixScan) -> None:
+        self._stored = stored
+        self._scan_stored = scan_stored
+        self.states: dict[str, DeviceState | None] = {}
+        self.dirty: set[str] = set()
+        # Device key -> its new encoded state, from the byte path.
+        self.spliced: dict[bytes, bytes] = {}
+
+    # -- DeviceStore --------------------------------------------------------------------
+
+    def load(self, key: str) -> DeviceState | None:
+        if key in self.states:
+            return self.states[key]
+        key_bytes = key.encode()
+        raw = self.spliced.pop(key_bytes, None)
+        if raw is not None:
+            self.dirty.add(key)  # changed in this envelope, not written yet
+        else:
+            raw = self._stored(key_bytes)
+        state = decode_device_state(raw) if raw else None
+        self.states[key] = state
+        return state
+
+    def put(self, state: DeviceState) -> None:
+        self.states[state.key] = state
+        self.dirty.add(state.key)
+
+    def delete(self, key: str) -> None:
+        self.spliced.pop(key.encode(), None)
+        self.states[key] = None
+        self.dirty.add(key)
+
+    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
+        """The stored devices under ``prefix``; only candidates are decoded, none kept."""
+        # Rare (a batch start, a group change): the byte-path devices become objects
+        # first, so the scan sees this envelope's changes in one form.
+        for key_bytes in list(self.spliced):
+            self.load(key_bytes.decode())
+        seen: set[str] = set()
+        for key_bytes, raw in self._scan_stored(prefix.encode()):
+            key = key_bytes.decode()
+            seen.add(key)
+            if key in self.states:
+                cached = self.states[key]
+                if cached is not None:
+                    yield cached
+            elif passes(raw, needles):
+                yield decode_device_state(raw)
+        for key, extra in list(self.states.items()):
+            if extra is not None and key not in seen and key.startswith(prefix):
+                yield extra  # created in this envelope, not in the table yet
+
+    # -- the byte path ------------------------------------------------------------------
+
+    def record_version(self, report: VersionReport) -> bool:
+        """Apply a plain device's version report in bytes; False: take the object path
+        (the device is an object in this envelope already, or its state is not plain)."""
+        key = report[0]
+        if self.states and key.decode() in self.states:
+            return False
+        stored = self.spliced.get(key)
+        if stored is None:
+            stored = self._stored(key)
+        new = apply_version(stored, report)
+        if new is None:
+            return False
+        self.spliced[key] = new
+        return True
+
+    # -- the envelope's end -------------------------------------------------------------
+
+    def writes(self) -> list[tuple[bytes, bytes | None]]:
+        """Every changed device once: its key and new encoded state (None: deleted)."""
+        writes: list[tuple[bytes, bytes | None]] = list(self.spliced.items())
+        for key in self.dirty:
+            state = self.states[key]
+            writes.append((key.encode(), None if state is None else encode_device_state(state)))
+        return writes
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.dirty.clear()
+        self.spliced.clear()
