@@ -16,10 +16,13 @@ def produce_all(
     producer: Producer,
     topic: str,
     messages: list[dict[str, Any]],
-    on_delivery: Callable[[Any, Any], None],
+    on_delivery: Callable[[Any, Any], None] | None,
     partition: int | None = None,
 ) -> None:
     """Queue every message (``{"key": ..., "value": ...}``); wait for room if need be.
+
+    ``on_delivery`` reports every message; None leaves it to the messages' own
+    ``"callback"``s (a message without one reports nothing, not even a failure).
 
     Records the queue had no room for come back marked with ``_error`` and are sent
     again once it drains, after the others: callers send distinct keys, so their order
@@ -27,12 +30,17 @@ def produce_all(
     """
     unassigned = -1  # librdkafka's partitioner picks (by key)
     while messages:
-        producer.produce_batch(
-            topic,
-            messages,
-            partition=unassigned if partition is None else partition,
-            on_delivery=on_delivery,
-        )
+        if on_delivery is None:
+            producer.produce_batch(
+                topic, messages, partition=unassigned if partition is None else partition
+            )
+        else:
+            producer.produce_batch(
+                topic,
+                messages,
+                partition=unassigned if partition is None else partition,
+                on_delivery=on_delivery,
+            )
         refused = [m for m in messages if "_error" in m]
         for m in refused:
             error = m.pop("_error")

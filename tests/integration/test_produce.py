@@ -45,3 +45,36 @@ def test_a_full_queue_delays_records_and_loses_none() -> None:
     delivered = deliver({"queue.buffering.max.messages": 50, "linger.ms": 5}, partition=3)
     assert sorted(key for key, _ in delivered) == sorted(f"pk/dev-{i}".encode() for i in range(500))
     assert {p for _, p in delivered} == {3}
+
+
+def test_without_a_batch_callback_only_a_messages_own_callback_reports() -> None:
+    """The changelog writer's way: one delivery report, on the last record of a write,
+    which is delivered after every other (one partition, in order), even when a full
+    queue sends some of them again."""
+    stack = devstack.up()
+    settings = scratch(config.Settings(kafka_bootstrap=stack.kafka_bootstrap))
+    topic = settings.topic_prefix + "produce-last"
+    topics.create_topics(stack.kafka_bootstrap, [(topic, 8, {})])
+    producer = Producer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap,
+            "enable.idempotence": True,
+            "enable.gapless.guarantee": True,
+            "queue.buffering.max.messages": 50,
+            "linger.ms": 5,
+        }
+    )
+    reports: list[tuple[bytes, int]] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        assert err is None, err
+        reports.append((msg.key(), msg.offset()))
+
+    messages: list[dict[str, Any]] = [
+        {"key": f"pk/dev-{i}".encode(), "value": b"v"} for i in range(500)
+    ]
+    messages[-1]["callback"] = on_delivery
+    produce_all(producer, topic, messages, None, partition=3)
+    assert producer.flush(30) == 0
+    topics.delete_topics(stack.kafka_bootstrap, [topic])
+    assert reports == [(b"pk/dev-499", 499)]  # the partition's last offset: all 500 before it
