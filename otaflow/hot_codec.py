@@ -154,8 +154,10 @@ def _long(n: int) -> bytes:
     return _unsigned((n << 1) ^ (n >> 63))
 
 
-# For otaflow.plain_reports, which splices plain device states from report bytes.
+# For otaflow.plain_reports and otaflow.plain_starts, which splice plain device states
+# and task events from bytes.
 STATE_HEADER = _HEADER
+TASK_EVENT_HEADER = _TASK_EVENT_SCHEMA.header
 encode_long = _long
 
 
@@ -168,6 +170,9 @@ _repeated: dict[str, bytes] = {}
 def _string(text: str) -> bytes:
     raw = text.encode()
     return _unsigned(len(raw) << 1) + raw
+
+
+encode_string = _string
 
 
 def _repeated_string(text: str) -> bytes:
@@ -303,6 +308,13 @@ def _add_task(task: Task, parts: list[bytes]) -> None:
         _ZERO if task.retry_at is None else _SOME + _long(task.retry_at),
         _TRUE if task.in_push_queue else _FALSE,
     )
+
+
+def encode_task_tail(task: Task) -> bytes:
+    """A task's encoding after its id (its first field)."""
+    parts: list[bytes] = []
+    _add_task(task, parts)
+    return b"".join(parts[1:])
 
 
 def encode_task_event(event: Mapping[str, Any]) -> bytes:

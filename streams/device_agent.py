@@ -237,6 +237,9 @@ class EnvelopeRun:
         # the same events again. The other order would lose them: the replay would
         # find the tasks already in the states and send nothing.
         sender = effect_sender()
+        # The byte path's task events first: a device it handled and the engine then
+        # loaded (a later record of the envelope) has its later events in fx.
+        sender.send_task_events(self.store.task_events)
         sender.send(self.fx, view.watermark)
         for source, reason, raw in self.dead:
             sender.dead_letter(source, reason, raw, view.watermark)

@@ -66,6 +66,12 @@ class EffectSender:
             except BufferError:
                 self.producer.poll(0.01)
 
+    def send_task_events(self, events: list[dict[str, bytes]]) -> None:
+        """Task events already encoded (``key``, ``value``), in one call."""
+        if events:
+            produce_all(self.producer, self.task_events, events, self._delivered)
+            self.pending += len(events)
+
     def send(self, fx: Effects, now: int) -> None:
         """Send ``fx``; ``now`` is the device partition's event time after them.
 
@@ -77,12 +83,12 @@ class EffectSender:
         encode = CODEC.encode
         if fx.task_events:
             # A START over a large fleet: one event per device, sent in one call.
-            events = [
-                {"key": key.encode(), "value": encode_task_event(event)}
-                for key, event in fx.task_events
-            ]
-            produce_all(self.producer, self.task_events, events, self._delivered)
-            self.pending += len(events)
+            self.send_task_events(
+                [
+                    {"key": key.encode(), "value": encode_task_event(event)}
+                    for key, event in fx.task_events
+                ]
+            )
         for key, note in fx.notifications:
             self._produce(self.notifications, key.encode(), encode("Notification", note))
         for batch_id, tasks in fx.queued.items():

@@ -6,7 +6,8 @@ A device is held in one of two forms until the envelope ends:
 
 - as a ``DeviceState``, for everything the engine decides on;
 - as its new encoded state, for a plain device's version report applied in bytes
-  (``otaflow.plain_reports``; most reports at fleet scale).
+  (``otaflow.plain_reports``; most reports at fleet scale) or a fleet-wide START's
+  outcome applied in bytes (``otaflow.plain_starts``).
 
 A device is never in both: the byte path is taken only for a device with no object in
 this envelope, and the engine loading a device turns its bytes into an object (so a
@@ -18,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from otaflow.domain.devices import DeviceState
+from otaflow.domain.plain_start import PlainStart
 from otaflow.domain.scopes import Needles, passes
 from otaflow.hot_codec import decode_device_state, encode_device_state
 from otaflow.plain_reports import VersionReport, apply_version
+from otaflow.plain_starts import StartSplicer
 
 Getter = Callable[[bytes], bytes | None]
 PrefixScan = Callable[[bytes], Iterable[tuple[bytes, bytes]]]
@@ -34,6 +37,8 @@ class EnvelopeStore:
         self.dirty: set[str] = set()
         # Device key -> its new encoded state, from the byte path.
         self.spliced: dict[bytes, bytes] = {}
+        # Task events the byte path wrote (a START's), to send before the engine's.
+        self.task_events: list[dict[str, bytes]] = []
 
     # -- DeviceStore --------------------------------------------------------------------
 
@@ -59,12 +64,20 @@ class EnvelopeStore:
         self.states[key] = None
         self.dirty.add(key)
 
-    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
-        """The stored devices under ``prefix``; only candidates are decoded, none kept."""
+    def scan(
+        self, prefix: str, needles: Needles, start: PlainStart | None = None
+    ) -> Iterator[DeviceState]:
+        """The stored devices under ``prefix``; only candidates are decoded, none kept.
+
+        With ``start`` (a START over the whole fleet), plain devices get its outcome in
+        bytes (``otaflow.plain_starts``) and are not yielded; their task events are
+        kept in ``task_events``.
+        """
         # Rare (a batch start, a group change): the byte-path devices become objects
         # first, so the scan sees this envelope's changes in one form.
         for key_bytes in list(self.spliced):
             self.load(key_bytes.decode())
+        splicer = StartSplicer(start) if start is not None else None
         seen: set[str] = set()
         for key_bytes, raw in self._scan_stored(prefix.encode()):
             key = key_bytes.decode()
@@ -74,7 +87,15 @@ class EnvelopeStore:
                 if cached is not None:
                     yield cached
             elif passes(raw, needles):
+                if splicer is not None:
+                    new = splicer.apply(key, raw)
+                    if new is not None:
+                        if new is not raw:
+                            self.spliced[key_bytes] = new
+                        continue
                 yield decode_device_state(raw)
+        if splicer is not None:
+            self.task_events += splicer.task_events
         for key, extra in list(self.states.items()):
             if extra is not None and key not in seen and key.startswith(prefix):
                 yield extra  # created in this envelope, not in the table yet
@@ -110,3 +131,4 @@ class EnvelopeStore:
         self.states.clear()
         self.dirty.clear()
         self.spliced.clear()
+        self.task_events = []

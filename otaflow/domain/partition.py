@@ -29,6 +29,7 @@ from otaflow.domain.batches import Batch, BatchKind, BatchRegistry
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
 from otaflow.domain.groups import Group, GroupRegistry
+from otaflow.domain.plain_start import PlainStart, applies_to
 from otaflow.domain.schedule import takes_new_tasks
 from otaflow.domain.scopes import Needles, passes, scan_needles, scans_at_start, version_needles
 from otaflow.domain.tasks import TaskStatus
@@ -47,10 +48,14 @@ class DeviceStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
+    def scan(
+        self, prefix: str, needles: Needles, start: PlainStart | None = None
+    ) -> Iterator[DeviceState]:
         """Devices whose key starts with ``prefix`` and whose encoded state has the needles.
 
         States already loaded or put in this envelope are yielded as those objects.
+        With ``start``, a store may apply that START's outcome to plain devices itself
+        (``otaflow.domain.plain_start``) and yield only the others; ignoring it is correct.
         """
 
 
@@ -182,7 +187,14 @@ class PartitionEngine:
         if batch.kind is BatchKind.STATIC:
             if not scans_at_start(batch) or not takes_new_tasks(batch, now):
                 return
-            for state in self._each(batch.product_key, scan_needles(batch, self.groups)):
+            # Over the whole fleet, plain devices are decided once per kind (plain_start).
+            start = (
+                PlainStart(self.engine, batch, now, fx, self.deadlines)
+                if applies_to(batch)
+                else None
+            )
+            needles = scan_needles(batch, self.groups)
+            for state in self.store.scan(f"{batch.product_key}/", needles, start):
                 self.engine.on_static_start(state, batch, now, fx)
                 self._settle(state, now, fx)
             return
@@ -291,7 +303,9 @@ class MemoryDeviceStore:
         self._cache[key] = None
         self._dirty.add(key)
 
-    def scan(self, prefix: str, needles: Needles) -> Iterator[DeviceState]:
+    def scan(
+        self, prefix: str, needles: Needles, start: PlainStart | None = None
+    ) -> Iterator[DeviceState]:
         seen = set()
         for key in sorted(self.table):
             if not key.startswith(prefix):

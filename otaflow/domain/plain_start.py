@@ -1,0 +1,138 @@
+"""A static batch's START over plain devices, decided once per kind of device. Pure.
+
+A START over the whole fleet (scope ALL) asks the engine the same question of every
+device of the product. For a plain device (one module, no task, group, region or
+match count) the answer depends only on what the engine can see of it besides its
+name: online or not, its module and version, registered or not. So the engine is
+run once per such kind, on a prototype device, and its answer, the new task, the
+task event, whether the task joins the push queue, the next deadline, is applied to
+every device of that kind; only the task id (a hash of the device key) and the
+names differ. ``streams.envelope_store`` applies it to the stored bytes
+(``otaflow.plain_starts``), and ``tests/unit/test_plain_start.py`` checks that the
+result is what the engine decides for each device itself.
+
+Whatever the prototype's run does beyond one new task, a task event and at most one
+push-queue entry (a cancel, a notification, a change to another field) makes that
+kind go through the engine device by device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from otaflow.domain.batches import Batch, BatchScope
+from otaflow.domain.devices import DeviceState
+from otaflow.domain.engine import DeviceEngine, Effects, make_task_id
+from otaflow.domain.tasks import Task
+
+if TYPE_CHECKING:  # partition imports this module
+    from otaflow.domain.partition import DeadlineHeap
+
+Record = dict[str, Any]
+
+# The prototype's name: '/' and the NUL cannot be in a platform device name.
+PROTOTYPE_NAME = "\x00prototype"
+
+
+@dataclass(frozen=True, slots=True)
+class PlainOutcome:
+    """What START does to a plain device of one kind. ``task`` None: nothing."""
+
+    task: Task | None = None
+    event: Record | None = None
+    queued: bool = False
+    deadline: int | None = None
+
+
+UNCHANGED = PlainOutcome()
+
+
+def applies_to(batch: Batch) -> bool:
+    """Only a START over every device of the product: other scopes look at a device's
+    region, groups or (dynamic groups) its name."""
+    return not batch.is_dynamic and batch.scope is BatchScope.ALL
+
+
+class PlainStart:
+    def __init__(
+        self,
+        engine: DeviceEngine,
+        batch: Batch,
+        now: int,
+        fx: Effects,
+        deadlines: DeadlineHeap | None,
+    ) -> None:
+        if not applies_to(batch):
+            raise ValueError(f"batch {batch.batch_id} is not a static batch over all devices")
+        self.engine = engine
+        self.batch = batch
+        self.now = now
+        self.fx = fx
+        self.deadlines = deadlines
+        self._outcomes: dict[tuple[bool, str, str, bool], PlainOutcome | None] = {}
+
+    def outcome(
+        self, online: bool, module: str, version: str, registered: bool
+    ) -> PlainOutcome | None:
+        """START's outcome for a plain device of this kind; None: ask the engine per device."""
+        kind = (online, module, version, registered)
+        if kind not in self._outcomes:
+            self._outcomes[kind] = self._decide(*kind)
+        return self._outcomes[kind]
+
+    def _decide(
+        self, online: bool, module: str, version: str, registered: bool
+    ) -> PlainOutcome | None:
+        def prototype() -> DeviceState:
+            return DeviceState(
+                self.batch.product_key,
+                PROTOTYPE_NAME,
+                online=online,
+                modules={module: version},
+                registered=registered,
+            )
+
+        state, before = prototype(), prototype()
+        fx = Effects()
+        self.engine.on_static_start(state, self.batch, self.now, fx)
+        if not state.tasks:
+            nothing = not (fx.task_events or fx.queued or fx.notifications or fx.succeeded)
+            return UNCHANGED if nothing and state == before else None
+        (task,) = state.tasks
+        state.tasks = []
+        queued = [entry for entries in fx.queued.values() for entry in entries]
+        if (
+            state != before  # only the new task may differ
+            or len(fx.task_events) != 1
+            or fx.notifications
+            or fx.succeeded
+            or len(queued) > 1
+            or (queued and list(fx.queued) != [task.batch_id])
+        ):
+            return None
+        state.tasks = [task]
+        return PlainOutcome(
+            task=task,
+            event=fx.task_events[0][1],
+            queued=bool(queued),
+            deadline=self.engine.next_deadline(state, self.now),
+        )
+
+    def task_id(self, key: str) -> str:
+        """The id of the task START gives the device ``key`` (its first match)."""
+        return make_task_id(self.batch.batch_id, key, 1)
+
+    def started(self, key: str, device_name: str, task_id: str, outcome: PlainOutcome) -> None:
+        """Record the effects the engine would have for this device, but its task event
+        (the caller writes that from the template)."""
+        if outcome.queued:
+            self.fx.queued[self.batch.batch_id].append(
+                {
+                    "task_id": task_id,
+                    "product_key": self.batch.product_key,
+                    "device_name": device_name,
+                }
+            )
+        if self.deadlines is not None:
+            self.deadlines.note(key, outcome.deadline)

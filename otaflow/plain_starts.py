@@ -1,0 +1,153 @@
+"""A static START's outcome for plain devices (``otaflow.domain.plain_start``) applied to
+their stored Avro bytes, with the task event written from a template.
+
+Through objects each device of a fleet-wide START costs a state decode, the engine's
+checks, a task, a task event record and a state encode (~30 us here with the writes);
+here the engine's answer for the device's kind is encoded once, and each device's new
+state and task event are spliced from its stored bytes and that template: the task
+goes into the empty task list, the task id and the device name into the event.
+
+It must reach exactly the bytes the object path writes: ``tests/unit/test_plain_start.py``
+compares the two. A device not in the plain layout, or of a kind the domain leaves to
+the engine, returns None and goes through the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otaflow.codec import HEADER_LEN
+from otaflow.domain.plain_start import PROTOTYPE_NAME, PlainOutcome, PlainStart
+from otaflow.hot_codec import (
+    STATE_HEADER,
+    TASK_EVENT_HEADER,
+    encode_string,
+    encode_task_event,
+    encode_task_tail,
+)
+
+_NO_TASKS_OR_COUNTS = b"\x00\x00\x00"  # end of modules; empty tasks; empty match counts
+_ONE_TASK = b"\x00\x02"  # end of modules; a task block of one entry
+_END_TASKS_NO_COUNTS = b"\x00\x00"
+_NO_REGION_OR_GROUPS = b"\x00\x00\x00\x00\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    outcome: PlainOutcome
+    task_tail: bytes  # the task's encoding after its id
+    event_middle: bytes  # batch id and product key, between the task id and the device name
+    event_tail: bytes  # the event after the device name
+
+
+class StartSplicer:
+    """One START's plain devices, in bytes. ``task_events``: the events written so far,
+    as records for ``produce_batch`` (``key`` and ``value``)."""
+
+    def __init__(self, start: PlainStart) -> None:
+        self.start = start
+        self.task_events: list[dict[str, bytes]] = []
+        # The bytes a kind is told by (online, module, version, registered) -> its template.
+        self._templates: dict[bytes, _Template | None] = {}
+
+    def apply(self, key: str, raw: bytes) -> bytes | None:
+        """The device's new state (``raw`` itself when START leaves it as it is), or None:
+        the engine must see this device."""
+        try:
+            if raw[:HEADER_LEN] != STATE_HEADER:
+                return None
+            n = raw[HEADER_LEN]
+            if n & 0x81:  # one-byte lengths only (under 64 bytes), as plain_reports
+                return None
+            product_end = HEADER_LEN + 1 + (n >> 1)
+            n = raw[product_end]
+            if n & 0x81:
+                return None
+            names_end = product_end + 1 + (n >> 1)
+            if raw[names_end] > 1 or raw[names_end + 1] != 2:  # online; one module
+                return None
+            n = raw[names_end + 2]
+            if n & 0x81:
+                return None
+            module_end = names_end + 3 + (n >> 1)
+            n = raw[module_end]
+            if n & 0x81:
+                return None
+            version_end = module_end + 1 + (n >> 1)
+            if raw[version_end : version_end + 3] != _NO_TASKS_OR_COUNTS:
+                return None
+            pos = version_end + 3
+            while raw[pos] & 0x80:  # last seen: kept as it is
+                pos += 1
+            registered = pos + 1
+            if raw[registered] > 1 or raw[registered + 1 :] != _NO_REGION_OR_GROUPS:
+                return None
+        except IndexError:
+            return None
+        kind = raw[names_end:version_end] + raw[registered : registered + 1]
+        if kind in self._templates:
+            template = self._templates[kind]
+        else:
+            template = self._templates[kind] = self._template(
+                raw, names_end, module_end, version_end, registered
+            )
+        if template is None:
+            return None
+        outcome = template.outcome
+        if outcome.task is None:
+            return raw
+        device_name = raw[product_end + 1 : names_end].decode()
+        task_id = self.start.task_id(key)
+        task_id_bytes = encode_string(task_id)
+        self.task_events.append(
+            {
+                "key": key.encode(),
+                "value": b"".join(
+                    (
+                        TASK_EVENT_HEADER,
+                        task_id_bytes,
+                        template.event_middle,
+                        raw[product_end:names_end],
+                        template.event_tail,
+                    )
+                ),
+            }
+        )
+        self.start.started(key, device_name, task_id, outcome)
+        return b"".join(
+            (
+                raw[:version_end],
+                _ONE_TASK,
+                task_id_bytes,
+                template.task_tail,
+                _END_TASKS_NO_COUNTS,
+                raw[version_end + 3 :],
+            )
+        )
+
+    def _template(
+        self, raw: bytes, names_end: int, module_end: int, version_end: int, registered: int
+    ) -> _Template | None:
+        try:
+            module = raw[names_end + 3 : module_end].decode()
+            version = raw[module_end + 1 : version_end].decode()
+        except UnicodeDecodeError:
+            return None
+        outcome = self.start.outcome(raw[names_end] == 1, module, version, raw[registered] == 1)
+        if outcome is None:
+            return None
+        if outcome.task is None or outcome.event is None:
+            return _Template(outcome, b"", b"", b"")
+        event = outcome.event
+        prototype = encode_task_event(event)
+        head = TASK_EVENT_HEADER + encode_string(event["task_id"])
+        middle = encode_string(event["batch_id"]) + encode_string(event["product_key"])
+        name = encode_string(PROTOTYPE_NAME)
+        if not prototype.startswith(head + middle + name):
+            return None  # the event's field order changed: hot_codec refuses to import first
+        return _Template(
+            outcome,
+            encode_task_tail(outcome.task),
+            middle,
+            prototype[len(head) + len(middle) + len(name) :],
+        )
