@@ -128,8 +128,15 @@ def warm_up(d: BenchDeployment, workers: int = 1, at: int = T0) -> None:
     """Start the worker(s) and wait until a first report, at event time ``at``, is
     applied end to end. A scenario on the wall clock must warm up on it too: a report
     from the future moves its partition's event time there, and the rate agent's with it."""
-    for i in range(workers):
-        d.group.start(f"worker{i}" if workers > 1 else "worker", ["-m", "streams.worker"])
+    if workers == 1:
+        d.group.start("worker", ["-m", "streams.worker"])
+    else:
+        for i in range(workers):
+            # Each worker its own state directory, as on machines of their own: a
+            # partition that moves is restored from its changelog, never opened by two
+            # processes at once.
+            name, data = f"worker{i}", d.env["OTAFLOW_DATA"]
+            d.group.start(name, ["-m", "streams.worker"], env={"OTAFLOW_DATA": f"{data}/{name}"})
     d.produce_reports(version_reports("warmup", 1, at=at, start=0))
     base = end_offsets(d, topics.DEVICE_REPORTS)
     wait_progress("worker start", base, applied(d, base), timeout=180)

@@ -44,7 +44,14 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._pumps: list[threading.Thread] = []
 
-    def start(self, name: str, args: list[str] | None = None, echo: bool = True) -> None:
+    def start(
+        self,
+        name: str,
+        args: list[str] | None = None,
+        echo: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start ``name`` (``env``: variables for this process only, over the group's)."""
         argv = [sys.executable, *(args or COMPONENTS[name])]
         out: int | IO[bytes]
         if self.log_dir is not None:
@@ -54,7 +61,7 @@ class ProcessGroup:
             out = subprocess.PIPE
         proc = subprocess.Popen(
             argv,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
