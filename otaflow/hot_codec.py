@@ -356,6 +356,21 @@ class _NotPlain(Exception):
     """Raised inside ``_decode_plain``: the bytes are not the short plain layout."""
 
 
+def read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    """The unsigned varint at ``pos`` (IndexError past the end) and the position after;
+    -1 for one longer than a long."""
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            return -1, pos
+
+
 def _short_string(raw: bytes, pos: int) -> tuple[str, int]:
     """The string at ``pos`` if it is shorter than 64 bytes (a one-byte length, zig-zag
     so twice the length), and the position after it."""
@@ -380,17 +395,9 @@ def _decode_plain(raw: bytes) -> DeviceState | None:
         version, pos = _short_string(raw, pos)
         if raw[pos : pos + 3] != b"\x00\x00\x00":  # end of modules; no tasks, no counts
             return None
-        pos += 3
-        value = shift = 0
-        while True:
-            byte = raw[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                return None
+        value, pos = read_varint(raw, pos + 3)
+        if value < 0:
+            return None
         registered = raw[pos]
         if registered > 1 or raw[pos + 1 :] != b"\x00\x00\x00\x00\x00":
             return None

@@ -18,7 +18,7 @@ the object path, which also gives the errors.
 from __future__ import annotations
 
 from otaflow.codec import HEADER_LEN, codec
-from otaflow.hot_codec import DEVICE_STATE_FIELDS, STATE_HEADER, encode_long
+from otaflow.hot_codec import DEVICE_STATE_FIELDS, STATE_HEADER, encode_long, read_varint
 
 _REPORT = codec().schema("DeviceReport")
 REPORT_HEADER = _REPORT.header
@@ -84,7 +84,7 @@ def read_version_report(item: bytes) -> VersionReport | None:
         version_end = module_end + 2 + (n >> 1)
         if item[version_end : version_end + 3] != _NO_STEP_DESC_ID:
             return None
-        value, pos = _varint(item, version_end + 3)
+        value, pos = read_varint(item, version_end + 3)
         if pos != len(item) or value < 0:
             return None
         # Length bytes, the kind and the union index are ASCII, so the whole span is
@@ -102,21 +102,6 @@ def read_version_report(item: bytes) -> VersionReport | None:
         item[module_end + 1 : version_end],
         (value >> 1) ^ -(value & 1),
     )
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    """The unsigned varint at ``pos`` (IndexError past the end) and the position after;
-    -1 for one longer than a long."""
-    value = shift = 0
-    while True:
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            return -1, pos
 
 
 def apply_version(stored: bytes | None, report: VersionReport) -> bytes | None:
@@ -147,7 +132,7 @@ def apply_version(stored: bytes | None, report: VersionReport) -> bytes | None:
             version_end = module_end + 1 + (n >> 1)
             if stored[version_end : version_end + 3] != _NO_TASKS_OR_COUNTS:
                 return None
-            value, pos = _varint(stored, version_end + 3)
+            value, pos = read_varint(stored, version_end + 3)
             if value < 0 or stored[pos] > 1 or stored[pos + 1 :] != _NO_REGION_OR_GROUPS:
                 return None
         except IndexError:

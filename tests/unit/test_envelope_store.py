@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from otaflow.codec import codec
 from otaflow.domain.devices import DeviceState
+from otaflow.domain.simulation import report_record
 from otaflow.hot_codec import decode_device_state, encode_device_state
 from otaflow.plain_reports import VersionReport, read_version_report
 from streams.envelope_store import EnvelopeStore
@@ -15,17 +16,7 @@ from streams.envelope_store import EnvelopeStore
 def version(
     device_name: str, version: str, at: int = 100, module: str = "default"
 ) -> VersionReport:
-    record = {
-        "product_key": "pk",
-        "device_name": device_name,
-        "kind": "VERSION",
-        "module": module,
-        "version": version,
-        "step": None,
-        "desc": None,
-        "message_id": None,
-        "event_time": at,
-    }
+    record = report_record("pk", device_name, "VERSION", at, module=module, version=version)
     parsed = read_version_report(codec().encode("DeviceReport", record))
     assert parsed is not None
     return parsed

@@ -12,6 +12,7 @@ from otaflow.codec import codec
 from otaflow.domain.batches import BatchRegistry
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import DeviceEngine, Effects
+from otaflow.domain.simulation import report_record
 from otaflow.hot_codec import decode_device_state, encode_device_state
 from otaflow.plain_reports import apply_version, read_version_report
 
@@ -23,19 +24,10 @@ VERSIONS = st.none() | st.sampled_from(["1.0", "2.0", ""]) | TEXT
 
 
 def report(product_key: str, device_name: str, **fields: object) -> dict[str, object]:
-    record: dict[str, object] = {
-        "product_key": product_key,
-        "device_name": device_name,
-        "kind": "VERSION",
-        "module": "default",
-        "version": "1.0",
-        "step": None,
-        "desc": None,
-        "message_id": None,
-        "event_time": 1_800_000_000_000,
-    }
-    record.update(fields)
-    return record
+    """A version report (``report_record``'s, with a version)."""
+    fields.setdefault("version", "1.0")
+    kind = str(fields.pop("kind", "VERSION"))
+    return report_record(product_key, device_name, kind, 1_800_000_000_000, **fields)
 
 
 def short(text: str) -> bool:
