@@ -358,17 +358,17 @@ class _NotPlain(Exception):
 
 def read_varint(raw: bytes, pos: int) -> tuple[int, int]:
     """The unsigned varint at ``pos`` (IndexError past the end) and the position after;
-    -1 for one longer than a long."""
+    -1 for one wider than 64 bits (cavro reads those as something else: leave them to it)."""
     value = shift = 0
     while True:
         byte = raw[pos]
         pos += 1
+        if shift == 63 and byte > 1:
+            return -1, pos
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, pos
         shift += 7
-        if shift > 63:
-            return -1, pos
 
 
 def _short_string(raw: bytes, pos: int) -> tuple[str, int]:
