@@ -18,11 +18,14 @@ def produce_all(
     messages: list[dict[str, Any]],
     on_delivery: Callable[[Any, Any], None] | None,
     partition: int | None = None,
+    on_last_delivery: Callable[[Any, Any], None] | None = None,
 ) -> None:
     """Queue every message (``{"key": ..., "value": ...}``); wait for room if need be.
 
     ``on_delivery`` reports every message; None leaves it to the messages' own
     ``"callback"``s (a message without one reports nothing, not even a failure).
+    ``on_last_delivery`` reports the last message of each round: the last round's last
+    is the last message queued of all (for one partition, the last delivered).
 
     Records the queue had no room for come back marked with ``_error`` and are sent
     again once it drains, after the others: callers send distinct keys, so their order
@@ -30,6 +33,8 @@ def produce_all(
     """
     unassigned = -1  # librdkafka's partitioner picks (by key)
     while messages:
+        if on_last_delivery is not None:
+            messages[-1]["callback"] = on_last_delivery
         if on_delivery is None:
             producer.produce_batch(
                 topic, messages, partition=unassigned if partition is None else partition

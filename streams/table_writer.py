@@ -18,6 +18,7 @@ the write path:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,8 @@ from faust.types import TP
 
 from otaflow.config import Settings
 from streams.produce import produce_all
+
+log = logging.getLogger("otaflow.table_writer")
 
 
 class ChangelogError(RuntimeError):
@@ -48,7 +51,8 @@ class TableWriter:
                 # delivered is a fatal error, which fails every record still queued,
                 # the last of the write with them (see ``write``). Timeouts are not
                 # covered; they come after message.timeout.ms (300 s), long past the
-                # flush's own limit, which raises first.
+                # flush's own limit, which raises first. (librdkafka marks this setting
+                # experimental; it is the documented way to make gaps fatal.)
                 "enable.gapless.guarantee": True,
                 "error_cb": self._on_error,
             }
@@ -75,13 +79,18 @@ class TableWriter:
             else:
                 batch.put(key, value)
             messages.append({"key": key, "value": value})
-        if messages:
-            # One partition, idempotent and in order: when the last record is delivered
-            # all are, and a failure before it fails it too (gapless, above). A Python
-            # delivery report per record cost ~0.45 us each.
-            messages[-1]["callback"] = self._delivered
         try:
-            produce_all(self.producer, self.topic, messages, None, partition)
+            # One partition, idempotent and in order: when the last record queued is
+            # delivered all are, and a failure before it fails it too (gapless, above).
+            # A Python delivery report per record cost ~0.45 us each.
+            produce_all(
+                self.producer,
+                self.topic,
+                messages,
+                None,
+                partition,
+                on_last_delivery=self._delivered,
+            )
         except KafkaException as exc:
             raise ChangelogError(f"changelog record refused: {exc}") from exc
         self._db(partition).write(batch)
@@ -96,8 +105,12 @@ class TableWriter:
             self._persisted[partition] = offset
 
     def _on_error(self, err: Any) -> None:
+        # A fatal error stops this producer for good: the next flush raises, the agent
+        # crashes and the worker must be restarted (the envelope is then replayed).
         if err.fatal():
             self._errors.append(f"fatal: {err}")
+        else:
+            log.warning("changelog producer: %s", err)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every changelog record is acknowledged (call before acking the input)."""

@@ -73,8 +73,11 @@ def test_without_a_batch_callback_only_a_messages_own_callback_reports() -> None
     messages: list[dict[str, Any]] = [
         {"key": f"pk/dev-{i}".encode(), "value": b"v"} for i in range(500)
     ]
-    messages[-1]["callback"] = on_delivery
-    produce_all(producer, topic, messages, None, partition=3)
+    produce_all(producer, topic, messages, None, partition=3, on_last_delivery=on_delivery)
     assert producer.flush(30) == 0
     topics.delete_topics(stack.kafka_bootstrap, [topic])
-    assert reports == [(b"pk/dev-499", 499)]  # the partition's last offset: all 500 before it
+    # At most a report per round of the full queue, the last one for the partition's last
+    # offset: every one of the 500 records was delivered before it, the resent ones too.
+    assert 1 <= len(reports) < 500
+    assert reports[-1][1] == 499
+    assert [offset for _, offset in reports] == sorted(offset for _, offset in reports)
