@@ -24,6 +24,7 @@ from otaflow.hot_codec import (
     encode_string,
     encode_task_event,
     encode_task_tail,
+    read_varint,
 )
 
 _NO_TASKS_OR_COUNTS = b"\x00\x00\x00"  # end of modules; empty tasks; empty match counts
@@ -46,6 +47,7 @@ class StartSplicer:
 
     def __init__(self, start: PlainStart) -> None:
         self.start = start
+        self._product = encode_string(start.batch.product_key)
         self.task_events: list[dict[str, bytes]] = []
         # The bytes a kind is told by (online, module, version, registered) -> its template.
         self._templates: dict[bytes, _Template | None] = {}
@@ -76,12 +78,13 @@ class StartSplicer:
             version_end = module_end + 1 + (n >> 1)
             if raw[version_end : version_end + 3] != _NO_TASKS_OR_COUNTS:
                 return None
-            pos = version_end + 3
-            while raw[pos] & 0x80:  # last seen: kept as it is
-                pos += 1
-            registered = pos + 1
-            if raw[registered] > 1 or raw[registered + 1 :] != _NO_REGION_OR_GROUPS:
+            last_seen, registered = read_varint(raw, version_end + 3)  # kept as it is
+            if last_seen < 0 or raw[registered] > 1:
                 return None
+            if raw[registered + 1 :] != _NO_REGION_OR_GROUPS:
+                return None
+            if raw[HEADER_LEN:product_end] != self._product:
+                return None  # the scan's prefix says the product; the state must agree
         except IndexError:
             return None
         kind = raw[names_end:version_end] + raw[registered : registered + 1]
@@ -96,7 +99,10 @@ class StartSplicer:
         outcome = template.outcome
         if outcome.task is None:
             return raw
-        device_name = raw[product_end + 1 : names_end].decode()
+        try:
+            device_name = raw[product_end + 1 : names_end].decode()
+        except UnicodeDecodeError:
+            return None
         task_id = self.start.task_id(key)
         task_id_bytes = encode_string(task_id)
         self.task_events.append(

@@ -204,9 +204,13 @@ class EnvelopeRun:
             self._nothing_to_decide[(product, module)] = nothing
         if not nothing or not self.store.record_version(report):
             return False
+        key = report[0].decode()
+        # What the engine does for a report: the device is touched (a later record of
+        # the envelope settles it again), and a device without tasks has no deadline.
+        self.fx.touched.add(key)
         deadlines = self.engine.deadlines
-        if deadlines:  # a device without tasks has no deadline (what the engine notes)
-            deadlines.note(report[0].decode(), None)
+        if deadlines is not None:
+            deadlines.note(key, None)
         if now > self.view.watermark:
             self.view.watermark = now
             self.meta_dirty = True
@@ -221,9 +225,9 @@ class EnvelopeRun:
     def release(self) -> None:
         """Drop the envelope's states and effects now.
 
-        The run and its engine refer to each other (the engine's store is the run), so
-        without this the states would wait for the cyclic collector, which the worker
-        runs rarely (see ``streams.gc_tuning``).
+        The partition engine refers to itself (its handler table), so it and the store
+        it holds would wait for the cyclic collector, which the worker runs rarely (see
+        ``streams.gc_tuning``), and the states with them.
         """
         self.store.clear()
         self.fx = Effects()

@@ -12,6 +12,10 @@ A device is held in one of two forms until the envelope ends:
 A device is never in both: the byte path is taken only for a device with no object in
 this envelope, and the engine loading a device turns its bytes into an object (so a
 progress report after a version report of the same device, in one envelope, sees it).
+Each device's records and effects keep their order; between devices the order can
+differ from a run through objects only (a START's byte-path task events go out first,
+and devices new in the envelope are met by a later scan in another order), which
+nothing downstream relies on: events are keyed, and ordered, per device.
 """
 
 from __future__ import annotations

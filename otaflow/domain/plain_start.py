@@ -99,6 +99,8 @@ class PlainStart:
         if not state.tasks:
             nothing = not (fx.task_events or fx.queued or fx.notifications or fx.succeeded)
             return UNCHANGED if nothing and state == before else None
+        if len(state.tasks) != 1:
+            return None
         (task,) = state.tasks
         state.tasks = []
         queued = [entry for entries in fx.queued.values() for entry in entries]
@@ -134,5 +136,6 @@ class PlainStart:
                     "device_name": device_name,
                 }
             )
+        self.fx.touched.add(key)  # as the engine's task_changed does
         if self.deadlines is not None:
             self.deadlines.note(key, outcome.deadline)

@@ -113,6 +113,7 @@ def test_devices_that_are_not_plain_are_left_to_the_engine() -> None:
         DeviceState(PK, "d1", modules={"default": "1.0"}, match_counts={"B0": 1}),
         DeviceState(PK, "d" * 64, modules={"default": "1.0"}),
         DeviceState(PK, "d1", modules={}),
+        DeviceState("other", "d1", modules={"default": "1.0"}),  # not the batch's product
     ):
         assert splicer.apply(other.key, encode_device_state(other)) is None
     raw = encode_device_state(plain)
