@@ -5,7 +5,9 @@ records for one partition (reports from the batcher, releases from the rate agen
 batch and group controls, registrations, targets and task commands from the command
 agent, ticks). Per envelope it decodes once, runs the pure ``PartitionEngine`` over
 every item, then writes each changed device once and sends the effects. The agent
-is thin: every decision lives in ``otaflow.domain``.
+is thin: every decision lives in ``otaflow.domain``. A plain device's version report,
+when the domain says it decides nothing on it, is applied to the stored bytes without
+the engine (``otaflow.plain_reports``, through ``streams.envelope_store``).
 
 Per partition it keeps in memory (rebuilt after a rebalance from the
 ``device-partition-meta`` table): the batches and groups it was told about, how far
