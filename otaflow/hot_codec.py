@@ -158,7 +158,6 @@ def _long(n: int) -> bytes:
 # and task events from bytes.
 STATE_HEADER = _HEADER
 TASK_EVENT_HEADER = _TASK_EVENT_SCHEMA.header
-encode_long = _long
 
 
 # Product keys, module names and versions repeat across a fleet: their encodings

@@ -18,7 +18,7 @@ the object path, which also gives the errors.
 from __future__ import annotations
 
 from otaflow.codec import HEADER_LEN, codec
-from otaflow.hot_codec import DEVICE_STATE_FIELDS, STATE_HEADER, encode_long, read_varint
+from otaflow.hot_codec import DEVICE_STATE_FIELDS, STATE_HEADER, read_varint
 
 _REPORT = codec().schema("DeviceReport")
 REPORT_HEADER = _REPORT.header
@@ -45,8 +45,9 @@ _NO_TASKS_OR_COUNTS = b"\x00\x00\x00"  # end of modules; empty tasks; empty matc
 _NO_REGION_OR_GROUPS = b"\x00\x00\x00\x00\x00"  # province, city null; three empty lists
 _NOT_REGISTERED = b"\x00"
 
-# (device key, names, product, module, version, event time)
-VersionReport = tuple[bytes, bytes, bytes, bytes, bytes, int]
+# (device key, names, product, module, version, event time, event time as written)
+VersionReport = tuple[bytes, bytes, bytes, bytes, bytes, int, bytes]
+_ZERO_TIME = b"\x00"  # a new DeviceState's last_seen, 0, as a varint
 
 
 def read_version_report(item: bytes) -> VersionReport | None:
@@ -55,8 +56,9 @@ def read_version_report(item: bytes) -> VersionReport | None:
     Returns the device key (``productKey/deviceName`` in bytes), the product key and
     device name as written (length-prefixed, the state's first two fields byte for
     byte), the product key's text bytes, the module and version as written, and the
-    event time. None for any other report, a string of 64 bytes or more, an empty
-    module (the engine reads it as "default"), or bytes not valid UTF-8.
+    event time, read and as written. None for any other report, a string of 64 bytes or
+    more, an empty module (the engine reads it as "default"), a time varint not in its
+    shortest form (the state keeps it as written) or bytes not valid UTF-8.
     """
     try:
         if item[:HEADER_LEN] != REPORT_HEADER:
@@ -85,7 +87,7 @@ def read_version_report(item: bytes) -> VersionReport | None:
         if item[version_end : version_end + 3] != _NO_STEP_DESC_ID:
             return None
         value, pos = read_varint(item, version_end + 3)
-        if pos != len(item) or value < 0:
+        if pos != len(item) or value < 0 or (item[-1] == 0 and pos - version_end > 4):
             return None
         # Length bytes, the kind and the union index are ASCII, so the whole span is
         # valid UTF-8 exactly when each string in it is.
@@ -101,6 +103,7 @@ def read_version_report(item: bytes) -> VersionReport | None:
         item[module_start:module_end],
         item[module_end + 1 : version_end],
         (value >> 1) ^ -(value & 1),
+        item[version_end + 3 :],
     )
 
 
@@ -110,10 +113,12 @@ def apply_version(stored: bytes | None, report: VersionReport) -> bytes | None:
     None when the stored state is not a plain device of the report's module: the caller
     takes the object path (a second module, say, makes the state non-plain).
     """
-    _, names, _, module, version, now = report
+    _, names, _, module, version, now, now_bytes = report
+    # The later of the stored last_seen and the report's time, copied as written (both
+    # varints in their shortest form, what the encoder would write).
     if stored is None:
         # A new DeviceState's last_seen is 0, and the engine keeps the later time.
-        last_seen, registered = max(0, now), _NOT_REGISTERED
+        last_seen, registered = now_bytes if now >= 0 else _ZERO_TIME, _NOT_REGISTERED
     else:
         pos = HEADER_LEN + len(names)
         module_end = pos + 2 + len(module)
@@ -137,7 +142,8 @@ def apply_version(stored: bytes | None, report: VersionReport) -> bytes | None:
                 return None
         except IndexError:
             return None
-        last_seen = max((value >> 1) ^ -(value & 1), now)
+        was = (value >> 1) ^ -(value & 1)
+        last_seen = now_bytes if now >= was else stored[version_end + 3 : pos]
         registered = stored[pos : pos + 1]
     return b"".join(
         (
@@ -147,7 +153,7 @@ def apply_version(stored: bytes | None, report: VersionReport) -> bytes | None:
             module,
             version,
             _NO_TASKS_OR_COUNTS,
-            encode_long(last_seen),
+            last_seen,
             registered,
             _NO_REGION_OR_GROUPS,
         )

@@ -196,7 +196,7 @@ class EnvelopeRun:
     def _record_version(self, report: VersionReport) -> bool:
         """The byte path, where the domain decides nothing on this version (see
         ``otaflow.plain_reports``); False when the engine must see the report."""
-        _, _, product, module, _, now = report
+        _, _, product, module, _, now, _ = report
         nothing = self._nothing_to_decide.get((product, module))
         if nothing is None:
             # The module as written carries its length byte (short strings only).

@@ -13,7 +13,7 @@ from otaflow.domain.batches import BatchRegistry
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import DeviceEngine, Effects
 from otaflow.domain.simulation import report_record
-from otaflow.hot_codec import decode_device_state, encode_device_state, encode_long
+from otaflow.hot_codec import _long, decode_device_state, encode_device_state
 from otaflow.plain_reports import apply_version, read_version_report
 
 LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(0, 2**42)
@@ -122,13 +122,14 @@ def test_a_version_report_is_read_as_cavro_reads_it(
     record = report(product_key, device_name, module=module, version=version, event_time=event_time)
     parsed = read_version_report(codec().encode("DeviceReport", record))
     assert parsed is not None
-    key, names, product, module_bytes, version_bytes, at = parsed
+    key, names, product, module_bytes, version_bytes, at, at_bytes = parsed
     assert key == f"{product_key}/{device_name}".encode()
     assert product == product_key.encode()
     assert names[1:].startswith(product) and names.endswith(device_name.encode())
     assert module_bytes[1:] == module.encode() and module_bytes[0] == len(module.encode()) * 2
     assert version_bytes[1:] == version.encode()
     assert at == event_time
+    assert at_bytes == _long(event_time)  # as written, in its shortest form
 
 
 def test_other_reports_are_left_to_the_object_path() -> None:
@@ -160,10 +161,13 @@ def test_damaged_report_bytes_are_left_to_the_object_path() -> None:
     # An event time wider than a long (cavro reads it as something else): left to cavro.
     parsed = read_version_report(item)
     assert parsed is not None
-    time_at = len(item) - len(encode_long(parsed[5]))
+    time_at = len(item) - len(_long(parsed[5]))
     wide = item[:time_at] + bytes.fromhex("feffffffffffffffff7f")
     assert read_version_report(wide) is None
-    assert read_version_report(item[:time_at] + bytes.fromhex("feffffffffffffffff00")) is not None
+    assert read_version_report(item[:time_at] + bytes.fromhex("feffffffffffffffff00")) is None
+    # Not in the shortest form (a trailing zero group): left to cavro, which re-encodes.
+    assert read_version_report(item[:time_at] + bytes.fromhex("8000")) is None
+    assert read_version_report(item[:time_at] + bytes.fromhex("00")) is not None
 
 
 @given(st.integers(0, 60), st.integers(0, 255))
