@@ -5,9 +5,9 @@ plain: one module, no task, no group, no region. For such a device, when no dyna
 group-based batch could match it (the domain's ``DeviceEngine.decides_nothing_on_version``),
 the engine only records what the device said: online, the module's version, the
 later of the last-seen times. Through objects that costs a report decode, a
-``DeviceState`` (read from its bytes or new), the engine's calls and a state encode
-(~8 us of a worker's ~12 per report); here the new state is spliced from the
-report's bytes and the stored state's bytes (~2 us).
+``DeviceState`` (read from its bytes or new), the engine's calls and a state encode;
+here the new state is spliced from the report's bytes and the stored state's bytes
+(the agent's time per report, in-process: ~10.5 us before, ~5.5 us with this path).
 
 It must reach exactly the bytes the object path writes: ``tests/unit/test_plain_reports.py``
 compares the two on generated states and reports. Anything not in the plain layout (a
