@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from otaflow.codec import DecodeError, codec, definition
+from otaflow.codec import HEADER_LEN, DecodeError, codec, definition
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.tasks import Task, TaskStatus
 
@@ -133,6 +133,9 @@ _CHUNK = tuple(bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80)) for n in ran
 _TRUE, _FALSE, _ZERO, _SOME = b"\x01", b"\x00", b"\x00", b"\x02"
 # Keyed by TaskStatus, a str enum: looking a status's plain string up finds it too.
 _STATUS = {TaskStatus(symbol): _WHOLE[i << 1] for i, symbol in enumerate(STATUS_SYMBOLS)}
+# The parts of a plain device state (``_encode_plain``) that are the same for every device.
+NO_TASKS_OR_COUNTS = b"\x00\x00\x00"  # end of modules; empty tasks; empty match counts
+NO_REGION_OR_GROUPS = b"\x00\x00\x00\x00\x00"  # province, city null; three empty lists
 
 
 def _unsigned(n: int) -> bytes:
@@ -213,10 +216,10 @@ def _encode_plain(state: DeviceState) -> bytes:
                 b"\x02",  # modules: one entry
                 repeated(module) or _repeated_string(module),
                 repeated(version) or _repeated_string(version),
-                b"\x00\x00\x00",  # end of modules; no tasks; no match counts
+                NO_TASKS_OR_COUNTS,
                 _long(state.last_seen),
                 _TRUE if state.registered else _FALSE,
-                b"\x00\x00\x00\x00\x00",  # province, city null; three empty name lists
+                NO_REGION_OR_GROUPS,
             )
         )
     parts = [
@@ -236,7 +239,7 @@ def _encode_plain(state: DeviceState) -> bytes:
         b"\x00\x00",  # end of tasks; no match counts
         _long(state.last_seen),
         _TRUE if state.registered else _FALSE,
-        b"\x00\x00\x00\x00\x00",
+        NO_REGION_OR_GROUPS,
     )
     return b"".join(parts)
 
@@ -351,10 +354,6 @@ def decode_device_state(raw: bytes) -> DeviceState:
         raise DecodeError(f"not a device state: {exc}") from exc
 
 
-class _NotPlain(Exception):
-    """Raised inside ``_decode_plain``: the bytes are not the short plain layout."""
-
-
 def read_varint(raw: bytes, pos: int) -> tuple[int, int]:
     """The unsigned varint at ``pos`` (IndexError past the end) and the position after;
     -1 for one wider than 64 bits (cavro reads those as something else: leave them to it)."""
@@ -370,45 +369,69 @@ def read_varint(raw: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _short_string(raw: bytes, pos: int) -> tuple[str, int]:
-    """The string at ``pos`` if it is shorter than 64 bytes (a one-byte length, zig-zag
-    so twice the length), and the position after it."""
-    n = raw[pos]
-    if n & 0x81:
-        raise _NotPlain
-    end = pos + 1 + (n >> 1)
-    return raw[pos + 1 : end].decode(), end
+# (end of the product key, of the device name, of the module, of the version; the
+# last_seen varint as read, unsigned; the position of ``registered``)
+PlainLayout = tuple[int, int, int, int, int, int]
+
+
+def plain_layout(raw: bytes) -> PlainLayout | None:
+    """Where the parts of a plain device state without tasks are, with every string under
+    64 bytes (a one-byte length); None for any other bytes. UTF-8 is not checked.
+
+    The one reader of that layout: the state decoder below, and the byte paths that
+    splice new states from stored ones (``otaflow.plain_reports``, ``plain_starts``).
+    """
+    try:
+        if raw[:HEADER_LEN] != _HEADER:
+            return None
+        n = raw[HEADER_LEN]
+        if n & 0x81:  # a zig-zag length is even; one byte means under 64
+            return None
+        product_end = HEADER_LEN + 1 + (n >> 1)
+        n = raw[product_end]
+        if n & 0x81:
+            return None
+        names_end = product_end + 1 + (n >> 1)
+        if raw[names_end] > 1 or raw[names_end + 1] != 2:  # online; modules: one entry
+            return None
+        n = raw[names_end + 2]
+        if n & 0x81:
+            return None
+        module_end = names_end + 3 + (n >> 1)
+        n = raw[module_end]
+        if n & 0x81:
+            return None
+        version_end = module_end + 1 + (n >> 1)
+        if raw[version_end : version_end + 3] != NO_TASKS_OR_COUNTS:
+            return None
+        last_seen, registered = read_varint(raw, version_end + 3)
+        if last_seen < 0 or raw[registered] > 1 or raw[registered + 1 :] != NO_REGION_OR_GROUPS:
+            return None
+    except IndexError:
+        return None
+    return product_end, names_end, module_end, version_end, last_seen, registered
 
 
 def _decode_plain(raw: bytes) -> DeviceState | None:
-    """The plain device (``_encode_plain``'s layout) with short strings, else None."""
+    """The plain device without tasks, with short strings, else None."""
+    layout = plain_layout(raw)
+    if layout is None:
+        return None
+    product_end, names_end, module_end, version_end, last_seen, registered = layout
     try:
-        if raw[:10] != _HEADER:
-            return None
-        product_key, pos = _short_string(raw, 10)
-        device_name, pos = _short_string(raw, pos)
-        online = raw[pos]
-        if online > 1 or raw[pos + 1] != 2:  # modules: a block of exactly one entry
-            return None
-        module, pos = _short_string(raw, pos + 2)
-        version, pos = _short_string(raw, pos)
-        if raw[pos : pos + 3] != b"\x00\x00\x00":  # end of modules; no tasks, no counts
-            return None
-        value, pos = read_varint(raw, pos + 3)
-        if value < 0:
-            return None
-        registered = raw[pos]
-        if registered > 1 or raw[pos + 1 :] != b"\x00\x00\x00\x00\x00":
-            return None
-    except (_NotPlain, IndexError, UnicodeDecodeError):
+        product_key = raw[HEADER_LEN + 1 : product_end].decode()
+        device_name = raw[product_end + 1 : names_end].decode()
+        module = raw[names_end + 3 : module_end].decode()
+        version = raw[module_end + 1 : version_end].decode()
+    except UnicodeDecodeError:
         return None
     return DeviceState(
         product_key,
         device_name,
-        online=online == 1,
+        online=raw[names_end] == 1,
         modules={module: version},
-        last_seen=(value >> 1) ^ -(value & 1),
-        registered=registered == 1,
+        last_seen=(last_seen >> 1) ^ -(last_seen & 1),
+        registered=raw[registered] == 1,
     )
 
 

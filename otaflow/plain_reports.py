@@ -18,7 +18,14 @@ the object path, which also gives the errors.
 from __future__ import annotations
 
 from otaflow.codec import HEADER_LEN, codec
-from otaflow.hot_codec import DEVICE_STATE_FIELDS, STATE_HEADER, read_varint
+from otaflow.hot_codec import (
+    DEVICE_STATE_FIELDS,
+    NO_REGION_OR_GROUPS,
+    NO_TASKS_OR_COUNTS,
+    STATE_HEADER,
+    plain_layout,
+    read_varint,
+)
 
 _REPORT = codec().schema("DeviceReport")
 REPORT_HEADER = _REPORT.header
@@ -41,8 +48,6 @@ if tuple(f["name"] for f in _REPORT.parsed["fields"]) != _REPORT_FIELDS or DEVIC
 _VERSION_KIND = _KINDS.index("VERSION") << 1  # an enum is its index, zig-zagged
 _NO_STEP_DESC_ID = b"\x00\x00\x00"
 _ONLINE_ONE_MODULE = b"\x01\x02"  # online true; a map block of one entry
-_NO_TASKS_OR_COUNTS = b"\x00\x00\x00"  # end of modules; empty tasks; empty match counts
-_NO_REGION_OR_GROUPS = b"\x00\x00\x00\x00\x00"  # province, city null; three empty lists
 _NOT_REGISTERED = b"\x00"
 
 # (device key, names, product, module, version, event time, event time as written)
@@ -120,31 +125,15 @@ def apply_version(stored: bytes | None, report: VersionReport) -> bytes | None:
         # A new DeviceState's last_seen is 0, and the engine keeps the later time.
         last_seen, registered = now_bytes if now >= 0 else _ZERO_TIME, _NOT_REGISTERED
     else:
-        pos = HEADER_LEN + len(names)
-        module_end = pos + 2 + len(module)
-        try:
-            if (
-                stored[:HEADER_LEN] != STATE_HEADER
-                or stored[HEADER_LEN:pos] != names
-                or stored[pos] > 1  # online
-                or stored[pos + 1] != 2  # modules: one entry
-                or stored[pos + 2 : module_end] != module
-            ):
-                return None
-            n = stored[module_end]
-            if n & 0x81:
-                return None
-            version_end = module_end + 1 + (n >> 1)
-            if stored[version_end : version_end + 3] != _NO_TASKS_OR_COUNTS:
-                return None
-            value, pos = read_varint(stored, version_end + 3)
-            if value < 0 or stored[pos] > 1 or stored[pos + 1 :] != _NO_REGION_OR_GROUPS:
-                return None
-        except IndexError:
+        layout = plain_layout(stored)
+        if layout is None:
             return None
+        _, names_end, module_end, version_end, value, at = layout
+        if stored[HEADER_LEN:names_end] != names or stored[names_end + 2 : module_end] != module:
+            return None  # another device's state, or another module (two would not be plain)
         was = (value >> 1) ^ -(value & 1)
-        last_seen = now_bytes if now >= was else stored[version_end + 3 : pos]
-        registered = stored[pos : pos + 1]
+        last_seen = now_bytes if now >= was else stored[version_end + 3 : at]
+        registered = stored[at : at + 1]
     return b"".join(
         (
             STATE_HEADER,
@@ -152,9 +141,9 @@ def apply_version(stored: bytes | None, report: VersionReport) -> bytes | None:
             _ONLINE_ONE_MODULE,
             module,
             version,
-            _NO_TASKS_OR_COUNTS,
+            NO_TASKS_OR_COUNTS,
             last_seen,
             registered,
-            _NO_REGION_OR_GROUPS,
+            NO_REGION_OR_GROUPS,
         )
     )

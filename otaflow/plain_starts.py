@@ -19,18 +19,15 @@ from dataclasses import dataclass
 from otaflow.codec import HEADER_LEN
 from otaflow.domain.plain_start import PROTOTYPE_NAME, PlainOutcome, PlainStart
 from otaflow.hot_codec import (
-    STATE_HEADER,
     TASK_EVENT_HEADER,
     encode_string,
     encode_task_event,
     encode_task_tail,
-    read_varint,
+    plain_layout,
 )
 
-_NO_TASKS_OR_COUNTS = b"\x00\x00\x00"  # end of modules; empty tasks; empty match counts
 _ONE_TASK = b"\x00\x02"  # end of modules; a task block of one entry
 _END_TASKS_NO_COUNTS = b"\x00\x00"
-_NO_REGION_OR_GROUPS = b"\x00\x00\x00\x00\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,38 +52,12 @@ class StartSplicer:
     def apply(self, key: str, raw: bytes) -> bytes | None:
         """The device's new state (``raw`` itself when START leaves it as it is), or None:
         the engine must see this device."""
-        try:
-            if raw[:HEADER_LEN] != STATE_HEADER:
-                return None
-            n = raw[HEADER_LEN]
-            if n & 0x81:  # one-byte lengths only (under 64 bytes), as plain_reports
-                return None
-            product_end = HEADER_LEN + 1 + (n >> 1)
-            n = raw[product_end]
-            if n & 0x81:
-                return None
-            names_end = product_end + 1 + (n >> 1)
-            if raw[names_end] > 1 or raw[names_end + 1] != 2:  # online; one module
-                return None
-            n = raw[names_end + 2]
-            if n & 0x81:
-                return None
-            module_end = names_end + 3 + (n >> 1)
-            n = raw[module_end]
-            if n & 0x81:
-                return None
-            version_end = module_end + 1 + (n >> 1)
-            if raw[version_end : version_end + 3] != _NO_TASKS_OR_COUNTS:
-                return None
-            last_seen, registered = read_varint(raw, version_end + 3)  # kept as it is
-            if last_seen < 0 or raw[registered] > 1:
-                return None
-            if raw[registered + 1 :] != _NO_REGION_OR_GROUPS:
-                return None
-            if raw[HEADER_LEN:product_end] != self._product:
-                return None  # the scan's prefix says the product; the state must agree
-        except IndexError:
+        layout = plain_layout(raw)
+        if layout is None:
             return None
+        product_end, names_end, module_end, version_end, _, registered = layout
+        if raw[HEADER_LEN:product_end] != self._product:
+            return None  # the scan's prefix says the product; the state must agree
         kind = raw[names_end:version_end] + raw[registered : registered + 1]
         if kind in self._templates:
             template = self._templates[kind]
