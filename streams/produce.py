@@ -31,21 +31,12 @@ def produce_all(
     again once it drains, after the others: callers send distinct keys, so their order
     between keys does not matter.
     """
-    unassigned = -1  # librdkafka's partitioner picks (by key)
+    target = -1 if partition is None else partition  # -1: librdkafka's partitioner picks
     while messages:
         if on_last_delivery is not None:
             messages[-1]["callback"] = on_last_delivery
-        if on_delivery is None:
-            producer.produce_batch(
-                topic, messages, partition=unassigned if partition is None else partition
-            )
-        else:
-            producer.produce_batch(
-                topic,
-                messages,
-                partition=unassigned if partition is None else partition,
-                on_delivery=on_delivery,
-            )
+        # on_delivery None: only the messages' own callbacks report.
+        producer.produce_batch(topic, messages, partition=target, on_delivery=on_delivery)
         refused = [m for m in messages if "_error" in m]
         for m in refused:
             error = m.pop("_error")

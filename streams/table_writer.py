@@ -9,7 +9,7 @@ the write path:
   1. put every changed key of an envelope into the partition's RocksDB in one
      ``WriteBatch``;
   2. produce the changelog records with confluent-kafka (a C producer, ~2 us each),
-     only the last of a write asking for its delivery report (see ``write``);
+     only the last of each produce round asking for its delivery report (see ``write``);
   3. ``flush()`` before the agent moves on, so no source offset is committed by
      Faust before the changelog that reflects it is acknowledged;
   4. record the last changelog offset as Faust's "persisted offset", so a restart on
