@@ -161,10 +161,7 @@ class EnvelopeRun:
                 reason = f"corrupt DeviceReport body: {exc}"
                 self.dead.append((self._source(source_partition, offset), reason, item))
                 return
-            now = report["event_time"]
-            if now > self.view.watermark:
-                self.view.watermark = now
-                self.meta_dirty = True
+            self._saw(report["event_time"])
             self.engine.report(report, self.fx)
             return
         try:
@@ -180,9 +177,8 @@ class EnvelopeRun:
             return
         self._nothing_to_decide.clear()  # a batch or group may have changed
         now = record.get("event_time")
-        if isinstance(now, int) and now > self.view.watermark:
-            self.view.watermark = now
-            self.meta_dirty = True
+        if isinstance(now, int):
+            self._saw(now)
         self.engine.apply(name, record, self.fx)
         partition = self.view.partition
         if name == "BatchControl":
@@ -213,10 +209,14 @@ class EnvelopeRun:
         deadlines = self.engine.deadlines
         if deadlines is not None:
             deadlines.note(key, None)
+        self._saw(now)
+        return True
+
+    def _saw(self, now: int) -> None:
+        """A record at event time ``now`` was applied: the partition's time moves on."""
         if now > self.view.watermark:
             self.view.watermark = now
             self.meta_dirty = True
-        return True
 
     def _source(self, source_partition: int, offset: int) -> str:
         """Where a dead-lettered item came from (built only for those)."""
