@@ -9,10 +9,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint unit integration up down status bench bench-smoke clean
 
+# compat: the editable install puts the repository on sys.path, as the flat layout needs,
+# without setuptools' warning about folders shadowing the package.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 # The Python environment, then Kafka (jars from Maven Central, once) and Mosquitto.

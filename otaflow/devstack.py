@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from otaflow import config, topics
+from otaflow import config, system_packages, topics
 
 KAFKA_VERSION = "4.1.1"
 SCALA_VERSION = "2.13"
@@ -616,52 +616,18 @@ def _up_kafka(settings: config.Settings) -> str:
 # --------------------------------------------------------------------------- Mosquitto
 
 
-def _mosquitto() -> str | None:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+def _ensure_programs() -> None:
+    try:
+        system_packages.ensure()
+    except system_packages.SystemPackageError as exc:
+        raise DevstackError(str(exc)) from exc
 
 
 def _ensure_mosquitto() -> str:
-    found = _mosquitto()
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise DevstackError(
-            "`mosquitto` not found and we are not root, so it cannot be installed: "
-            "run `sudo apt-get install -y mosquitto` (or your system's equivalent), "
-            "or set OTAFLOW_MQTT_URL to a broker you run yourself."
-        )
-    if not shutil.which("apt-get"):
-        raise DevstackError(
-            "`mosquitto` not found and there is no apt-get to install it with; install it "
-            "yourself or set OTAFLOW_MQTT_URL to a broker you run yourself."
-        )
-    print("devstack: installing mosquitto with apt-get ...", file=sys.stderr, flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "mosquitto"],
-    ):
-        try:
-            result = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=600, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise DevstackError(f"`{' '.join(cmd)}` did not finish in 600s") from exc
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).strip().splitlines()[-20:]
-            raise DevstackError(
-                f"`{' '.join(cmd)}` failed (exit {result.returncode}), so mosquitto "
-                "could not be installed:\n  " + "\n  ".join(output)
-            )
-    found = _mosquitto()
+    _ensure_programs()
+    found = system_packages.find("mosquitto")
     if not found:
-        raise DevstackError("apt-get installed mosquitto, yet no mosquitto binary was found")
+        raise DevstackError("no mosquitto binary was found after installing it")
     return found
 
 
@@ -768,6 +734,9 @@ def up() -> DevStack:
     """Make sure Kafka and MQTT answer; start the ones that don't. Idempotent."""
     settings = config.load()
     with _locked():
+        # Every program the tests and benchmarks call, even with brokers given in the
+        # environment (the egress benchmark's mosquitto_sub is needed either way).
+        _ensure_programs()
         kafka = _up_kafka(settings)
         mqtt = _up_mqtt(settings)
     return DevStack(kafka_bootstrap=kafka, mqtt_url=mqtt)

@@ -31,6 +31,23 @@ from streams.produce import produce_all
 log = logging.getLogger("otaflow.table_writer")
 
 
+class _KnownExperimentalNotice(logging.Filter):
+    """Drops librdkafka's start-up notice that ``enable.gapless.guarantee`` is experimental.
+
+    We set it on purpose (see ``TableWriter``); printed on every worker start it was noise
+    that hid real warnings. Every other librdkafka log line passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("CONFWARN" in message and "enable.gapless.guarantee is experimental" in message)
+
+
+# librdkafka's own log lines reach Python logging through this logger (served by poll).
+librdkafka_log = logging.getLogger("otaflow.librdkafka")
+librdkafka_log.addFilter(_KnownExperimentalNotice())
+
+
 class ChangelogError(RuntimeError):
     pass
 
@@ -55,6 +72,7 @@ class TableWriter:
                 # experimental; it is the documented way to make gaps fatal.)
                 "enable.gapless.guarantee": True,
                 "error_cb": self._on_error,
+                "logger": librdkafka_log,
             }
         )
         self._persisted: dict[int, int] = {}
