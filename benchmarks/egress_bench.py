@@ -319,13 +319,16 @@ def run(
     produce_s = produce(settings, pk, n)
     ends = end_offsets(settings)
     assert sum(ends) == n, f"expected {n} records, the topic has {sum(ends)}"
-    subscriber = Subscriber(settings, pk, qos)
-    watcher = CommitWatcher(settings)
+    subscriber: Subscriber | None = None
+    watcher: CommitWatcher | None = None
     egresses: list[subprocess.Popen[bytes]] = []
     broker = broker_pid(settings)
     acked: list[tuple[float, int]] = []  # (time, committed offsets): PUBACKed, in order
     received: list[tuple[float, int]] = []  # (time, distinct offers the subscriber got)
     try:
+        # Inside the try: a run that cannot start its instruments still deletes its topics.
+        subscriber = Subscriber(settings, pk, qos)
+        watcher = CommitWatcher(settings)
         subscriber.wait_subscribed()
         broker_cpu = cpu_seconds(broker) if broker else 0.0
         subscriber_cpu = cpu_seconds(subscriber.proc.pid)
@@ -361,8 +364,10 @@ def run(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        subscriber.close()
-        watcher.close()
+        if subscriber is not None:
+            subscriber.close()
+        if watcher is not None:
+            watcher.close()
         delete_deployment_topics(settings.kafka_bootstrap, settings)
     first_ack = next(t for t, c in acked if c > 0)
     acked_rate = rate_between(acked, n, 0.1, 0.9)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -38,11 +39,24 @@ SMOKE = {
 SCENARIOS = ("ingest", "fan-out", "state", "recovery", "rollout", "latency", "egress", "scale-out")
 
 
+class ScenariosFailed(RuntimeError):
+    """Some scenarios failed; the others ran and their figures were printed and saved."""
+
+    def __init__(self, failures: dict[str, str], results: list[ScenarioResult]) -> None:
+        super().__init__("; ".join(f"{name}: {error}" for name, error in failures.items()))
+        self.failures = failures
+        self.results = results
+
+
 def run(
     names: list[str], sizes: dict[str, int], out_dir: Path = RESULTS_DIR
 ) -> list[ScenarioResult]:
+    """Run ``names``; a failing scenario does not stop the others (each cleans up its own
+    deployment), the summary is printed either way, then :class:`ScenariosFailed` is raised
+    if any failed."""
     console = Console()
     results: list[ScenarioResult] = []
+    failures: dict[str, str] = {}
 
     def keep(result: ScenarioResult) -> None:
         json_path, png_path = save(result, out_dir)
@@ -51,49 +65,80 @@ def run(
         )
         results.append(result)
 
+    def attempt(name: str, scenario: Callable[[], None]) -> None:
+        try:
+            scenario()
+        except Exception as exc:
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            console.print(f"[red]✗[/] {name}: {failures[name]}", markup=False)
+
     n = sizes["devices"]
     fleet_scenarios = {"ingest", "fan-out", "state", "recovery"} & set(names)
     if fleet_scenarios:
-        # The ingest figure is the median of several runs, each on a fresh deployment; the
-        # last run's fleet stays for the scenarios that need 1,000,000 devices in place.
-        runs: list[ScenarioResult] = []
-        for _ in range(sizes["ingest_runs"] - 1):
-            result, extra = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
-            extra.close()
-            runs.append(result)
-        last, d = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
-        ingest_result = scenarios.median_ingest([*runs, last])
-        try:
-            if "ingest" in names:
-                keep(ingest_result)
-            if "state" in names:
-                keep(scenarios.state(n, d))
-            if "recovery" in names:
-                keep(scenarios.recovery(n, d))
-            if "fan-out" in names:
-                keep(scenarios.fan_out(n, d))
-        finally:
-            d.close()
+        attempt("ingest", lambda: fleet(names, n, sizes, keep, attempt))
     if "scale-out" in names:
-        two, d2 = scenarios.ingest(n, workers=2, pass_through_runs=0)
-        try:
-            one = next((r for r in results if r.scenario == "ingest"), None)
-            if one is not None:
-                single = one.figures[0].value
-                two.add("speed-up over 1 worker", two.figures[0].value / single, "x")
-            keep(two)
-            # The same fleet, started over by two workers: each scans its own partitions.
-            keep(scenarios.fan_out(n, d2, name="fan-out-2w"))
-        finally:
-            d2.close()
+        attempt("scale-out", lambda: scale_out(n, results, keep, attempt))
     if "rollout" in names:
-        keep(scenarios.rollout(sizes["rollout"]))
+        attempt("rollout", lambda: keep(scenarios.rollout(sizes["rollout"])))
     if "latency" in names:
-        keep(scenarios.latency(sizes["latency"]))
+        attempt("latency", lambda: keep(scenarios.latency(sizes["latency"])))
     if "egress" in names:
-        keep(egress_scenario(sizes))
+        attempt("egress", lambda: keep(egress_scenario(sizes)))
     print_summary(results, console)
+    if failures:
+        for name, error in failures.items():
+            console.print(f"FAILED {name}: {error}", markup=False)
+        raise ScenariosFailed(failures, results)
     return results
+
+
+def fleet(
+    names: list[str],
+    n: int,
+    sizes: dict[str, int],
+    keep: Callable[[ScenarioResult], None],
+    attempt: Callable[[str, Callable[[], None]], None],
+) -> None:
+    """Ingest, then the scenarios that need its fleet in place (state, recovery, fan-out)."""
+    # The ingest figure is the median of several runs, each on a fresh deployment; the
+    # last run's fleet stays for the scenarios that need 1,000,000 devices in place.
+    runs: list[ScenarioResult] = []
+    for _ in range(sizes["ingest_runs"] - 1):
+        result, extra = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
+        extra.close()
+        runs.append(result)
+    last, d = scenarios.ingest(n, pass_through_runs=sizes["pass_through_runs"])
+    ingest_result = scenarios.median_ingest([*runs, last])
+    try:
+        if "ingest" in names:
+            keep(ingest_result)
+        if "state" in names:
+            attempt("state", lambda: keep(scenarios.state(n, d)))
+        if "recovery" in names:
+            attempt("recovery", lambda: keep(scenarios.recovery(n, d)))
+        if "fan-out" in names:
+            attempt("fan-out", lambda: keep(scenarios.fan_out(n, d)))
+    finally:
+        d.close()
+
+
+def scale_out(
+    n: int,
+    results: list[ScenarioResult],
+    keep: Callable[[ScenarioResult], None],
+    attempt: Callable[[str, Callable[[], None]], None],
+) -> None:
+    two, d2 = scenarios.ingest(n, workers=2, pass_through_runs=0)
+    try:
+        one = next((r for r in results if r.scenario == "ingest"), None)
+        if one is not None:
+            single = one.figures[0].value
+            two.add("speed-up over 1 worker", two.figures[0].value / single, "x")
+        keep(two)
+        # The same fleet, started over by two workers: each scans its own partitions.
+        attempt("fan-out-2w", lambda: keep(scenarios.fan_out(n, d2, name="fan-out-2w")))
+    finally:
+        d2.close()
 
 
 def egress_scenario(sizes: dict[str, int]) -> ScenarioResult:
@@ -139,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes["rollout"] = min(sizes["rollout"], args.devices)
     names = list(SCENARIOS) if args.scenario in ("all", "smoke") else [args.scenario]
     out = args.out / "smoke" if args.scenario == "smoke" and args.out == RESULTS_DIR else args.out
-    run(names, sizes, out)
+    try:
+        run(names, sizes, out)
+    except ScenariosFailed:
+        return 1
     return 0
 
 
