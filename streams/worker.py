@@ -53,6 +53,9 @@ def main(with_batcher: bool = True) -> int:
 
     level = config_log_level()
     worker = Worker(app, loglevel=level, quiet=True)
+    if not sys.stdout.isatty():
+        # Faust's start-up spinner writes cursor escape codes even into a log file.
+        worker.spinner = None
     worker.execute_from_commandline()
     return 0
 
