@@ -36,7 +36,17 @@ SMOKE = {
     "ingest_runs": 1,
     "egress_runs": 1,
 }
-SCENARIOS = ("ingest", "fan-out", "state", "recovery", "rollout", "latency", "egress", "scale-out")
+SCENARIOS = (
+    "ingest",
+    "fan-out",
+    "state",
+    "recovery",
+    "failover",
+    "rollout",
+    "latency",
+    "egress",
+    "scale-out",
+)
 
 
 class ScenariosFailed(RuntimeError):
@@ -78,6 +88,8 @@ def run(
         attempt("ingest", lambda: fleet(names, n, sizes, keep, attempt))
     if "scale-out" in names:
         attempt("scale-out", lambda: scale_out(n, results, keep, attempt))
+    if "failover" in names:
+        attempt("failover", lambda: keep(scenarios.failover(min(n, 20_000))))
     if "rollout" in names:
         attempt("rollout", lambda: keep(scenarios.rollout(sizes["rollout"])))
     if "latency" in names:

@@ -67,6 +67,7 @@ from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
 from connectors.process import start_process
+from otaflow import membership
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
 from otaflow.topics import DEAD_LETTERS, NOTIFICATIONS
@@ -170,6 +171,8 @@ class EgressConnector:
                 "client.id": self.client_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                # A dead egress's partitions move in seconds, not librdkafka's 45 s.
+                **membership.librdkafka_group_settings(None, "egress"),
             }
         )
         self._consumer = consumer

@@ -12,7 +12,7 @@ from typing import Any
 import faust
 from mode import CrashingSupervisor
 
-from otaflow import config, topics
+from otaflow import config, membership, topics
 from streams import fetch_tuning
 
 fetch_tuning.apply()
@@ -51,6 +51,14 @@ app = faust.App(
     producer_max_batch_size=1_048_576,
     producer_max_request_size=8_388_608,
     consumer_max_fetch_size=8_388_608,
+    # A killed worker costs seconds, not Faust's 60 s session: a short session, and a
+    # static member id kept in the state directory, so a restart takes its partitions
+    # back without a rebalance (otaflow.membership says why).
+    broker_session_timeout=membership.session_timeout_s(),
+    broker_heartbeat_interval=membership.heartbeat_interval_s(),
+    consumer_group_instance_id=membership.instance_id(_datadir, "worker"),
+    # Faust's own pauses 1 s at start for tables that are all declared by then.
+    TableManager="streams.table_manager:PromptTableManager",
 )
 
 log = logging.getLogger("otaflow.worker")

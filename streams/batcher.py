@@ -29,11 +29,12 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from otaflow import topics
+from otaflow import membership, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.partitioning import partition_for
@@ -96,7 +97,9 @@ class Router:
 
 
 class ReportBatcher:
-    def __init__(self, settings: Settings, group_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, group_id: str | None = None, state_dir: Path | None = None
+    ) -> None:
         self.settings = settings
         self.codec = codec()
         self.source = topics.DEVICE_REPORTS.full_name(settings)
@@ -116,6 +119,9 @@ class ReportBatcher:
                 "partition.assignment.strategy": "range",
                 "fetch.max.bytes": 16 * 1024 * 1024,
                 "queued.max.messages.kbytes": 65536,
+                # Seconds, not 45, when a batcher dies; its worker's id when restarted
+                # (otaflow.membership).
+                **membership.librdkafka_group_settings(state_dir, "batcher"),
             }
         )
         self.producer = Producer(
@@ -222,7 +228,7 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ReportBatcher(settings).run(stop)
+    ReportBatcher(settings, state_dir=config.data_dir() / settings.app_id).run(stop)
     return 0
 
 

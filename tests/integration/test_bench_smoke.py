@@ -20,7 +20,7 @@ def test_every_scenario_completes_and_writes_its_figures(tmp_path: Path) -> None
     results = run(list(SCENARIOS), dict(SMOKE), tmp_path)
     names = {r.scenario for r in results}
     assert {"ingest", "fan-out", "state", "recovery", "rollout", "latency"} <= names
-    assert {"ingest-2w", "fan-out-2w"} <= names
+    assert {"ingest-2w", "fan-out-2w", "failover"} <= names
     for result in results:
         assert result.figures, f"{result.scenario} produced no figures"
         data = json.loads((tmp_path / f"{result.scenario}.json").read_text())

@@ -91,3 +91,37 @@ def test_killed_worker_on_a_fresh_machine_recovers_state_from_kafka(otaflow: Ota
             first_push.setdefault(e["task_id"], e["event_time"])
     per_minute = Counter((t - T0) // MINUTE for t in first_push.values())
     assert per_minute == {0: RATE, 1: RATE, 2: RATE}
+
+
+def test_killed_worker_restarted_on_its_state_takes_its_partitions_back(
+    otaflow: Otaflow,
+) -> None:
+    """SIGKILL, no leave and no last commit: the worker comes back as the same static group
+    member (its id is kept in its state directory), so it is not kept waiting for its dead
+    self's session; no task is lost and first pushes keep the rate."""
+    start_rollout(otaflow, "pkKillKeep")
+    tick_minute(otaflow, 0)
+    events = otaflow.task_events()
+    events.wait_for(lambda v: sum(e["status"] == "NOTIFIED" for e in v) == RATE, what="minute 0")
+    member_ids = sorted(p.read_text() for p in (otaflow.tmp / "data").rglob("group-instance-id"))
+    assert member_ids
+
+    otaflow.stop("worker", kill=True)
+    otaflow.start_worker()
+    tick_minute(otaflow, 1)
+    tick_minute(otaflow, 2)
+    events.wait_for(
+        lambda v: len({e["task_id"] for e in v if e["status"] == "NOTIFIED"}) == DEVICES,
+        timeout=180,
+        what="all notified",
+    )
+    assert (
+        sorted(p.read_text() for p in (otaflow.tmp / "data").rglob("group-instance-id"))
+        == member_ids
+    )
+    first_push: dict[str, int] = {}
+    for e in events.values():
+        if e["status"] == "NOTIFIED":
+            first_push.setdefault(e["task_id"], e["event_time"])
+    per_minute = Counter((t - T0) // MINUTE for t in first_push.values())
+    assert per_minute == {0: RATE, 1: RATE, 2: RATE}
