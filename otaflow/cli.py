@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 import time
@@ -19,9 +20,11 @@ from typing import Any
 
 from otaflow import config, devstack, plan_cli, topics
 from otaflow.processes import COMPONENTS, ProcessGroup
+from otaflow.supervision import Supervisor
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s otaflow up: %(message)s")
     stack = devstack.up()
     settings = config.load()
     env = {"OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "OTAFLOW_MQTT_URL": stack.mqtt_url}
@@ -40,14 +43,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     with ProcessGroup(env) as group:
-        for name in COMPONENTS:
-            group.start(name)
+        # A component that exits is started again on its own (with backoff), never
+        # taking the others down with it (otaflow.supervision).
+        supervisor = Supervisor(group, list(COMPONENTS))
+        supervisor.start_all()
         while not stopping:
-            exited = group.exited()
-            if exited:
-                print(f"otaflow up: a process stopped: {exited}; stopping the rest", flush=True)
-                return 1
-            time.sleep(0.5)
+            supervisor.check()
+            time.sleep(0.2)
         print("otaflow up: stopping", flush=True)
     return 0
 
