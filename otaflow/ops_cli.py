@@ -1,4 +1,4 @@
-"""``otaflow firmware|batch|task|device|group``: the OTA OpenAPI from the command line.
+"""``otaflow product|firmware|batch|task|device|group``: the OTA OpenAPI from the command line.
 
 Every subcommand is one or a few calls of otaflow's HTTP API, signed with
 ACS3-HMAC-SHA256 exactly like the official SDK (``otaflow.api.signature``). Results
@@ -13,6 +13,7 @@ Where to call and as whom (flags, else environment):
 
 Examples::
 
+    otaflow product create smart_lock
     otaflow device register a1Prod dev001 --province Zhejiang --city Hangzhou
     otaflow device import a1Prod devices.csv          # name[,nickname[,province[,city]]]
     otaflow group create north_fleet
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import sys
@@ -41,6 +43,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from otaflow import config
@@ -98,6 +101,16 @@ class OpsClient:
             raise ApiCallError(err.get("Code", f"HTTP{exc.code}"), err.get("Message", "")) from None
         except urllib.error.URLError as exc:
             raise ApiCallError("ConnectionFailed", f"{self.endpoint}: {exc.reason}") from None
+        except (OSError, http.client.HTTPException) as exc:  # reset, timeout, not HTTP
+            raise ApiCallError("ConnectionFailed", f"{self.endpoint}: {exc}") from None
+        except ValueError:
+            raise ApiCallError(
+                "NotTheOtaApi", f"{self.endpoint} answered, but not as otaflow's OpenAPI"
+            ) from None
+        if not isinstance(body, dict):
+            raise ApiCallError(
+                "NotTheOtaApi", f"{self.endpoint} answered, but not as otaflow's OpenAPI"
+            )
         if body.get("Success") is False:
             raise ApiCallError(str(body.get("Code")), str(body.get("ErrorMessage")))
         return body
@@ -156,6 +169,14 @@ def _list(name: str, values: Sequence[str] | None) -> dict[str, str]:
 
 # -- subcommands -------------------------------------------------------------------------------
 
+# A package's verification status, by name (the API answers the platform's numbers).
+FIRMWARE_STATUS: dict[Any, str] = {
+    0: "unverified",
+    1: "verified",
+    2: "verifying",
+    3: "verify failed",
+}
+
 Out = Callable[[Any], None]
 
 
@@ -188,7 +209,10 @@ def firmware_upload(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
 def firmware_list(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     params = {"CurrentPage": a.page, "PageSize": a.page_size, "ProductKey": a.product}
     body = c.call("ListOTAFirmware", {k: v for k, v in params.items() if v is not None})
-    rows = body["FirmwareInfo"]["SimpleFirmwareInfo"]
+    rows = [
+        {**row, "Status": FIRMWARE_STATUS.get(row.get("Status"), row.get("Status"))}
+        for row in body["FirmwareInfo"]["SimpleFirmwareInfo"]
+    ]
     cols = ["FirmwareId", "FirmwareName", "ProductKey", "ModuleName", "DestVersion", "Status"]
     out(_table(f"firmware ({body['Total']})", rows, cols))
     return body
@@ -357,6 +381,19 @@ def task_cancel(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
         params["JobId"] = a.job
     body = c.call("CancelOTATaskByDevice", params)
     out(f"canceled the pending tasks of {len(a.devices)} device(s)")
+    return body
+
+
+def product_create(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
+    params = {"ProductName": a.name, "NodeType": 0, "Description": a.desc}
+    body = c.call("CreateProduct", {k: v for k, v in params.items() if v is not None})
+    out(_pairs("product created", body["Data"]))
+    return body
+
+
+def product_show(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
+    body = c.call("QueryProduct", {"ProductKey": a.product_key})
+    out(_pairs(a.product_key, body["Data"]))
     return body
 
 
@@ -539,6 +576,15 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--firmware", required=True)
     p.add_argument("--job")
 
+    product = subparsers.add_parser("product", help="products").add_subparsers(
+        dest="product_command", required=True
+    )
+    p = _command(product, "create", product_create, "create a product (devices belong to one)")
+    p.add_argument("name", help="4-30 letters, digits or '_'")
+    p.add_argument("--desc")
+    p = _command(product, "show", product_show, "show one product")
+    p.add_argument("product_key")
+
     device = subparsers.add_parser("device", help="the device registry").add_subparsers(
         dest="device_command", required=True
     )
@@ -580,6 +626,11 @@ def client_from(args: argparse.Namespace) -> OpsClient:
     return OpsClient(endpoint, key_id, secret)
 
 
+def _error(message: str) -> None:
+    """One line on stderr, however long (never wrapped: scripts grep it)."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error[/red] {escape(message)}")
+
+
 def run(
     func: Callable[[OpsClient, argparse.Namespace, Out], Any],
     args: argparse.Namespace,
@@ -595,7 +646,15 @@ def run(
         if as_json:
             print(json.dumps({"Success": False, "Code": exc.code, "ErrorMessage": exc.message}))
         else:
-            Console(stderr=True).print(f"[red]error[/red] {exc.code}: {exc.message}")
+            _error(f"{exc.code}: {exc.message}")
+        return EXIT_REFUSED
+    except OSError as exc:  # a file to upload or import that is missing or unreadable
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+        if as_json:
+            print(json.dumps({"Success": False, "Code": "LocalFile", "ErrorMessage": message}))
+        else:
+            _error(message)
         return EXIT_REFUSED
     if as_json:
         print(json.dumps(body, indent=2, ensure_ascii=False))
