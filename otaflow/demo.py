@@ -13,10 +13,12 @@ import hashlib
 import os
 import random
 import shutil
+import socket
 import time
 import uuid
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -28,7 +30,7 @@ from benchmarks.fleet import SimulatedFleet
 from otaflow import config, devstack, topics
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
-from otaflow.packages import PackageStore
+from otaflow.packages import PackageStore, package_dir
 from otaflow.processes import ProcessGroup
 
 FINAL = ("SUCCEEDED", "FAILED", "CANCELED")
@@ -92,21 +94,39 @@ def progress_table(board: TaskBoard, devices: int, started: float) -> Table:
 def run(devices: int, rate: int, fail_ratio: float, timeout_s: float, keep: bool = False) -> int:
     console = Console()
     stack = devstack.up()
+    base = config.load()
+    # The configured ports when free, else any free ones: a demo must not fail because
+    # `otaflow up` (or anything else) already serves 8080/8081.
+    api_port = port_or_free(base.api_port)
+    package_port = port_or_free(base.package_port, avoid=api_port)
     settings = replace(
-        topics.scratch_settings(config.load(), "demo"),
+        topics.scratch_settings(base, "demo"),
         kafka_bootstrap=stack.kafka_bootstrap,
         mqtt=config.MqttAddress.parse(stack.mqtt_url),
         partitions=4,
+        api_port=api_port,
+        package_port=package_port,
+        package_base_url=f"http://127.0.0.1:{package_port}",
     )
+    tag = time.strftime("%Y%m%d%H%M%S")
+    log_dir = config.cache_dir() / "demo" / tag
+    status = 1
     try:
-        return _run(console, stack, settings, devices, rate, fail_ratio, timeout_s)
+        status = _run(console, stack, settings, devices, rate, fail_ratio, timeout_s, tag, log_dir)
+        return status
     finally:
         if keep:
             console.print(f"topics kept under the prefix {settings.topic_prefix}")
         else:
-            # A demo is a throwaway deployment: leave the broker and the disk as we found them.
+            # A demo is a throwaway deployment: leave the broker and the disk as we found them
+            # (its logs too, unless something went wrong and they are worth reading).
             topics.delete_deployment_topics(settings.kafka_bootstrap, settings)
             shutil.rmtree(config.data_dir() / settings.app_id, ignore_errors=True)
+            shutil.rmtree(package_dir() / "demo" / tag, ignore_errors=True)
+            if status == 0:
+                shutil.rmtree(log_dir, ignore_errors=True)
+            else:
+                console.print(f"logs kept in {log_dir}")
 
 
 def _run(
@@ -117,8 +137,9 @@ def _run(
     rate: int,
     fail_ratio: float,
     timeout_s: float,
+    tag: str,
+    log_dir: Path,
 ) -> int:
-    tag = time.strftime("%Y%m%d%H%M%S")
     env = {
         "OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "OTAFLOW_MQTT_URL": stack.mqtt_url,
@@ -126,9 +147,11 @@ def _run(
         "OTAFLOW_APP_ID": settings.app_id,
         "OTAFLOW_PARTITIONS": str(settings.partitions),
         "OTAFLOW_ACCESS_KEYS": os.environ.get("OTAFLOW_ACCESS_KEYS", "demo:demo-secret"),
+        "OTAFLOW_API_PORT": str(settings.api_port),
+        "OTAFLOW_PACKAGE_PORT": str(settings.package_port),
+        "OTAFLOW_PACKAGE_BASE_URL": settings.package_base_url,
     }
     topics.ensure_topics(settings.kafka_bootstrap, settings)
-    log_dir = config.cache_dir() / "demo" / tag
     console.print(
         f"[bold]otaflow demo[/] · Kafka {stack.kafka_bootstrap} · MQTT {stack.mqtt_url}"
         f" · logs {log_dir}"
@@ -205,6 +228,21 @@ def _run(
         board.close()
         counts = board.counts()
         return 0 if sum(counts[s] for s in FINAL) >= devices else 1
+
+
+def port_or_free(port: int, avoid: int | None = None) -> int:
+    """``port`` if nothing listens on it (and it is not ``avoid``), else a free one."""
+    if port != avoid:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                pass
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free: int = probe.getsockname()[1]
+        return free
 
 
 def stack_host(stack: devstack.DevStack) -> str:
