@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from otaflow.control import errors as E
 from otaflow.control.common import (
@@ -32,7 +32,55 @@ MAX_MODULES_PER_PRODUCT = 10
 
 # Firmware.verify_status (see schemas/otaflow.Firmware.avsc) -> the API's Status.
 _STATUS_OF_VERIFY = {0: 0, 1: 2, 2: 1, 3: 3}
-VERIFYING, VERIFIED = 1, 2
+UNVERIFIED, VERIFYING, VERIFIED, VERIFY_FAILED = 0, 1, 2, 3
+#: The console's limit for one package file over HTTPS.
+MAX_PACKAGE_BYTES = 1000 * 1024 * 1024
+#: Task statuses that end a verification device's part.
+_NOT_SUCCEEDED = frozenset({"FAILED", "CANCELED"})
+
+
+class StoredFile(Protocol):
+    """What the package store knows of an uploaded file (``otaflow.packages.StoredPackage``)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def md5(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+def verification_status(target_count: int, outcomes: Mapping[str, str]) -> int:
+    """A verifying package's status from its verification devices' task outcomes
+    (device name -> terminal task status): the first device that does not succeed fails
+    it; it is verified once every target device succeeded; until then it is verifying."""
+    if any(status in _NOT_SUCCEEDED for status in outcomes.values()):
+        return VERIFY_FAILED
+    succeeded = sum(1 for status in outcomes.values() if status == "SUCCEEDED")
+    if target_count > 0 and succeeded >= target_count:
+        return VERIFIED
+    return VERIFYING
+
+
+def begin_verification(firmware: Record, job_id: str, now: int) -> Record:
+    """The package once its verification batch ``job_id`` is created (CreateOTAVerifyJob)."""
+    if firmware["verify_status"] == VERIFIED:
+        raise ApiError(E.FIRMWARE_ALREADY_VERIFIED, "The update package is already verified.")
+    if firmware["verify_status"] == VERIFYING:
+        raise ApiError(
+            E.FIRMWARE_VERIFYING,
+            "The update package is being verified; wait for its verification batch "
+            f"{firmware.get('verify_job_id')} to end, or cancel it.",
+        )
+    return dict(
+        firmware,
+        verify_status=VERIFYING,
+        verify_job_id=job_id,
+        verify_outcomes={},
+        updated_at=now,
+    )
 
 
 def firmware_status(record: Record) -> int:
@@ -49,6 +97,10 @@ def firmware_usable(record: Record) -> bool:
 
 class FirmwareOps(OpsBase):
     file_path_of: Callable[[str], str]
+    # The stored file at a package-store path, or None when nothing is stored there.
+    # None as a whole: no package store attached (pure unit tests of other rules); the
+    # caller's FirmwareSign and FirmwareSize are then taken as declared.
+    stored_file: Callable[[str], StoredFile | None] | None
 
     # -- packages ---------------------------------------------------------------------
 
@@ -77,10 +129,6 @@ class FirmwareOps(OpsBase):
         sign_method = (opt_str(p, "SignMethod") or "MD5").upper()
         if sign_method not in ("MD5", "SHA256"):
             raise invalid("SignMethod", "must be MD5 or SHA256")
-        sign = req_str(p, "FirmwareSign")
-        size = opt_int(p, "FirmwareSize", 0) or 0
-        if size < 0:
-            raise invalid("FirmwareSize", "must not be negative")
         module = opt_str(p, "ModuleName") or "default"
         if module != "default" and self.store.get(f"module/{product_key}/{module.lower()}") is None:
             raise ApiError(E.MODULE_NOT_FOUND, f"The OTA module {module} does not exist.")
@@ -91,8 +139,10 @@ class FirmwareOps(OpsBase):
         if udi is not None and len(udi) > 4096:
             raise invalid("Udi", "at most 4096 characters")
         self._unique_firmware_name(product_key, name, None)
+        file_path = self.file_path_of(url)
+        sign, size, md5 = self._package_file_facts(p, file_path, sign_method)
         firmware_id = derived_id(request_id, "firmware")
-        record = {
+        record: Record = {
             "firmware_id": firmware_id,
             "product_key": product_key,
             "name": name,
@@ -103,15 +153,17 @@ class FirmwareOps(OpsBase):
             "size": size,
             "sign": sign,
             "sign_method": sign_method,
-            "md5": sign if sign_method == "MD5" else None,
-            "file_path": self.file_path_of(url),
+            "md5": md5,
+            "file_path": file_path,
             "url": url,
             "description": desc,
             "udi": udi,
-            # The platform defaults NeedToVerify to true; otaflow defaults to false
-            # (no verification devices in most deployments). Pass true to require it.
-            "need_to_verify": opt_bool(p, "NeedToVerify", False),
-            "verify_status": 0,
+            # The platform's default: a package must be verified before batch updates
+            # unless the caller says NeedToVerify=false.
+            "need_to_verify": opt_bool(p, "NeedToVerify", True),
+            "verify_status": UNVERIFIED,
+            "verify_job_id": None,
+            "verify_outcomes": {},
             "status": 1,
             "created_at": now,
             "updated_at": now,
@@ -120,6 +172,45 @@ class FirmwareOps(OpsBase):
             data={"FirmwareId": firmware_id, "UtcCreate": utc(now)},
             writes={f"firmware/{firmware_id}": record},
         )
+
+    def _package_file_facts(
+        self, p: Mapping[str, Any], file_path: str, sign_method: str
+    ) -> tuple[str, int, str | None]:
+        """(sign, size, md5) of the package: from the stored file, which a declared
+        FirmwareSign or FirmwareSize must match (the platform: "if you do not configure
+        this parameter, the MD5 value / size of the package in OSS is used")."""
+        declared_sign = opt_str(p, "FirmwareSign")
+        declared_size = opt_int(p, "FirmwareSize")
+        if declared_size is not None and declared_size <= 0:
+            raise invalid("FirmwareSize", "must be a positive number of bytes")
+        if self.stored_file is None:
+            if declared_sign is None:
+                raise missing("FirmwareSign")
+            if declared_size is None:
+                raise missing("FirmwareSize")
+            md5 = declared_sign.lower() if sign_method == "MD5" else None
+            return declared_sign.lower(), declared_size, md5
+        stored = self.stored_file(file_path)
+        if stored is None:
+            raise ApiError(
+                E.FIRMWARE_FILE_NOT_FOUND,
+                "No file is stored at FirmwareUrl: upload it with the fields of "
+                "GenerateOTAUploadURL first.",
+            )
+        if stored.size > MAX_PACKAGE_BYTES:
+            raise ApiError(E.FIRMWARE_TOO_LARGE, "A package file may have at most 1,000 MB.")
+        actual_sign = stored.md5 if sign_method == "MD5" else stored.sha256
+        if declared_sign is not None and declared_sign.lower() != actual_sign:
+            raise ApiError(
+                E.FIRMWARE_SIGN_MISMATCH,
+                f"FirmwareSign is not the {sign_method} of the uploaded file.",
+            )
+        if declared_size is not None and declared_size != stored.size:
+            raise ApiError(
+                E.FIRMWARE_SIZE_MISMATCH,
+                f"FirmwareSize {declared_size} is not the uploaded file's size {stored.size}.",
+            )
+        return actual_sign, stored.size, stored.md5
 
     def _unique_firmware_name(self, product_key: str, name: str, own_id: str | None) -> None:
         """Names are unique per product (the platform says per account; otaflow serves
@@ -175,8 +266,50 @@ class FirmwareOps(OpsBase):
                 "Udi": record["udi"],
                 "UtcCreate": utc(record["created_at"]),
                 "UtcModified": utc(record["updated_at"]),
-                "VerifyProgress": 100 if record["verify_status"] == VERIFIED else 0,
+                "VerifyProgress": self._verify_progress(record),
             }
+        )
+
+    def _verify_progress(self, record: Record) -> int:
+        """Percent of the verification batch's devices that succeeded."""
+        if record["verify_status"] == VERIFIED:
+            return 100
+        job = self.store.get(f"job/{record.get('verify_job_id')}")
+        if not job or not job.get("target_count"):
+            return 0
+        outcomes = record.get("verify_outcomes") or {}
+        succeeded = sum(1 for status in outcomes.values() if status == "SUCCEEDED")
+        return min(100, succeeded * 100 // int(job["target_count"]))
+
+    def _RecordVerifyOutcome(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        """Internal (never reachable through the API): a verification device's task
+        ended. Sent by ``otaflow.verification_feed`` from ``ota.task.events`` under a
+        request id per task and status, so a replay changes nothing."""
+        job_id = req_str(p, "JobId")
+        device_name = req_str(p, "DeviceName")
+        status = req_str(p, "TaskStatus")
+        batch = self.store.get(f"batch/{job_id}")
+        job = self.store.get(f"job/{job_id}")
+        if batch is None or job is None:
+            return read()
+        firmware = self.store.get(f"firmware/{batch['firmware']['firmware_id']}")
+        if (
+            firmware is None
+            or firmware.get("verify_job_id") != job_id
+            or firmware["verify_status"] != VERIFYING
+        ):
+            return read()  # a verification already decided, or an older one's late event
+        outcomes = dict(firmware.get("verify_outcomes") or {})
+        outcomes[device_name] = status
+        changed = dict(
+            firmware,
+            verify_outcomes=outcomes,
+            verify_status=verification_status(int(job.get("target_count") or 0), outcomes),
+            updated_at=now,
+        )
+        return Outcome(
+            data={"VerifyStatus": changed["verify_status"]},
+            writes={f"firmware/{firmware['firmware_id']}": changed},
         )
 
     def _QueryOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:

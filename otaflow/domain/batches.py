@@ -91,6 +91,8 @@ class Batch:
     schedule_end: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     strategy_active: bool = True
+    # A verification batch (CreateOTAVerifyJob): its tasks' outcomes decide the package.
+    verification: bool = False
 
     @property
     def module(self) -> str:
@@ -160,6 +162,7 @@ class Batch:
             "tags": dict(self.tags),
             "status": self.status.value,
             "strategy_active": self.strategy_active,
+            "verification": self.verification,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
