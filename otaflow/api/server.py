@@ -246,13 +246,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     from otaflow import topics
     from otaflow.control.client import ControlClient
     from otaflow.package_server import make_app
+    from otaflow.verification_feed import CommandSender, VerificationFeed
 
     packages = PackageStore(settings)  # first: it refuses an unsafe URL key
     if not settings.access_keys:
         log.warning("OTAFLOW_ACCESS_KEYS is empty: every API request will be refused")
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     control = await asyncio.to_thread(ControlClient, settings)
-    feed = await asyncio.to_thread(TaskViewConsumer, settings)
+    # The task view also reports verification outcomes (otaflow.verification_feed).
+    sender = CommandSender(settings)
+    feed = await asyncio.to_thread(TaskViewConsumer, settings, VerificationFeed(sender))
     runners = []
     try:
         for app, port in (
@@ -271,6 +274,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         for runner in runners:
             await runner.cleanup()
         feed.close()
+        sender.close()
         control.close()
 
 
