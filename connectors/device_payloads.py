@@ -366,6 +366,8 @@ def _upgrade_data(
     if module != DEFAULT_MODULE:
         data["module"] = module
     ext_data = dict(notification.get("ext_data") or {})
+    if firmware.get("udi"):  # the package's Udi, where the platform's docs put it
+        ext_data["_package_udi"] = firmware["udi"]
     if ext_data:
         data["extData"] = ext_data
     task_id = notification.get("task_id")

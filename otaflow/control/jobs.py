@@ -217,6 +217,7 @@ class JobOps(OpsBase):
             sign_method="SHA256" if firmware["sign_method"] == "SHA256" else "Md5",
             md5=firmware["md5"],
             download_protocol=protocol,
+            udi=firmware["udi"],
         )
         return Batch(
             batch_id=derived_id(request_id, "batch"),

@@ -41,6 +41,7 @@ class FirmwareOffer:
     sign_method: str = "SHA256"
     md5: str | None = None
     download_protocol: str = "HTTPS"
+    udi: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class FirmwareOffer:
             "md5": self.md5,
             "file_path": self.file_path,
             "download_protocol": self.download_protocol,
+            "udi": self.udi,
         }
 
     @classmethod

@@ -4,10 +4,12 @@ pure control plane with an in-memory store and in-memory package facts."""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import pytest
 
+from connectors.device_payloads import build_upgrade_message
 from otaflow.control.common import DictStore, Outcome
 from otaflow.control.errors import ApiError
 from otaflow.control.firmware import (
@@ -293,3 +295,31 @@ def test_the_feed_reports_terminal_tasks_of_verification_batches_only() -> None:
     ]
     assert {a for a, _, _, _ in sent} == {"RecordVerifyOutcome"}
     assert outcome_command(event("t9", "vjob", "NOTIFIED")) is None
+
+
+def test_udi_reaches_the_device_as_package_udi(world: World) -> None:
+    firmware_id = world.firmware(NeedToVerify="false", Udi='{"region":"north"}')
+    out = world.call(
+        "CreateOTADynamicUpgradeJob",
+        ProductKey=world.pk,
+        FirmwareId=firmware_id,
+        SrcVersion__1="1.0",
+        Tag__1__Key="wave",
+        Tag__1__Value="one",
+    )
+    offer = out.batches[0]["firmware"]
+    assert offer["udi"] == '{"region":"north"}'
+    note = {
+        "product_key": world.pk,
+        "device_name": "dev0",
+        "kind": "PUSH",
+        "task_id": "t1",
+        "batch_id": out.data["JobId"],
+        "firmware": offer,
+        "ext_data": {"wave": "one"},
+        "event_time": NOW,
+    }
+    _, payload = build_upgrade_message(note, "https://example/packages/ota/abc.bin")
+    data = json.loads(payload)["data"]
+    assert data["extData"] == {"wave": "one", "_package_udi": '{"region":"north"}'}
+    assert data["size"] == len(PAYLOAD)
