@@ -15,6 +15,7 @@ from otaflow.control.common import (
     gmt,
     opt_bool,
     opt_int,
+    opt_list,
     opt_str,
     page,
     read,
@@ -35,6 +36,8 @@ _STATUS_OF_VERIFY = {0: 0, 1: 2, 2: 1, 3: 3}
 UNVERIFIED, VERIFYING, VERIFIED, VERIFY_FAILED = 0, 1, 2, 3
 #: The console's limit for one package file over HTTPS.
 MAX_PACKAGE_BYTES = 1000 * 1024 * 1024
+#: Files of one package (CreateOTAFirmware MultiFiles).
+MAX_FILES = 20
 #: Task statuses that end a verification device's part.
 _NOT_SUCCEEDED = frozenset({"FAILED", "CANCELED"})
 
@@ -62,6 +65,15 @@ def verification_status(target_count: int, outcomes: Mapping[str, str]) -> int:
     if target_count > 0 and succeeded >= target_count:
         return VERIFIED
     return VERIFYING
+
+
+def offered_files(firmware: Record) -> tuple[Record, ...]:
+    """The files a device is offered: every file of a package of two or more (a package
+    of one file, MultiFiles or not, is offered as a single file: url, size, sign)."""
+    files = firmware.get("files") or []
+    if len(files) < 2:
+        return ()
+    return tuple(dict(f, url=None) for f in files)
 
 
 def begin_verification(firmware: Record, job_id: str, now: int) -> Record:
@@ -114,9 +126,6 @@ class FirmwareOps(OpsBase):
         dest = req_str(p, "DestVersion")
         if not _VERSION.match(dest):
             raise invalid("DestVersion", "1-64 letters, digits, '.', '-' or '_'")
-        if p.get("MultiFiles"):
-            raise invalid("MultiFiles", "packages of several files are not supported")
-        url = req_str(p, "FirmwareUrl")
         product_key = req_str(p, "ProductKey")
         fw_type = opt_int(p, "Type", 0)
         if fw_type not in (0, 1):
@@ -139,8 +148,8 @@ class FirmwareOps(OpsBase):
         if udi is not None and len(udi) > 4096:
             raise invalid("Udi", "at most 4096 characters")
         self._unique_firmware_name(product_key, name, None)
+        url, sign, size, md5, files = self._package_file_facts(p, sign_method)
         file_path = self.file_path_of(url)
-        sign, size, md5 = self._package_file_facts(p, file_path, sign_method)
         firmware_id = derived_id(request_id, "firmware")
         record: Record = {
             "firmware_id": firmware_id,
@@ -164,6 +173,7 @@ class FirmwareOps(OpsBase):
             "verify_status": UNVERIFIED,
             "verify_job_id": None,
             "verify_outcomes": {},
+            "files": files,
             "status": 1,
             "created_at": now,
             "updated_at": now,
@@ -174,27 +184,93 @@ class FirmwareOps(OpsBase):
         )
 
     def _package_file_facts(
-        self, p: Mapping[str, Any], file_path: str, sign_method: str
+        self, p: Mapping[str, Any], sign_method: str
+    ) -> tuple[str, str, int, str | None, list[Record]]:
+        """(url, sign, size, md5, files) of the package, from the stored file(s), which a
+        declared sign or size must match (the platform: "if you do not configure this
+        parameter, the MD5 value / size of the package in OSS is used")."""
+        files = self._multi_files(p, sign_method)
+        if not files:
+            url = req_str(p, "FirmwareUrl")
+            sign, size, md5 = self._checked_file(
+                self.file_path_of(url),
+                sign_method,
+                declared_sign=opt_str(p, "FirmwareSign"),
+                declared_size=opt_int(p, "FirmwareSize"),
+                names=("FirmwareSign", "FirmwareSize", "FirmwareUrl"),
+            )
+            return url, sign, size, md5, []
+        for single in ("FirmwareUrl", "FirmwareSign", "FirmwareSize"):
+            if opt_str(p, single) is not None:
+                raise invalid(single, "a package of several files gives it per MultiFiles.N")
+        # The package's own fields describe its first file; devices get every file.
+        first = files[0]
+        return str(first["url"]), first["sign"], first["size"], first["md5"], files
+
+    def _multi_files(self, p: Mapping[str, Any], sign_method: str) -> list[Record]:
+        entries = opt_list(p, "MultiFiles")
+        if len(entries) > MAX_FILES:
+            raise invalid("MultiFiles", f"at most {MAX_FILES} files")
+        files: list[Record] = []
+        for n, entry in enumerate(entries, start=1):
+            if not isinstance(entry, dict):
+                raise invalid(f"MultiFiles.{n}", "must be sent as MultiFiles.N.Name, .Url, ...")
+            name = opt_str(entry, "Name")
+            if name is None or not 1 <= len(name) <= 32:
+                raise invalid(f"MultiFiles.{n}.Name", "1-32 characters, required")
+            if any(f["name"] == name for f in files):
+                raise invalid(f"MultiFiles.{n}.Name", f"{name!r} is used twice")
+            url = opt_str(entry, "Url")
+            if url is None:
+                raise missing(f"MultiFiles.{n}.Url")
+            file_path = self.file_path_of(url)
+            sign, size, md5 = self._checked_file(
+                file_path,
+                sign_method,
+                declared_sign=opt_str(entry, "SignValue"),
+                declared_size=opt_int(entry, "Size"),
+                declared_md5=opt_str(entry, "FileMd5"),
+                names=(f"MultiFiles.{n}.SignValue", f"MultiFiles.{n}.Size", f"MultiFiles.{n}.Url"),
+            )
+            files.append(
+                {
+                    "name": name,
+                    "size": size,
+                    "sign": sign,
+                    "md5": md5,
+                    "file_path": file_path,
+                    "url": url,
+                }
+            )
+        return files
+
+    def _checked_file(
+        self,
+        file_path: str,
+        sign_method: str,
+        *,
+        declared_sign: str | None,
+        declared_size: int | None,
+        names: tuple[str, str, str],
+        declared_md5: str | None = None,
     ) -> tuple[str, int, str | None]:
-        """(sign, size, md5) of the package: from the stored file, which a declared
-        FirmwareSign or FirmwareSize must match (the platform: "if you do not configure
-        this parameter, the MD5 value / size of the package in OSS is used")."""
-        declared_sign = opt_str(p, "FirmwareSign")
-        declared_size = opt_int(p, "FirmwareSize")
+        """(sign, size, md5) of one stored file; ``names``: the sign, size and URL
+        parameters, for the errors."""
+        sign_name, size_name, url_name = names
         if declared_size is not None and declared_size <= 0:
-            raise invalid("FirmwareSize", "must be a positive number of bytes")
+            raise invalid(size_name, "must be a positive number of bytes")
         if self.stored_file is None:
             if declared_sign is None:
-                raise missing("FirmwareSign")
+                raise missing(sign_name)
             if declared_size is None:
-                raise missing("FirmwareSize")
-            md5 = declared_sign.lower() if sign_method == "MD5" else None
+                raise missing(size_name)
+            md5 = declared_sign.lower() if sign_method == "MD5" else declared_md5
             return declared_sign.lower(), declared_size, md5
         stored = self.stored_file(file_path)
         if stored is None:
             raise ApiError(
                 E.FIRMWARE_FILE_NOT_FOUND,
-                "No file is stored at FirmwareUrl: upload it with the fields of "
+                f"No file is stored at {url_name}: upload it with the fields of "
                 "GenerateOTAUploadURL first.",
             )
         if stored.size > MAX_PACKAGE_BYTES:
@@ -203,12 +279,14 @@ class FirmwareOps(OpsBase):
         if declared_sign is not None and declared_sign.lower() != actual_sign:
             raise ApiError(
                 E.FIRMWARE_SIGN_MISMATCH,
-                f"FirmwareSign is not the {sign_method} of the uploaded file.",
+                f"{sign_name} is not the {sign_method} of the uploaded file.",
             )
+        if declared_md5 is not None and declared_md5.lower() != stored.md5:
+            raise ApiError(E.FIRMWARE_SIGN_MISMATCH, f"{names[0]} is not the uploaded file's MD5.")
         if declared_size is not None and declared_size != stored.size:
             raise ApiError(
                 E.FIRMWARE_SIZE_MISMATCH,
-                f"FirmwareSize {declared_size} is not the uploaded file's size {stored.size}.",
+                f"{size_name} {declared_size} is not the uploaded file's size {stored.size}.",
             )
         return actual_sign, stored.size, stored.md5
 
@@ -264,6 +342,19 @@ class FirmwareOps(OpsBase):
                 "Status": firmware_status(record),
                 "Type": record["type"],
                 "Udi": record["udi"],
+                "MultiFiles": [
+                    drop_none(
+                        {
+                            "Name": f["name"],
+                            "Url": f["url"],
+                            "Size": f["size"],
+                            "SignValue": f["sign"],
+                            "FileMd5": f["md5"],
+                        }
+                    )
+                    for f in record.get("files") or []
+                ]
+                or None,
                 "UtcCreate": utc(record["created_at"]),
                 "UtcModified": utc(record["updated_at"]),
                 "VerifyProgress": self._verify_progress(record),
@@ -330,7 +421,7 @@ class FirmwareOps(OpsBase):
         rows = []
         for record in paging.slice(found):
             info = self._firmware_info(record)
-            for extra in ("FirmwareUrl", "Udi", "VerifyProgress"):
+            for extra in ("FirmwareUrl", "Udi", "VerifyProgress", "MultiFiles"):
                 info.pop(extra, None)
             rows.append(info)
         return read(FirmwareInfo={"SimpleFirmwareInfo": rows}, **paging.top(len(found)))

@@ -34,7 +34,7 @@ from otaflow.control.common import (
     utc,
 )
 from otaflow.control.errors import ApiError, invalid, missing
-from otaflow.control.firmware import begin_verification, firmware_usable
+from otaflow.control.firmware import begin_verification, firmware_usable, offered_files
 from otaflow.control.ids import derived_id
 from otaflow.control.registry import DEVICE_NAME
 from otaflow.domain.batches import (
@@ -191,6 +191,8 @@ class JobOps(OpsBase):
             raise invalid("DownloadProtocol", "must be HTTPS or MQTT")
         if protocol == "MQTT" and firmware["size"] > 16 * 1024 * 1024:
             raise invalid("DownloadProtocol", "MQTT downloads are limited to 16 MB packages")
+        if protocol == "MQTT" and len(firmware.get("files") or []) > 1:
+            raise invalid("DownloadProtocol", "MQTT downloads take packages of one file")
         versions = rules.diff_src_versions(firmware, rules.src_versions(str_list(p, "SrcVersion")))
         start, end = rules.schedule(p, now, kind is BatchKind.STATIC)
         rate = rate_from_params(p)
@@ -218,6 +220,7 @@ class JobOps(OpsBase):
             md5=firmware["md5"],
             download_protocol=protocol,
             udi=firmware["udi"],
+            files=offered_files(firmware),
         )
         return Batch(
             batch_id=derived_id(request_id, "batch"),

@@ -42,6 +42,8 @@ class FirmwareOffer:
     md5: str | None = None
     download_protocol: str = "HTTPS"
     udi: str | None = None
+    # A package of several files: PackageFile records (name, size, sign, md5, file_path).
+    files: tuple[dict[str, Any], ...] = ()
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -57,11 +59,14 @@ class FirmwareOffer:
             "file_path": self.file_path,
             "download_protocol": self.download_protocol,
             "udi": self.udi,
+            "files": [dict(f) for f in self.files],
         }
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> FirmwareOffer:
-        return cls(**rec)
+        fields = dict(rec)
+        fields["files"] = tuple(rec.get("files") or ())
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,7 @@ def uploaded(api: Deployment, payload: bytes, suffix: str = "bin") -> Any:
     return fields
 
 
-def create_firmware(api: Deployment, pk: str, url: str, **extra: Any) -> Any:
+def create_firmware(api: Deployment, pk: str, url: str | None, **extra: Any) -> Any:
     request = m.CreateOTAFirmwareRequest(
         product_key=pk,
         firmware_name=f"fw_{uuid.uuid4().hex[:10]}",
@@ -243,3 +243,26 @@ def test_a_failed_verification_device_fails_the_package(api: Deployment) -> None
         )
     ).body
     assert code_of(refused) == "iot.ota.FirmwareNotVerified"
+
+
+def test_a_package_of_several_files_through_the_sdk(api: Deployment) -> None:
+    pk = new_product(api)
+    app, res = b"application " * 500, b"resources " * 300
+    first, second = uploaded(api, app), uploaded(api, res, "pack")
+    body = create_firmware(
+        api,
+        pk,
+        None,
+        need_to_verify=False,
+        multi_files=[
+            m.CreateOTAFirmwareRequestMultiFiles(name="app.bin", url=first.firmware_url),
+            m.CreateOTAFirmwareRequestMultiFiles(
+                name="res.pack", url=second.firmware_url, size=len(res)
+            ),
+        ],
+    )
+    info = firmware_info(api, ok(body).data.firmware_id)
+    assert [(f.name, f.size, f.file_md_5) for f in info.multi_files] == [
+        ("app.bin", len(app), hashlib.md5(app).hexdigest()),
+        ("res.pack", len(res), hashlib.md5(res).hexdigest()),
+    ]

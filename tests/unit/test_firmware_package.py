@@ -35,6 +35,7 @@ class World:
         self.files: dict[str, StoredPackage] = {
             "ota/abc.bin": StoredPackage("ota/abc.bin", len(PAYLOAD), SHA256, MD5),
             "ota/big.bin": StoredPackage("ota/big.bin", 17 * 1024 * 1024, "s" * 64, "m" * 32),
+            "ota/second.bin": StoredPackage("ota/second.bin", 300, "2" * 64, "b" * 32),
         }
         self.plane = ControlPlane(
             self.store,
@@ -323,3 +324,107 @@ def test_udi_reaches_the_device_as_package_udi(world: World) -> None:
     data = json.loads(payload)["data"]
     assert data["extData"] == {"wave": "one", "_package_udi": '{"region":"north"}'}
     assert data["size"] == len(PAYLOAD)
+
+
+SECOND = "http://127.0.0.1:8081/packages/ota/second.bin"
+
+
+def test_a_package_of_several_files_reaches_the_device_as_files(world: World) -> None:
+    base = {"NeedToVerify": "false", "FirmwareName": "multi"}
+    firmware_id = world.firmware(
+        FirmwareUrl="",
+        MultiFiles__1__Name="app.bin",
+        MultiFiles__1__Url=URL,
+        MultiFiles__2__Name="res.pack",
+        MultiFiles__2__Url=SECOND,
+        MultiFiles__2__Size=300,
+        MultiFiles__2__FileMd5="b" * 32,
+        **base,
+    )
+    info = world.info(firmware_id)
+    assert info["MultiFiles"] == [
+        {"Name": "app.bin", "Url": URL, "Size": len(PAYLOAD), "SignValue": MD5, "FileMd5": MD5},
+        {
+            "Name": "res.pack",
+            "Url": SECOND,
+            "Size": 300,
+            "SignValue": "b" * 32,
+            "FileMd5": "b" * 32,
+        },
+    ]
+    out = world.call(
+        "CreateOTAStaticUpgradeJob",
+        ProductKey=world.pk,
+        FirmwareId=firmware_id,
+        TargetSelection="ALL",
+    )
+    offer = out.batches[0]["firmware"]
+    assert [f["name"] for f in offer["files"]] == ["app.bin", "res.pack"]
+    note = {
+        "product_key": world.pk,
+        "device_name": "dev0",
+        "kind": "PUSH",
+        "task_id": "t1",
+        "batch_id": out.data["JobId"],
+        "firmware": offer,
+        "ext_data": {},
+        "event_time": NOW,
+    }
+    urls = {f["file_path"]: f"https://signed/{f['file_path']}" for f in offer["files"]}
+    _, payload = build_upgrade_message(note, "https://signed/ota/abc.bin", urls)
+    data = json.loads(payload)["data"]
+    assert data["files"] == [
+        {
+            "fileName": "app.bin",
+            "fileSize": len(PAYLOAD),
+            "fileUrl": "https://signed/ota/abc.bin",
+            "fileSign": MD5,
+        },
+        {
+            "fileName": "res.pack",
+            "fileSize": 300,
+            "fileUrl": "https://signed/ota/second.bin",
+            "fileSign": "b" * 32,
+        },
+    ]
+    assert "url" not in data and "sign" not in data and data["signMethod"] == "Md5"
+    assert data["size"] == len(PAYLOAD) + 300
+    err = world.refused(
+        "CreateOTAStaticUpgradeJob",
+        ProductKey=world.pk,
+        FirmwareId=firmware_id,
+        TargetSelection="ALL",
+        DownloadProtocol="MQTT",
+    )
+    assert "one file" in err.message
+
+
+def test_the_rules_of_multifiles(world: World) -> None:
+    def refused(**params: Any) -> ApiError:
+        base = {
+            "ProductKey": world.pk,
+            "FirmwareName": "bad_multi",
+            "DestVersion": "2.0",
+            "MultiFiles__1__Name": "a.bin",
+            "MultiFiles__1__Url": URL,
+        }
+        return world.refused("CreateOTAFirmware", **{**base, **params})
+
+    assert "used twice" in refused(MultiFiles__2__Name="a.bin", MultiFiles__2__Url=SECOND).message
+    assert "FirmwareUrl" in refused(FirmwareUrl=URL).message
+    assert "MultiFiles.1.Name" in refused(MultiFiles__1__Name="n" * 33).message
+    assert refused(MultiFiles__1__Size=1).code == "iot.ota.FirmwareSizeMismatch"
+    assert refused(MultiFiles__1__FileMd5="0" * 32).code == "iot.ota.FirmwareSignMismatch"
+    many = {}
+    for n in range(1, 22):
+        many[f"MultiFiles__{n}__Name"] = f"f{n}"
+        many[f"MultiFiles__{n}__Url"] = URL
+    assert "at most 20" in refused(**many).message
+    # One file given as MultiFiles is offered as a single file (url, size, sign).
+    single = world.firmware(
+        NeedToVerify="false", FirmwareUrl="", MultiFiles__1__Name="only.bin", MultiFiles__1__Url=URL
+    )
+    offer = world.call(
+        "CreateOTAStaticUpgradeJob", ProductKey=world.pk, FirmwareId=single, TargetSelection="ALL"
+    ).batches[0]["firmware"]
+    assert offer["files"] == [] and offer["size"] == len(PAYLOAD) and offer["sign"] == MD5
