@@ -44,8 +44,9 @@ from otaflow import config
 
 URL_LIFETIME_S = 24 * 3600
 PACKAGE_PREFIX = "/packages/"
-#: How long an upload grant (GenerateOTAUploadURL's policy) stays usable.
-UPLOAD_LIFETIME_S = 15 * 60
+#: How long an upload grant (GenerateOTAUploadURL's policy) stays usable: the platform's
+#: minute. It is checked when the upload starts, so a large file may take longer.
+UPLOAD_LIFETIME_S = 60
 #: The console's limit for one package file over HTTPS: 1,000 MB.
 MAX_PACKAGE_BYTES = 1000 * 1024 * 1024
 #: What GenerateOTAUploadURL answers as OSSAccessKeyId (there is no bucket owner here);
