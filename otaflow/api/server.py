@@ -50,7 +50,7 @@ from otaflow.control.client import CommandResult, CommandTimeout
 from otaflow.control.common import utc
 from otaflow.control.errors import ApiError, invalid
 from otaflow.control.plane import ControlPlane
-from otaflow.packages import UPLOAD_ACCESS_KEY_ID, PackageStore, bind_address
+from otaflow.packages import UPLOAD_ACCESS_KEY_ID, PackageStore, UnsafeSettings, bind_address
 
 log = logging.getLogger("otaflow.api")
 
@@ -280,8 +280,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config.load()))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config.load()))
+    except UnsafeSettings as exc:
+        log.error("refusing to start: %s", exc)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -266,3 +266,21 @@ def test_a_package_of_several_files_through_the_sdk(api: Deployment) -> None:
         ("app.bin", len(app), hashlib.md5(app).hexdigest()),
         ("res.pack", len(res), hashlib.md5(res).hexdigest()),
     ]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port`` (Linux /proc/net/tcp*)."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_api_and_package_servers_listen_on_loopback_only(api: Deployment) -> None:
+    settings = api.otaflow.settings
+    for port in (settings.api_port, settings.package_port):
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and nothing else

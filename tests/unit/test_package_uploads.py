@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -178,3 +181,38 @@ def test_platform_fields_drive_a_postobject_upload(store: PackageStore, tmp_path
     run(go())
     stored = store.facts(file_path_of_url(fields["FirmwareUrl"]))
     assert stored is not None and stored.size == len(b"package bytes")
+
+
+def test_the_api_process_refuses_to_start_off_loopback_with_the_dev_key() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTAFLOW_")}
+    env.update(OTAFLOW_BIND="0.0.0.0", OTAFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    done = subprocess.run(
+        [sys.executable, "-m", "otaflow.api_main"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "OTAFLOW_URL_SIGNING_KEY" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unexpected_server_error_names_no_path(
+    store: PackageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(form: Any, now: float | None = None) -> Any:
+        raise OSError(28, "No space left on device", str(tmp_path / "packages" / "ota"))
+
+    monkeypatch.setattr(store, "begin_upload", broken)
+
+    async def go() -> tuple[int, str]:
+        async with TestClient(TestServer(make_app(store))) as client:
+            form = FormData()
+            form.add_field("key", "ota/x.bin")
+            form.add_field("file", b"x", filename="x.bin")
+            answer = await client.post("/", data=form)
+            return answer.status, await answer.text()
+
+    status, text = run(go())
+    assert status == 500 and "<Code>InternalError</Code>" in text
+    assert str(tmp_path) not in text and "Traceback" not in text and "No space" not in text
