@@ -183,17 +183,17 @@ def test_platform_fields_drive_a_postobject_upload(store: PackageStore, tmp_path
     assert stored is not None and stored.size == len(b"package bytes")
 
 
-def test_the_api_process_refuses_to_start_off_loopback_with_the_dev_key() -> None:
+@pytest.mark.parametrize("module", ["otaflow.api_main", "streams.worker"])
+def test_processes_refuse_to_start_off_loopback_with_the_dev_key(
+    module: str, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTAFLOW_")}
-    env.update(OTAFLOW_BIND="0.0.0.0", OTAFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    # Nothing listens there: a process that got past the check would fail differently.
+    env.update(OTAFLOW_KAFKA_BOOTSTRAP="192.0.2.1:9092", OTAFLOW_DATA=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-m", "otaflow.api_main"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr[-2000:]
     assert "OTAFLOW_URL_SIGNING_KEY" in done.stderr and "Traceback" not in done.stderr
 
 
