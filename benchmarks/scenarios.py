@@ -288,6 +288,7 @@ def create_package(d: BenchDeployment, control: ControlClient, pk: str) -> str:
             "SignMethod": "SHA256",
             "FirmwareSign": hashlib.sha256(payload).hexdigest(),
             "FirmwareSize": str(len(payload)),
+            "NeedToVerify": "false",
         },
         timeout=120,
         now_ms=T0,

@@ -289,7 +289,11 @@ def needs_url(notification: Mapping[str, Any]) -> bool:
     return firmware is not None and not uses_mqtt_download(firmware)
 
 
-def build_upgrade_message(notification: dict[str, Any], url: str | None) -> tuple[str, bytes]:
+def build_upgrade_message(
+    notification: dict[str, Any],
+    url: str | None,
+    file_urls: Mapping[str, str] | None = None,
+) -> tuple[str, bytes]:
     """``(mqtt topic, payload)`` for one ``Notification`` record; ``ValueError`` if unusable.
 
     ``url`` is the signed download URL of ``firmware.file_path`` when
@@ -301,7 +305,7 @@ def build_upgrade_message(notification: dict[str, Any], url: str | None) -> tupl
     device_name = _device_level(notification.get("device_name"), "device_name")
     kind = notification.get("kind")
     firmware = notification.get("firmware")
-    data = _upgrade_data(notification, firmware, url) if firmware is not None else {}
+    data = _upgrade_data(notification, firmware, url, file_urls) if firmware is not None else {}
     if kind == "PUSH":
         if firmware is None:
             raise ValueError("PUSH notification without firmware")
@@ -340,13 +344,34 @@ def _device_level(value: object, what: str) -> str:
 
 
 def _upgrade_data(
-    notification: Mapping[str, Any], firmware: Mapping[str, Any], url: str | None
+    notification: Mapping[str, Any],
+    firmware: Mapping[str, Any],
+    url: str | None,
+    file_urls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     method = _SIGN_METHODS.get(str(firmware.get("sign_method") or "SHA256").lower())
     if method is None:
         raise ValueError(f"unsupported sign method {firmware.get('sign_method')!r}")
     data: dict[str, Any] = {"size": int(firmware["size"]), "version": firmware["version"]}
-    if uses_mqtt_download(firmware):
+    files = firmware.get("files") or []
+    if files:
+        # A package of several files (HTTPS only): files[] replaces url/sign/md5, as the
+        # Link SDK for C reads it (fileName, fileSize, fileUrl, fileSign per file).
+        urls = file_urls or {}
+        missing = [f["file_path"] for f in files if not urls.get(f["file_path"])]
+        if missing:
+            raise ValueError(f"no download URL for {missing[0]!r}")
+        data["size"] = sum(int(f["size"]) for f in files)
+        data["files"] = [
+            {
+                "fileName": f["name"],
+                "fileSize": int(f["size"]),
+                "fileUrl": urls[f["file_path"]],
+                "fileSign": f["sign"],
+            }
+            for f in files
+        ]
+    elif uses_mqtt_download(firmware):
         stream_id, stream_file_id = mqtt_stream_ids(firmware["firmware_id"])
         data["dProtocol"] = "mqtt"
         data["streamId"] = stream_id
@@ -358,14 +383,17 @@ def _upgrade_data(
     if firmware.get("is_diff"):
         data["isDiff"] = 1
     data["signMethod"] = method
-    data["sign"] = firmware["sign"]
-    md5 = firmware.get("md5") or (firmware["sign"] if method == "Md5" else None)
-    if md5:
-        data["md5"] = md5
+    if not files:
+        data["sign"] = firmware["sign"]
+        md5 = firmware.get("md5") or (firmware["sign"] if method == "Md5" else None)
+        if md5:
+            data["md5"] = md5
     module = firmware.get("module") or DEFAULT_MODULE
     if module != DEFAULT_MODULE:
         data["module"] = module
     ext_data = dict(notification.get("ext_data") or {})
+    if firmware.get("udi"):  # the package's Udi, where the platform's docs put it
+        ext_data["_package_udi"] = firmware["udi"]
     if ext_data:
         data["extData"] = ext_data
     task_id = notification.get("task_id")

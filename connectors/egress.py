@@ -306,10 +306,12 @@ class EgressConnector:
         raw = msg.value() or b""
         try:
             notification = self._codec.decode_as("Notification", raw)
-            url = None
+            url, file_urls = None, None
             if needs_url(notification):
                 url = self._signed_url(notification["firmware"]["file_path"])
-            mqtt_topic, payload = build_upgrade_message(notification, url)
+                several = notification["firmware"].get("files") or []
+                file_urls = {f["file_path"]: self._signed_url(f["file_path"]) for f in several}
+            mqtt_topic, payload = build_upgrade_message(notification, url, file_urls)
             topic = check_topic(mqtt_topic)
         except (DecodeError, ValueError, KeyError, TypeError) as exc:
             self._dead_letter(producer, entry, raw, f"unusable notification: {exc}")

@@ -175,6 +175,7 @@ def _run(
                     "SignMethod": "SHA256",
                     "FirmwareSign": hashlib.sha256(payload).hexdigest(),
                     "FirmwareSize": str(len(payload)),
+                    "NeedToVerify": "false",
                 },
                 timeout=120,
             )

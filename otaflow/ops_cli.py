@@ -37,6 +37,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,32 @@ class OpsClient:
         return body
 
     def upload(self, fields: Mapping[str, Any], data: bytes) -> None:
-        """PUT a file to the signed location a Generate*URL answer describes."""
-        url = fields.get("UploadUrl") or (
-            f"{fields['Host']}/packages/{fields['Key']}?"
-            + urlencode({"Expires": fields["Policy"], "Signature": fields["Signature"]})
+        """Upload a file with the object store's PostObject form a Generate*URL answer
+        describes (multipart POST to Host; every field before ``file``)."""
+        boundary = f"otaflow-{uuid.uuid4().hex}"
+        form = {
+            "key": fields["Key"],
+            "policy": fields["Policy"],
+            "OSSAccessKeyId": fields.get("OSSAccessKeyId") or fields.get("AccessKeyId"),
+            "Signature": fields["Signature"],
+            "success_action_status": "200",
+        }
+        body = bytearray()
+        for name, value in form.items():
+            body += (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+            ).encode()
+        body += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="file"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        body += data + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(
+            fields["Host"],
+            data=bytes(body),
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         )
-        request = urllib.request.Request(url, data=data, method="PUT")
         try:
             with urllib.request.urlopen(request, timeout=300):
                 pass
@@ -199,7 +220,8 @@ def firmware_upload(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
         "SrcVersion": a.src_version,
         "Type": 1 if a.src_version else None,
         "FirmwareDesc": a.desc,
-        "NeedToVerify": a.verify or None,
+        # The platform's default is true; this CLI asks for a verification only with --verify.
+        "NeedToVerify": "true" if a.verify else "false",
     }
     body = c.call("CreateOTAFirmware", {k: v for k, v in params.items() if v is not None})
     out(_pairs("firmware created", body["Data"]))

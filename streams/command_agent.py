@@ -99,7 +99,8 @@ def read_name_list(url: str) -> str:
 
 
 store = TableControlStore()
-plane = ControlPlane(store, file_path_of_url, read_name_list)
+# CreateOTAFirmware takes a package's size and digests from the stored file.
+plane = ControlPlane(store, file_path_of_url, read_name_list, stored_file=_packages.facts)
 
 
 def result_json(outcome: Outcome) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from otaflow import config, topics
+from otaflow.packages import UnsafeSettings, require_private_signing_key
 from streams import gc_tuning
 
 
@@ -37,6 +38,11 @@ def start_batcher() -> subprocess.Popen[bytes]:
 
 def main(with_batcher: bool = True) -> int:
     settings = config.load()
+    try:  # before touching Kafka: a published URL key off loopback never runs
+        require_private_signing_key(settings)
+    except UnsafeSettings as exc:
+        print(f"otaflow worker: refusing to start: {exc}", file=sys.stderr)
+        return 2
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     if with_batcher:
         start_batcher()

@@ -20,9 +20,10 @@ Where an answer comes from:
   ListOTAModuleVersionsByDevice, the ``Statistics`` of QueryOTAJob): the task view
   (``otaflow.api.views``), eventually consistent;
 * GenerateOTAUploadURL / GenerateDeviceNameListURL: signed here (no state). The
-  SDK's OSS fields carry a signed PUT of the package server: upload with
-  ``PUT {Host}/packages/{Key}?Expires={Policy}&Signature={Signature}`` (also given
-  whole as the extra field ``UploadUrl``), then pass ``FirmwareUrl``/``FileUrl`` on.
+  fields drive the object store's PostObject form upload to the package server
+  (multipart POST to ``Host`` with ``key``, ``policy``, ``OSSAccessKeyId``,
+  ``Signature``, then ``file``; see ``otaflow.packages``); then pass
+  ``FirmwareUrl``/``FileUrl`` on.
 
 ``main()`` serves this API on ``settings.api_port`` and the package server on
 ``settings.package_port`` in one process.
@@ -49,12 +50,13 @@ from otaflow.control.client import CommandResult, CommandTimeout
 from otaflow.control.common import utc
 from otaflow.control.errors import ApiError, invalid
 from otaflow.control.plane import ControlPlane
-from otaflow.packages import PackageStore
+from otaflow.packages import UPLOAD_ACCESS_KEY_ID, PackageStore, UnsafeSettings, bind_address
 
 log = logging.getLogger("otaflow.api")
 
 HOST_ID = "otaflow"
-FILE_SUFFIXES = ("bin", "dav", "apk", "tar", "gz", "tar.gz", "zip", "gzip")
+# Every format the console lists for a package file.
+FILE_SUFFIXES = ("bin", "dav", "apk", "tar", "gz", "tar.gz", "zip", "gzip", "tar.xz", "pack")
 LOCAL_ACTIONS = frozenset({"GenerateOTAUploadURL", "GenerateDeviceNameListURL"})
 #: Actions whose command needs task ids resolved to their devices first.
 TASK_ID_ACTIONS = frozenset({"ConfirmOTATask", "ReupgradeOTATask"})
@@ -208,16 +210,14 @@ class Api:
         return {**fields, "FileUrl": self.packages.url(key)}
 
     def _upload_fields(self, key: str, now: float) -> dict[str, Any]:
-        upload_url = self.packages.signed_url(key, now=now, method="PUT")
-        expires = upload_url.split("Expires=", 1)[1].split("&", 1)[0]
+        grant = self.packages.grant_upload(key, now=now)
         return {
             "Host": self.settings.package_base_url,
-            "Key": key,
+            "Key": grant.key,
             "ObjectStorage": "OTAFLOW",
-            "OSSAccessKeyId": "otaflow",
-            "Policy": expires,
-            "Signature": self.packages.signature(key, int(expires), "PUT"),
-            "UploadUrl": upload_url,
+            "OSSAccessKeyId": UPLOAD_ACCESS_KEY_ID,
+            "Policy": grant.policy,
+            "Signature": grant.signature,
             "UtcCreate": utc(int(now * 1000)),
         }
 
@@ -246,13 +246,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     from otaflow import topics
     from otaflow.control.client import ControlClient
     from otaflow.package_server import make_app
+    from otaflow.verification_feed import CommandSender, VerificationFeed
 
+    packages = PackageStore(settings)  # first: it refuses an unsafe URL key
     if not settings.access_keys:
         log.warning("OTAFLOW_ACCESS_KEYS is empty: every API request will be refused")
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     control = await asyncio.to_thread(ControlClient, settings)
-    feed = await asyncio.to_thread(TaskViewConsumer, settings)
-    packages = PackageStore(settings)
+    # The task view also reports verification outcomes (otaflow.verification_feed).
+    sender = CommandSender(settings)
+    feed = await asyncio.to_thread(TaskViewConsumer, settings, VerificationFeed(sender))
     runners = []
     try:
         for app, port in (
@@ -261,21 +264,28 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         ):
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, "0.0.0.0", port).start()
+            # Loopback unless OTAFLOW_BIND opens it: safe by default.
+            await web.TCPSite(runner, bind_address(), port).start()
             runners.append(runner)
-        log.info("API on :%d, packages on :%d", settings.api_port, settings.package_port)
+        host = bind_address()
+        log.info("API on %s:%d, packages on :%d", host, settings.api_port, settings.package_port)
         await (stop or asyncio.Event()).wait()
     finally:
         for runner in runners:
             await runner.cleanup()
         feed.close()
+        sender.close()
         control.close()
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config.load()))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config.load()))
+    except UnsafeSettings as exc:
+        log.error("refusing to start: %s", exc)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from otaflow.control import errors as E
 from otaflow.control.common import (
@@ -15,6 +15,7 @@ from otaflow.control.common import (
     gmt,
     opt_bool,
     opt_int,
+    opt_list,
     opt_str,
     page,
     read,
@@ -32,7 +33,66 @@ MAX_MODULES_PER_PRODUCT = 10
 
 # Firmware.verify_status (see schemas/otaflow.Firmware.avsc) -> the API's Status.
 _STATUS_OF_VERIFY = {0: 0, 1: 2, 2: 1, 3: 3}
-VERIFYING, VERIFIED = 1, 2
+UNVERIFIED, VERIFYING, VERIFIED, VERIFY_FAILED = 0, 1, 2, 3
+#: The console's limit for one package file over HTTPS.
+MAX_PACKAGE_BYTES = 1000 * 1024 * 1024
+#: Files of one package (CreateOTAFirmware MultiFiles).
+MAX_FILES = 20
+#: Task statuses that end a verification device's part.
+_NOT_SUCCEEDED = frozenset({"FAILED", "CANCELED"})
+
+
+class StoredFile(Protocol):
+    """What the package store knows of an uploaded file (``otaflow.packages.StoredPackage``)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def md5(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+def verification_status(target_count: int, outcomes: Mapping[str, str]) -> int:
+    """A verifying package's status from its verification devices' task outcomes
+    (device name -> terminal task status): the first device that does not succeed fails
+    it; it is verified once every target device succeeded; until then it is verifying."""
+    if any(status in _NOT_SUCCEEDED for status in outcomes.values()):
+        return VERIFY_FAILED
+    succeeded = sum(1 for status in outcomes.values() if status == "SUCCEEDED")
+    if target_count > 0 and succeeded >= target_count:
+        return VERIFIED
+    return VERIFYING
+
+
+def offered_files(firmware: Record) -> tuple[Record, ...]:
+    """The files a device is offered: every file of a package of two or more (a package
+    of one file, MultiFiles or not, is offered as a single file: url, size, sign)."""
+    files = firmware.get("files") or []
+    if len(files) < 2:
+        return ()
+    return tuple(dict(f, url=None) for f in files)
+
+
+def begin_verification(firmware: Record, job_id: str, now: int) -> Record:
+    """The package once its verification batch ``job_id`` is created (CreateOTAVerifyJob)."""
+    if firmware["verify_status"] == VERIFIED:
+        raise ApiError(E.FIRMWARE_ALREADY_VERIFIED, "The update package is already verified.")
+    if firmware["verify_status"] == VERIFYING:
+        raise ApiError(
+            E.FIRMWARE_VERIFYING,
+            "The update package is being verified; wait for its verification batch "
+            f"{firmware.get('verify_job_id')} to end, or cancel it.",
+        )
+    return dict(
+        firmware,
+        verify_status=VERIFYING,
+        verify_job_id=job_id,
+        verify_outcomes={},
+        updated_at=now,
+    )
 
 
 def firmware_status(record: Record) -> int:
@@ -49,6 +109,10 @@ def firmware_usable(record: Record) -> bool:
 
 class FirmwareOps(OpsBase):
     file_path_of: Callable[[str], str]
+    # The stored file at a package-store path, or None when nothing is stored there.
+    # None as a whole: no package store attached (pure unit tests of other rules); the
+    # caller's FirmwareSign and FirmwareSize are then taken as declared.
+    stored_file: Callable[[str], StoredFile | None] | None
 
     # -- packages ---------------------------------------------------------------------
 
@@ -62,9 +126,6 @@ class FirmwareOps(OpsBase):
         dest = req_str(p, "DestVersion")
         if not _VERSION.match(dest):
             raise invalid("DestVersion", "1-64 letters, digits, '.', '-' or '_'")
-        if p.get("MultiFiles"):
-            raise invalid("MultiFiles", "packages of several files are not supported")
-        url = req_str(p, "FirmwareUrl")
         product_key = req_str(p, "ProductKey")
         fw_type = opt_int(p, "Type", 0)
         if fw_type not in (0, 1):
@@ -77,10 +138,6 @@ class FirmwareOps(OpsBase):
         sign_method = (opt_str(p, "SignMethod") or "MD5").upper()
         if sign_method not in ("MD5", "SHA256"):
             raise invalid("SignMethod", "must be MD5 or SHA256")
-        sign = req_str(p, "FirmwareSign")
-        size = opt_int(p, "FirmwareSize", 0) or 0
-        if size < 0:
-            raise invalid("FirmwareSize", "must not be negative")
         module = opt_str(p, "ModuleName") or "default"
         if module != "default" and self.store.get(f"module/{product_key}/{module.lower()}") is None:
             raise ApiError(E.MODULE_NOT_FOUND, f"The OTA module {module} does not exist.")
@@ -91,8 +148,10 @@ class FirmwareOps(OpsBase):
         if udi is not None and len(udi) > 4096:
             raise invalid("Udi", "at most 4096 characters")
         self._unique_firmware_name(product_key, name, None)
+        url, sign, size, md5, files = self._package_file_facts(p, sign_method)
+        file_path = self.file_path_of(url)
         firmware_id = derived_id(request_id, "firmware")
-        record = {
+        record: Record = {
             "firmware_id": firmware_id,
             "product_key": product_key,
             "name": name,
@@ -103,15 +162,18 @@ class FirmwareOps(OpsBase):
             "size": size,
             "sign": sign,
             "sign_method": sign_method,
-            "md5": sign if sign_method == "MD5" else None,
-            "file_path": self.file_path_of(url),
+            "md5": md5,
+            "file_path": file_path,
             "url": url,
             "description": desc,
             "udi": udi,
-            # The platform defaults NeedToVerify to true; otaflow defaults to false
-            # (no verification devices in most deployments). Pass true to require it.
-            "need_to_verify": opt_bool(p, "NeedToVerify", False),
-            "verify_status": 0,
+            # The platform's default: a package must be verified before batch updates
+            # unless the caller says NeedToVerify=false.
+            "need_to_verify": opt_bool(p, "NeedToVerify", True),
+            "verify_status": UNVERIFIED,
+            "verify_job_id": None,
+            "verify_outcomes": {},
+            "files": files,
             "status": 1,
             "created_at": now,
             "updated_at": now,
@@ -120,6 +182,113 @@ class FirmwareOps(OpsBase):
             data={"FirmwareId": firmware_id, "UtcCreate": utc(now)},
             writes={f"firmware/{firmware_id}": record},
         )
+
+    def _package_file_facts(
+        self, p: Mapping[str, Any], sign_method: str
+    ) -> tuple[str, str, int, str | None, list[Record]]:
+        """(url, sign, size, md5, files) of the package, from the stored file(s), which a
+        declared sign or size must match (the platform: "if you do not configure this
+        parameter, the MD5 value / size of the package in OSS is used")."""
+        files = self._multi_files(p, sign_method)
+        if not files:
+            url = req_str(p, "FirmwareUrl")
+            sign, size, md5 = self._checked_file(
+                self.file_path_of(url),
+                sign_method,
+                declared_sign=opt_str(p, "FirmwareSign"),
+                declared_size=opt_int(p, "FirmwareSize"),
+                names=("FirmwareSign", "FirmwareSize", "FirmwareUrl"),
+            )
+            return url, sign, size, md5, []
+        for single in ("FirmwareUrl", "FirmwareSign", "FirmwareSize"):
+            if opt_str(p, single) is not None:
+                raise invalid(single, "a package of several files gives it per MultiFiles.N")
+        # The package's own fields describe its first file; devices get every file.
+        first = files[0]
+        return str(first["url"]), first["sign"], first["size"], first["md5"], files
+
+    def _multi_files(self, p: Mapping[str, Any], sign_method: str) -> list[Record]:
+        entries = opt_list(p, "MultiFiles")
+        if len(entries) > MAX_FILES:
+            raise invalid("MultiFiles", f"at most {MAX_FILES} files")
+        files: list[Record] = []
+        for n, entry in enumerate(entries, start=1):
+            if not isinstance(entry, dict):
+                raise invalid(f"MultiFiles.{n}", "must be sent as MultiFiles.N.Name, .Url, ...")
+            name = opt_str(entry, "Name")
+            if name is None or not 1 <= len(name) <= 32:
+                raise invalid(f"MultiFiles.{n}.Name", "1-32 characters, required")
+            if any(f["name"] == name for f in files):
+                raise invalid(f"MultiFiles.{n}.Name", f"{name!r} is used twice")
+            url = opt_str(entry, "Url")
+            if url is None:
+                raise missing(f"MultiFiles.{n}.Url")
+            file_path = self.file_path_of(url)
+            sign, size, md5 = self._checked_file(
+                file_path,
+                sign_method,
+                declared_sign=opt_str(entry, "SignValue"),
+                declared_size=opt_int(entry, "Size"),
+                declared_md5=opt_str(entry, "FileMd5"),
+                names=(f"MultiFiles.{n}.SignValue", f"MultiFiles.{n}.Size", f"MultiFiles.{n}.Url"),
+            )
+            files.append(
+                {
+                    "name": name,
+                    "size": size,
+                    "sign": sign,
+                    "md5": md5,
+                    "file_path": file_path,
+                    "url": url,
+                }
+            )
+        return files
+
+    def _checked_file(
+        self,
+        file_path: str,
+        sign_method: str,
+        *,
+        declared_sign: str | None,
+        declared_size: int | None,
+        names: tuple[str, str, str],
+        declared_md5: str | None = None,
+    ) -> tuple[str, int, str | None]:
+        """(sign, size, md5) of one stored file; ``names``: the sign, size and URL
+        parameters, for the errors."""
+        sign_name, size_name, url_name = names
+        if declared_size is not None and declared_size <= 0:
+            raise invalid(size_name, "must be a positive number of bytes")
+        if self.stored_file is None:
+            if declared_sign is None:
+                raise missing(sign_name)
+            if declared_size is None:
+                raise missing(size_name)
+            md5 = declared_sign.lower() if sign_method == "MD5" else declared_md5
+            return declared_sign.lower(), declared_size, md5
+        stored = self.stored_file(file_path)
+        if stored is None:
+            raise ApiError(
+                E.FIRMWARE_FILE_NOT_FOUND,
+                f"No file is stored at {url_name}: upload it with the fields of "
+                "GenerateOTAUploadURL first.",
+            )
+        if stored.size > MAX_PACKAGE_BYTES:
+            raise ApiError(E.FIRMWARE_TOO_LARGE, "A package file may have at most 1,000 MB.")
+        actual_sign = stored.md5 if sign_method == "MD5" else stored.sha256
+        if declared_sign is not None and declared_sign.lower() != actual_sign:
+            raise ApiError(
+                E.FIRMWARE_SIGN_MISMATCH,
+                f"{sign_name} is not the {sign_method} of the uploaded file.",
+            )
+        if declared_md5 is not None and declared_md5.lower() != stored.md5:
+            raise ApiError(E.FIRMWARE_SIGN_MISMATCH, f"{names[0]} is not the uploaded file's MD5.")
+        if declared_size is not None and declared_size != stored.size:
+            raise ApiError(
+                E.FIRMWARE_SIZE_MISMATCH,
+                f"{size_name} {declared_size} is not the uploaded file's size {stored.size}.",
+            )
+        return actual_sign, stored.size, stored.md5
 
     def _unique_firmware_name(self, product_key: str, name: str, own_id: str | None) -> None:
         """Names are unique per product (the platform says per account; otaflow serves
@@ -173,10 +342,65 @@ class FirmwareOps(OpsBase):
                 "Status": firmware_status(record),
                 "Type": record["type"],
                 "Udi": record["udi"],
+                "MultiFiles": [
+                    drop_none(
+                        {
+                            "Name": f["name"],
+                            "Url": f["url"],
+                            "Size": f["size"],
+                            "SignValue": f["sign"],
+                            "FileMd5": f["md5"],
+                        }
+                    )
+                    for f in record.get("files") or []
+                ]
+                or None,
                 "UtcCreate": utc(record["created_at"]),
                 "UtcModified": utc(record["updated_at"]),
-                "VerifyProgress": 100 if record["verify_status"] == VERIFIED else 0,
+                "VerifyProgress": self._verify_progress(record),
             }
+        )
+
+    def _verify_progress(self, record: Record) -> int:
+        """Percent of the verification batch's devices that succeeded."""
+        if record["verify_status"] == VERIFIED:
+            return 100
+        job = self.store.get(f"job/{record.get('verify_job_id')}")
+        if not job or not job.get("target_count"):
+            return 0
+        outcomes = record.get("verify_outcomes") or {}
+        succeeded = sum(1 for status in outcomes.values() if status == "SUCCEEDED")
+        return min(100, succeeded * 100 // int(job["target_count"]))
+
+    def _RecordVerifyOutcome(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        """Internal (never reachable through the API): a verification device's task
+        ended. Sent by ``otaflow.verification_feed`` from ``ota.task.events`` under a
+        request id per task and status, so a replay changes nothing."""
+        job_id = req_str(p, "JobId")
+        device_name = req_str(p, "DeviceName")
+        status = req_str(p, "TaskStatus")
+        batch = self.store.get(f"batch/{job_id}")
+        job = self.store.get(f"job/{job_id}")
+        if batch is None or job is None:
+            return read()
+        firmware = self.store.get(f"firmware/{batch['firmware']['firmware_id']}")
+        if (
+            firmware is None
+            or firmware.get("verify_job_id") != job_id
+            or firmware["verify_status"] != VERIFYING
+        ):
+            return read()  # a verification already decided, or an older one's late event
+        outcomes = dict(firmware.get("verify_outcomes") or {})
+        outcomes[device_name] = status
+        changed = dict(
+            firmware,
+            verify_outcomes=outcomes,
+            verify_status=verification_status(int(job.get("target_count") or 0), outcomes),
+            updated_at=now,
+        )
+        return Outcome(
+            data={"VerifyStatus": changed["verify_status"]},
+            writes={f"firmware/{firmware['firmware_id']}": changed},
         )
 
     def _QueryOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
@@ -197,7 +421,7 @@ class FirmwareOps(OpsBase):
         rows = []
         for record in paging.slice(found):
             info = self._firmware_info(record)
-            for extra in ("FirmwareUrl", "Udi", "VerifyProgress"):
+            for extra in ("FirmwareUrl", "Udi", "VerifyProgress", "MultiFiles"):
                 info.pop(extra, None)
             rows.append(info)
         return read(FirmwareInfo={"SimpleFirmwareInfo": rows}, **paging.top(len(found)))

@@ -34,7 +34,7 @@ from otaflow.control.common import (
     utc,
 )
 from otaflow.control.errors import ApiError, invalid, missing
-from otaflow.control.firmware import VERIFIED, firmware_usable
+from otaflow.control.firmware import begin_verification, firmware_usable, offered_files
 from otaflow.control.ids import derived_id
 from otaflow.control.registry import DEVICE_NAME
 from otaflow.domain.batches import (
@@ -191,6 +191,8 @@ class JobOps(OpsBase):
             raise invalid("DownloadProtocol", "must be HTTPS or MQTT")
         if protocol == "MQTT" and firmware["size"] > 16 * 1024 * 1024:
             raise invalid("DownloadProtocol", "MQTT downloads are limited to 16 MB packages")
+        if protocol == "MQTT" and len(firmware.get("files") or []) > 1:
+            raise invalid("DownloadProtocol", "MQTT downloads take packages of one file")
         versions = rules.diff_src_versions(firmware, rules.src_versions(str_list(p, "SrcVersion")))
         start, end = rules.schedule(p, now, kind is BatchKind.STATIC)
         rate = rate_from_params(p)
@@ -217,6 +219,8 @@ class JobOps(OpsBase):
             sign_method="SHA256" if firmware["sign_method"] == "SHA256" else "Md5",
             md5=firmware["md5"],
             download_protocol=protocol,
+            udi=firmware["udi"],
+            files=offered_files(firmware),
         )
         return Batch(
             batch_id=derived_id(request_id, "batch"),
@@ -475,8 +479,7 @@ class JobOps(OpsBase):
 
     def _CreateOTAVerifyJob(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
         firmware = self._usable_firmware(p, verify=True)
-        if firmware["verify_status"] == VERIFIED:
-            raise ApiError(E.FIRMWARE_ALREADY_VERIFIED, "The update package is already verified.")
+        begin_verification(firmware, "", now)  # refuses a verified or verifying package
         listed = str_list(p, "TargetDeviceName")
         if not listed:
             raise missing("TargetDeviceName")
@@ -489,17 +492,15 @@ class JobOps(OpsBase):
                 raise invalid(forbidden, "not a parameter of a verification batch")
         batch = self._new_batch(
             p, request_id, now, BatchKind.STATIC, BatchScope.TARGETED, firmware
-        ).with_changes(timeout_minutes=timeout)
+        ).with_changes(timeout_minutes=timeout, verification=True)
         job = self._job_meta(
             batch.batch_id, "SPECIFIC", now, job_type=VERIFY, target_count=len(names)
         )
         outcome = self._start(batch, job, now)
         outcome.targets.append(TargetSet(batch.batch_id, firmware["product_key"], names, now))
-        # No verification devices report back to otaflow's control plane: the package
-        # is recorded as verified when its verification batch is created. The batch's
-        # tasks (ListOTATaskByJob) show how the devices actually fared.
-        outcome.writes[f"firmware/{firmware['firmware_id']}"] = dict(
-            firmware, verify_status=VERIFIED, updated_at=now
+        # Verifying until the devices' outcomes decide (RecordVerifyOutcome).
+        outcome.writes[f"firmware/{firmware['firmware_id']}"] = begin_verification(
+            firmware, batch.batch_id, now
         )
         return outcome
 

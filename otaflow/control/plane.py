@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from otaflow.api.params import ParamError, unflatten
 from otaflow.control.common import ControlStore, Outcome, Record
 from otaflow.control.errors import ApiError
-from otaflow.control.firmware import FirmwareOps
+from otaflow.control.firmware import FirmwareOps, StoredFile
 from otaflow.control.jobs import JobOps, rate_from_params, rate_settings
 from otaflow.control.registry import RegistryOps
 
@@ -47,6 +47,11 @@ READS = frozenset(
 )
 
 
+#: Operations only otaflow's own components send on the command topic (the API
+#: answers them as unknown).
+INTERNAL = frozenset({"RecordVerifyOutcome"})
+
+
 def _no_name_lists(url: str) -> str:
     raise FileNotFoundError(url)
 
@@ -57,21 +62,28 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         store: ControlStore,
         file_path_of: Callable[[str], str],
         read_name_list: Callable[[str], str] = _no_name_lists,
+        stored_file: Callable[[str], StoredFile | None] | None = None,
     ) -> None:
         self.store = store
         # Maps a FirmwareUrl given to CreateOTAFirmware to a path in the package store.
         self.file_path_of = file_path_of
         # Reads a device-name list file (DnListFileUrl) from the package store.
         self.read_name_list = read_name_list
+        # Size and digests of an uploaded package (None: no package store attached).
+        self.stored_file = stored_file
 
     @staticmethod
     def supports(action: str) -> bool:
-        return callable(getattr(ControlPlane, f"_{action}", None)) and action[:1].isupper()
+        return (
+            callable(getattr(ControlPlane, f"_{action}", None))
+            and action[:1].isupper()
+            and action not in INTERNAL
+        )
 
     def handle(
         self, action: str, flat_params: Mapping[str, str], request_id: str, now: int
     ) -> Outcome:
-        if not self.supports(action):
+        if not (self.supports(action) or action in INTERNAL):
             raise ApiError(
                 "InvalidApi.NotFound",
                 "Specified api is not found, please check your url and method.",

@@ -41,6 +41,9 @@ class FirmwareOffer:
     sign_method: str = "SHA256"
     md5: str | None = None
     download_protocol: str = "HTTPS"
+    udi: str | None = None
+    # A package of several files: PackageFile records (name, size, sign, md5, file_path).
+    files: tuple[dict[str, Any], ...] = ()
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -55,11 +58,15 @@ class FirmwareOffer:
             "md5": self.md5,
             "file_path": self.file_path,
             "download_protocol": self.download_protocol,
+            "udi": self.udi,
+            "files": [dict(f) for f in self.files],
         }
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> FirmwareOffer:
-        return cls(**rec)
+        fields = dict(rec)
+        fields["files"] = tuple(rec.get("files") or ())
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,8 @@ class Batch:
     schedule_end: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     strategy_active: bool = True
+    # A verification batch (CreateOTAVerifyJob): its tasks' outcomes decide the package.
+    verification: bool = False
 
     @property
     def module(self) -> str:
@@ -160,6 +169,7 @@ class Batch:
             "tags": dict(self.tags),
             "status": self.status.value,
             "strategy_active": self.strategy_active,
+            "verification": self.verification,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

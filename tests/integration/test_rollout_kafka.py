@@ -34,7 +34,7 @@ def create_package(otaflow: Otaflow, pk: str, version: str = "2.0", **extra: str
         FirmwareSign=hashlib.sha256(payload).hexdigest(),
         SignMethod="SHA256",
         FirmwareSize=len(payload),
-        **extra,
+        **{"NeedToVerify": "false", **extra},
     )
     return str(data["FirmwareId"])
 

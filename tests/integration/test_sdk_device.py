@@ -56,6 +56,7 @@ def test_sdk_device_is_updated_from_1_0_to_2_0(live_otaflow: Otaflow, tmp_path: 
         FirmwareSign=sign,
         SignMethod="SHA256",
         FirmwareSize=len(payload),
+        NeedToVerify="false",
     )
     job = otaflow.call(
         "CreateOTADynamicUpgradeJob",

@@ -61,6 +61,7 @@ def world() -> World:
         FirmwareUrl="http://x/packages/fw.bin",
         FirmwareSign="abc",
         FirmwareSize=10,
+        NeedToVerify="false",
     )
     w.fw = fw.data["FirmwareId"]
     return w
