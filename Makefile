@@ -9,12 +9,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint unit integration up down status bench bench-smoke clean
 
-# compat: the editable install puts the repository on sys.path, as the flat layout needs,
-# without setuptools' warning about folders shadowing the package.
+# -qq: pip prints errors only; setuptools' notes about editable installs (printed on
+# every fresh set-up) are not warnings about this project.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e '.[dev]'
 	@touch $(STAMP)
 
 # The Python environment, then Kafka (jars from Maven Central, once) and Mosquitto.
