@@ -335,6 +335,12 @@ class JobOps(OpsBase):
         region = city = group_id = None
         thousandths = None
         if scope is BatchScope.TARGETED:
+            if str_list(p, "SrcVersion"):
+                raise ApiError(
+                    E.SRC_VERSION_TARGETED,
+                    "A batch on specified devices (SPECIFIC) takes no SrcVersion: the devices "
+                    "are named.",
+                )
             listed = str_list(p, "TargetDeviceName")
             url = opt_str(p, "DnListFileUrl")
             if bool(listed) == bool(url):
@@ -346,11 +352,23 @@ class JobOps(OpsBase):
             else:
                 assert url is not None
                 names, invalid_names = self._names_from_file(product_key, url)
+                if invalid_names:
+                    # The console: an error and a downloadable invalid list before anything
+                    # runs. ListOTAJobInvalidDeviceNames with DnListFileUrl lists them.
+                    shown = ", ".join(invalid_names[:20]) + (
+                        " ..." if len(invalid_names) > 20 else ""
+                    )
+                    raise ApiError(
+                        E.DEVICE_NAMES_INVALID,
+                        f"{len(invalid_names)} name(s) in the device-name list are not devices "
+                        f"of product {product_key}: {shown}. List them with "
+                        "ListOTAJobInvalidDeviceNames (DnListFileUrl, ProductKey), correct the "
+                        "file and upload it again.",
+                    )
                 if not names:
                     raise ApiError(
                         E.NO_VALID_DEVICE,
-                        f"No name in the device-name list is a device of product {product_key} "
-                        f"({len(invalid_names)} invalid).",
+                        f"The device-name list names no device of product {product_key}.",
                     )
         elif scope is BatchScope.PHASED:
             thousandths = rules.gray_percent(opt_str(p, "GrayPercent"))
@@ -367,6 +385,7 @@ class JobOps(OpsBase):
             region = req_str(p, "Province")
             city = opt_str(p, "City")
         batch = self._new_batch(p, request_id, now, BatchKind.STATIC, scope, firmware)
+        self._cross_batch_rules(batch, now)
         if scope is BatchScope.PHASED:
             assert thousandths is not None
             registered = [k.rsplit("/", 1)[1] for k in self.store.keys(f"device/{product_key}/")]
@@ -401,6 +420,13 @@ class JobOps(OpsBase):
             outcome.writes[f"job-invalid/{batch.batch_id}/{i:06d}"] = {"items": chunk}
         return outcome
 
+    def _cross_batch_rules(self, batch: Batch, now: int) -> None:
+        live = [b for _, b in self.store.scan("batch/") if rules.is_live(b, now)]
+        rules.modes_across_batches(
+            live, batch.product_key, batch.multi_module, batch.overwrite_mode
+        )
+        rules.dynamic_mode_mix(live, batch.to_record())
+
     def _dynamic_batches(self) -> list[Record]:
         return [
             b
@@ -411,12 +437,30 @@ class JobOps(OpsBase):
     def _CreateOTADynamicUpgradeJob(
         self, p: Mapping[str, Any], request_id: str, now: int
     ) -> Outcome:
-        selection = (opt_str(p, "TargetSelection") or "ALL").upper()
-        if selection == "GRAY":
+        selection = (opt_str(p, "TargetSelection") or "").upper()
+        if selection == "GRAY" or opt_str(p, "GrayPercent") is not None:
             raise ApiError(E.GRAY_DYNAMIC, "Phased updates are supported only for static batches.")
-        firmware = self._usable_firmware(p)
         group_id = opt_str(p, "GroupId")
         group_type = opt_str(p, "GroupType")
+        # A dynamic batch covers the product's devices on its source versions, or a
+        # dynamic group's: a scope it cannot keep is refused, never widened to all.
+        unsupported = [
+            name
+            for name in ("TargetDeviceName", "DnListFileUrl", "Province", "City")
+            if p.get(name) not in (None, "", [])
+        ]
+        if selection not in ("", "ALL", "GROUP") or unsupported:
+            what = selection if selection not in ("", "ALL", "GROUP") else unsupported[0]
+            raise ApiError(
+                E.SCOPE_DYNAMIC,
+                f"A dynamic batch updates by source version or by dynamic group; {what} is "
+                "supported only for static batches.",
+            )
+        if selection == "GROUP" and not group_id:
+            raise missing("GroupId")
+        if selection == "ALL" and group_id:
+            raise invalid("TargetSelection", "ALL takes no GroupId")
+        firmware = self._usable_firmware(p)
         group = None
         if group_id or group_type:
             if not group_id or group_type != "LINK_PLATFORM_DYNAMIC":
@@ -461,6 +505,7 @@ class JobOps(OpsBase):
                         f"OverwriteMode={other['overwrite_mode']}).",
                     )
             batch = batch.with_changes(group_id=group_id, group_type="DYNAMIC")
+        self._cross_batch_rules(batch, now)
         job = self._job_meta(
             batch.batch_id,
             "GROUP" if group else "ALL",
@@ -664,7 +709,20 @@ class JobOps(OpsBase):
     def _ListOTAJobInvalidDeviceNames(
         self, p: Mapping[str, Any], request_id: str, now: int
     ) -> Outcome:
-        """otaflow's extra: the refused names of a batch's device-name list file."""
+        """otaflow's extra: the invalid names of a device-name list file.
+
+        ``DnListFileUrl`` + ``ProductKey``: the file as CreateOTAStaticUpgradeJob would
+        judge it now (a file with invalid names is refused, and this read is its
+        "Download invalid list"). ``JobId``: the names a batch created before that rule
+        recorded.
+        """
+        url = opt_str(p, "DnListFileUrl")
+        if url is not None and opt_str(p, "JobId") is None:
+            product_key = req_str(p, "ProductKey")
+            self.product(product_key)
+            paging = page(p, 10_000, 1000)
+            _, bad = self._names_from_file(product_key, url)
+            return read({"DeviceNames": paging.slice(bad)}, **paging.top(len(bad)))
         job = self.job(req_str(p, "JobId"))
         paging = page(p, 10_000, 1000)
         total = job["invalid_count"]
@@ -799,7 +857,7 @@ class JobOps(OpsBase):
     def _ConfirmOTATask(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
         tasks = self._resolved_tasks(p)
         for _, _, _, batch_id in tasks:
-            self.batch(batch_id)
+            rules.confirm_window(self.batch(batch_id), now)
         return Outcome(device_items=self._task_commands("CONFIRM", tasks, now))
 
     def _ReupgradeOTATask(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:

@@ -555,7 +555,9 @@ class DeviceEngine:
         task.first_progress_at = None
         task.retry_at = None
         task.retries_left = batch.retry_count if batch.retry_interval_minutes is not None else 0
-        self._move(state, task, TaskStatus.QUEUED, now, fx, "reupgrade")
+        # A batch that needs the app's confirmation asks again (CONFIRM), like a new task.
+        to = TaskStatus.CONFIRM if batch.need_confirm else TaskStatus.QUEUED
+        self._move(state, task, to, now, fx, "reupgrade")
 
     # -- the registry's word ----------------------------------------------------------------
 
