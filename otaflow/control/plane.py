@@ -43,6 +43,7 @@ READS = frozenset(
         "QueryBatchRegisterDeviceStatus",
         "QueryPageByApplyId",
         "QueryDeviceGroupList",
+        "QueryDeviceGroupInfo",
     }
 )
 

@@ -239,6 +239,22 @@ def parse_expression(source: str) -> Node:
     return _Parser(source).parse()
 
 
+def check_expression(source: str) -> Node:
+    """``parse_expression`` plus the console doc's rule for module data: a group that
+    searches by OTA module data names both ``ota_module.name`` and ``ota_module.version``."""
+    node = parse_expression(source)
+    used = {
+        tok.text.lower(): tok.pos
+        for tok in reversed(tokenize(source))
+        if tok.kind == "word" and tok.text.lower() in MODULE_FIELDS
+    }
+    if used and len(used) < len(MODULE_FIELDS):
+        [(name, pos)] = used.items()
+        other = next(f for f in MODULE_FIELDS if f != name)
+        raise GroupExpressionError(f"{name} at {pos} needs {other} in the same expression")
+    return node
+
+
 # -- evaluation --------------------------------------------------------------------------
 
 

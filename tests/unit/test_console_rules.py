@@ -241,3 +241,163 @@ def test_reupgrade_of_a_batch_that_needs_confirmation_goes_back_to_confirm() -> 
     assert p.notifications[-1]["task_id"] is None  # not handed out before confirmation
     p.command("CONFIRM", "d1", t + 7, task_ids=[task_id])
     assert p.tasks("d1") == [("V", "QUEUED")] and len(p.push_queue) == 1
+
+
+# -- dynamic groups ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "where"),
+    [
+        ("province = 'Zhejiang' AND status = 'ONLINE'", "at 26"),
+        ("province < 'Z'", "at 9"),
+        ("province = 'Zhejiang' AND", "at 25"),
+        ("ota_module.version = '1.0'", "ota_module.version at 0 needs ota_module.name"),
+        ("city = 'x' or ota_module.name = 'mcu'", "ota_module.name at 14 needs"),
+    ],
+)
+def test_a_dynamic_group_expression_is_checked_when_created(
+    world: World, expression: str, where: str
+) -> None:
+    err = world.refused(
+        "CreateDeviceDynamicGroup", GroupName="grp_bad", DynamicGroupExpression=expression
+    )
+    assert err.code == "iot.group.InvalidDynamicGroupExpression" and where in err.message
+
+
+def test_a_dynamic_group_is_changed_counted_and_deleted(world: World) -> None:
+    world.call("RegisterDevice", ProductKey=world.pk, DeviceName="north01", Province="Zhejiang")
+    world.call("RegisterDevice", ProductKey=world.pk, DeviceName="north02", Province="Zhejiang")
+    created = world.call(
+        "CreateDeviceDynamicGroup",
+        GroupName="grp_zj",
+        DynamicGroupExpression="province = 'Zhejiang'",
+    )
+    gid = created.data["GroupId"]
+    info = world.call("QueryDeviceGroupInfo", GroupId=gid, GroupType="LINK_PLATFORM_DYNAMIC")
+    assert info.read_only and info.data["DeviceCount"] == 2
+    assert info.data["DynamicGroupExpression"] == "province = 'Zhejiang'"
+    # GroupId is unique: without GroupType the group is found; a wrong GroupType is refused.
+    assert world.call("QueryDeviceGroupInfo", GroupId=gid).data["GroupType"] == (
+        "LINK_PLATFORM_DYNAMIC"
+    )
+    wrong = world.refused("QueryDeviceGroupInfo", GroupId=gid, GroupType="LINK_PLATFORM")
+    assert wrong.code == "iot.group.GroupTypeMismatch"
+    # Changing the expression (otaflow's extra on UpdateDeviceGroup) is checked too.
+    bad = world.refused(
+        "UpdateDeviceGroup",
+        GroupId=gid,
+        GroupType="LINK_PLATFORM_DYNAMIC",
+        DynamicGroupExpression="name ~ 'x'",
+    )
+    assert bad.code == "iot.group.InvalidDynamicGroupExpression" and "at 5" in bad.message
+    changed = world.call(
+        "UpdateDeviceGroup",
+        GroupId=gid,
+        GroupType="LINK_PLATFORM_DYNAMIC",
+        GroupDesc="north",
+        DynamicGroupExpression="name = 'north01'",
+    )
+    [(schema, control)] = changed.broadcasts
+    assert (schema, control["expression"], control["deleted"]) == (
+        "GroupControl",
+        "name = 'north01'",
+        False,
+    )
+    info = world.call("QueryDeviceGroupInfo", GroupId=gid, GroupType="LINK_PLATFORM_DYNAMIC")
+    assert (info.data["DeviceCount"], info.data["GroupDesc"]) == (1, "north")
+    batch = world.call(
+        "CreateOTADynamicUpgradeJob",
+        **static(world, GroupId=gid, GroupType="LINK_PLATFORM_DYNAMIC"),
+    ).data["JobId"]
+    # Deleting keeps the batch (and its tasks) and tells every partition: no new matches.
+    deleted = world.call("DeleteDeviceDynamicGroup", GroupId=gid)
+    assert [(s, c["deleted"]) for s, c in deleted.broadcasts] == [("GroupControl", True)]
+    assert world.call("QueryOTAJob", JobId=batch).data["JobStatus"] == "IN_PROGRESS"
+    assert world.refused("QueryDeviceGroupInfo", GroupId=gid).code == "iot.group.GroupNotExist"
+    fw2 = package(world, "fw_rules_d", "5.0")
+    err = world.refused(
+        "CreateOTADynamicUpgradeJob",
+        ProductKey=world.pk,
+        FirmwareId=fw2,
+        GroupId=gid,
+        GroupType="LINK_PLATFORM_DYNAMIC",
+    )
+    assert err.code == "iot.group.GroupNotExist"
+
+
+def test_a_static_group_is_counted_and_deleted_with_its_relations(world: World) -> None:
+    parent = world.call("CreateDeviceGroup", GroupName="grp_parent").data["GroupId"]
+    child = world.call("CreateDeviceGroup", GroupName="grp_child", SuperGroupId=parent).data[
+        "GroupId"
+    ]
+    world.call(
+        "BatchAddDeviceGroupRelations",
+        GroupId=parent,
+        Device__1__ProductKey=world.pk,
+        Device__1__DeviceName="dev0001",
+        Device__2__ProductKey=world.pk,
+        Device__2__DeviceName="dev0002",
+    )
+    assert world.call("QueryDeviceGroupInfo", GroupId=parent).data["DeviceCount"] == 2
+    err = world.refused("DeleteDeviceGroup", GroupId=parent)
+    assert err.code == "iot.group.GroupHasSubGroup"
+    world.call("DeleteDeviceGroup", GroupId=child)
+    out = world.call("DeleteDeviceGroup", GroupId=parent)
+    assert sorted(i.device_name for i in out.device_items) == ["dev0001", "dev0002"]
+    assert all(i.record["groups"] == [] for i in out.device_items)
+    assert world.store.get(f"device/{world.pk}/dev0001")["groups"] == []  # type: ignore[index]
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+
+def test_batch_register_device_registers_count_random_names(world: World) -> None:
+    out = world.call("BatchRegisterDevice", ProductKey=world.pk, Count=3)
+    apply_id = out.data["ApplyId"]
+    status = world.call("QueryBatchRegisterDeviceStatus", ProductKey=world.pk, ApplyId=apply_id)
+    assert status.data["Status"] == "CREATE_SUCCESS"
+    names = status.data["ValidList"]["Name"]
+    assert len(set(names)) == 3
+    assert [i.record["action"] for i in out.device_items] == ["REGISTER"] * 3
+    page = world.call("QueryPageByApplyId", ApplyId=apply_id, PageSize=10)
+    assert sorted(
+        r["DeviceName"] for r in page.top["ApplyDeviceList"]["ApplyDeviceInfo"]
+    ) == sorted(names)
+    for bad in (0, 10_001):
+        assert world.refused("BatchRegisterDevice", ProductKey=world.pk, Count=bad).code == (
+            "iot.common.InvalidFormattedParameter"
+        )
+
+
+def test_delete_device_removes_it_from_registry_groups_and_matching(world: World) -> None:
+    group = world.call("CreateDeviceGroup", GroupName="grp_del").data["GroupId"]
+    world.call(
+        "BatchAddDeviceGroupRelations",
+        GroupId=group,
+        Device__1__ProductKey=world.pk,
+        Device__1__DeviceName="dev0003",
+    )
+    iot_id = world.call("QueryDeviceDetail", ProductKey=world.pk, DeviceName="dev0003").data[
+        "IotId"
+    ]
+    out = world.call("DeleteDevice", IotId=iot_id)
+    [item] = out.device_items
+    assert (item.schema, item.record["action"]) == ("DeviceRegistration", "DELETE")
+    err = world.refused("QueryDeviceDetail", ProductKey=world.pk, DeviceName="dev0003")
+    assert err.code == "iot.device.DeviceNotExist"
+    assert world.call("QueryDeviceGroupInfo", GroupId=group).data["DeviceCount"] == 0
+    # A batch on named devices no longer accepts it.
+    err = world.refused(
+        "CreateOTAStaticUpgradeJob",
+        **static(world, TargetSelection="SPECIFIC", TargetDeviceName__1="dev0003"),
+    )
+    assert err.code == "iot.ota.InvalidTargetDeviceName"
+    # The device partition drops its state and cancels its unfinished task.
+    t = 1_000_000
+    p = Partition()
+    p.register("dev0003", t)
+    p.start(dynamic_batch("V", ["1.0"], at=t))
+    p.version("dev0003", "1.0", t + 1)
+    p.register("dev0003", t + 2, action="DELETE")
+    assert not p.has_device("dev0003") and p.history("dev0003") == ["QUEUED", "CANCELED"]
