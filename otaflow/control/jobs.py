@@ -534,7 +534,7 @@ class JobOps(OpsBase):
                 raise invalid(forbidden, "not a parameter of a verification batch")
         batch = self._new_batch(
             p, request_id, now, BatchKind.STATIC, BatchScope.TARGETED, firmware
-        ).with_changes(timeout_minutes=timeout)
+        ).with_changes(timeout_minutes=timeout, job_type=VERIFY)
         job = self._job_meta(
             batch.batch_id, "SPECIFIC", now, job_type=VERIFY, target_count=len(names)
         )

@@ -91,6 +91,7 @@ class Batch:
     schedule_end: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     strategy_active: bool = True
+    job_type: str = "UPGRADE_FIRMWARE"
 
     @property
     def module(self) -> str:
@@ -160,6 +161,7 @@ class Batch:
             "tags": dict(self.tags),
             "status": self.status.value,
             "strategy_active": self.strategy_active,
+            "job_type": self.job_type,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
