@@ -40,7 +40,9 @@ from otaflow.domain.groups import (
     MODULE_FIELDS,
     GroupExpressionError,
     check_expression,
-    compile_expression,
+    compile_node,
+    parse_expression,
+    pinned_products,
 )
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_\-@.:]{4,32}$")
@@ -576,13 +578,17 @@ class RegistryOps(OpsBase):
         expression = group["expression"] or ""
         if any(f in expression.lower() for f in MODULE_FIELDS):
             return None
-        matches = compile_expression(expression)
+        node = parse_expression(expression)
+        matches = compile_node(node)
+        products = pinned_products(node)
+        prefixes = sorted(f"device/{pk}/" for pk in products) if products else ["device/"]
         count = 0
-        for _, device in self.store.scan("device/"):
-            state = DeviceState(device["product_key"], device["device_name"])
-            state.province, state.city = device["province"], device["city"]
-            state.groups = list(device["groups"])
-            count += matches(state)
+        for prefix in prefixes:
+            for _, device in self.store.scan(prefix):
+                state = DeviceState(device["product_key"], device["device_name"])
+                state.province, state.city = device["province"], device["city"]
+                state.groups = list(device["groups"])
+                count += matches(state)
         return count
 
     def _QueryDeviceGroupInfo(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:

@@ -255,6 +255,19 @@ def check_expression(source: str) -> Node:
     return node
 
 
+def pinned_products(node: Node) -> frozenset[str] | None:
+    """The products a device must be of to match (None: any product).
+
+    ``product_key = 'x'`` or ``product_key IN (...)`` at the top, or in a top-level
+    AND, pins them; readers of the registry then scan only those products' devices.
+    """
+    tests = node.operands if isinstance(node, And) else (node,)
+    for test in tests:
+        if isinstance(test, Test) and test.field == "product_key" and test.op in ("=", "in"):
+            return frozenset(test.values)
+    return None
+
+
 # -- evaluation --------------------------------------------------------------------------
 
 

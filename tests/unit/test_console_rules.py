@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from otaflow.domain.groups import parse_expression, pinned_products
 from otaflow.domain.simulation import Partition, dynamic_batch
 from tests.unit.test_control_plane import MIN, NOW, World
 
@@ -401,3 +402,10 @@ def test_delete_device_removes_it_from_registry_groups_and_matching(world: World
     p.version("dev0003", "1.0", t + 1)
     p.register("dev0003", t + 2, action="DELETE")
     assert not p.has_device("dev0003") and p.history("dev0003") == ["QUEUED", "CANCELED"]
+
+
+def test_a_group_pinned_to_a_product_is_counted_over_that_product_only() -> None:
+    assert pinned_products(parse_expression("product_key = 'a' and city = 'x'")) == {"a"}
+    assert pinned_products(parse_expression("product_key in ('a', 'b')")) == {"a", "b"}
+    assert pinned_products(parse_expression("product_key = 'a' or city = 'x'")) is None
+    assert pinned_products(parse_expression("city = 'x'")) is None
