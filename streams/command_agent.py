@@ -100,7 +100,7 @@ def read_name_list(url: str) -> str:
 
 
 store = TableControlStore()
-plane = ControlPlane(store, file_path_of_url, read_name_list)
+plane = ControlPlane(store, file_path_of_url, read_name_list, device_partitions=settings.partitions)
 
 
 def result_json(outcome: Outcome) -> str:
@@ -178,6 +178,8 @@ async def apply_outcome(outcome: Outcome) -> None:
                 "event_time": targets.event_time,
             }
             per_partition[partition].append(CODEC.encode("BatchTarget", target))
+    for partition, schema, record in outcome.partition_items:
+        per_partition[partition].append(CODEC.encode(schema, record))
     for partition, items in sorted(per_partition.items()):
         for envelope in envelopes(items):
             await device_events.send(key=None, partition=partition, value=envelope)

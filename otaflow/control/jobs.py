@@ -1,16 +1,15 @@
 """Update batches (the platform's "jobs") and the operator's actions on their tasks.
 
 Scopes: ``ALL`` (every device of the product), ``SPECIFIC`` (names, or a CSV of up
-to 1,000,000 names), ``GRAY`` (phased: a percentage of the product's registered
-devices, picked here and named by ``BatchTarget`` records; version criteria are then
-applied on the device partitions, so fewer devices than picked may get a task),
+to 1,000,000 names), ``GRAY`` (phased: a percentage of the devices the batch could
+update, counted by the device partitions and split among them, see
+``otaflow.domain.phased``),
 ``GROUP`` (static or dynamic group) and, as an otaflow extra, ``REGION``
 (``Province`` and optional ``City`` parameters: the console's regional update).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -37,6 +36,7 @@ from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.firmware import VERIFIED, firmware_usable
 from otaflow.control.ids import derived_id
 from otaflow.control.registry import DEVICE_NAME
+from otaflow.domain import phased
 from otaflow.domain.batches import (
     Batch,
     BatchKind,
@@ -153,15 +153,12 @@ def job_status(batch: Record, now: int) -> str:
 
 def pick_phased(batch_id: str, names: list[str], count: int) -> list[str]:
     """A deterministic pseudo-random pick: the ``count`` names of smallest hash."""
-
-    def rank(name: str) -> bytes:
-        return hashlib.sha256(f"{batch_id}|{name}".encode()).digest()
-
-    return sorted(names, key=rank)[:count]
+    return phased.pick(batch_id, names, count)
 
 
 class JobOps(OpsBase):
     read_name_list: Callable[[str], str]
+    device_partitions: int
 
     # -- creating ---------------------------------------------------------------------
 
@@ -386,16 +383,8 @@ class JobOps(OpsBase):
             city = opt_str(p, "City")
         batch = self._new_batch(p, request_id, now, BatchKind.STATIC, scope, firmware)
         self._cross_batch_rules(batch, now)
-        if scope is BatchScope.PHASED:
-            assert thousandths is not None
-            registered = [k.rsplit("/", 1)[1] for k in self.store.keys(f"device/{product_key}/")]
-            count = rules.phased_count(len(registered), thousandths)
-            if count == 0:
-                raise ApiError(
-                    E.NO_VALID_DEVICE,
-                    f"A phased update needs at least one registered device of {product_key}.",
-                )
-            names = pick_phased(batch.batch_id, registered, count)
+        # PHASED: the device partitions count the devices the batch could update and
+        # the plane then sends each its share (``phased_count``, ``domain.phased``).
         batch = batch.with_changes(
             region=region,
             city=city,
@@ -426,6 +415,36 @@ class JobOps(OpsBase):
             live, batch.product_key, batch.multi_module, batch.overwrite_mode
         )
         rules.dynamic_mode_mix(live, batch.to_record())
+
+    def phased_count(self, p: Mapping[str, str], request_id: str, now: int) -> Outcome:
+        """A device partition's count of the devices a phased batch could update; once
+        every partition has reported, each gets its share (``PhasedQuota``)."""
+        batch_id, partition = p["batch_id"], int(p["partition"])
+        batch = self.batch(batch_id)
+        key = f"phased/{batch_id}"
+        reported = dict(
+            (int(a), int(b))
+            for a, b in (
+                item.split(":") for item in (self.store.get(key) or {"items": []})["items"]
+            )
+        )
+        if partition in reported or batch["phased_percent_thousandths"] is None:
+            return read()
+        reported[partition] = int(p["eligible"])
+        items = [f"{k}:{v}" for k, v in sorted(reported.items())]
+        outcome = Outcome(writes={key: {"items": items}})
+        if len(reported) < self.device_partitions:
+            return outcome
+        total = rules.phased_count(sum(reported.values()), batch["phased_percent_thousandths"])
+        shares = phased.quotas(total, reported)
+        for target, quota in sorted(shares.items()):
+            if quota > 0:
+                record = {"batch_id": batch_id, "quota": quota, "event_time": now}
+                outcome.partition_items.append((target, "PhasedQuota", record))
+        job = self.store.get(f"job/{batch_id}")
+        if job is not None:
+            outcome.writes[f"job/{batch_id}"] = dict(job, target_count=total)
+        return outcome
 
     def _dynamic_batches(self) -> list[Record]:
         return [

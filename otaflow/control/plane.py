@@ -48,6 +48,11 @@ READS = frozenset(
 )
 
 
+#: Commands the engine sends the control plane (never callable through the API: their
+#: names are not operations ``supports`` knows), to the method that applies each.
+INTERNAL = {"otaflow.PhasedCount": "phased_count"}
+
+
 def _no_name_lists(url: str) -> str:
     raise FileNotFoundError(url)
 
@@ -58,8 +63,11 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         store: ControlStore,
         file_path_of: Callable[[str], str],
         read_name_list: Callable[[str], str] = _no_name_lists,
+        device_partitions: int = 1,
     ) -> None:
         self.store = store
+        # How many device partitions report a phased batch's counts.
+        self.device_partitions = device_partitions
         # Maps a FirmwareUrl given to CreateOTAFirmware to a path in the package store.
         self.file_path_of = file_path_of
         # Reads a device-name list file (DnListFileUrl) from the package store.
@@ -72,6 +80,10 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
     def handle(
         self, action: str, flat_params: Mapping[str, str], request_id: str, now: int
     ) -> Outcome:
+        internal = INTERNAL.get(action)
+        if internal is not None:
+            outcome: Outcome = getattr(self, internal)(dict(flat_params), request_id, now)
+            return outcome
         if not self.supports(action):
             raise ApiError(
                 "InvalidApi.NotFound",
@@ -83,5 +95,5 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         except ParamError as exc:
             raise ApiError(exc.code, exc.message, exc.http_status) from None
         handler = getattr(self, f"_{action}")
-        outcome: Outcome = handler(params, request_id, now)
+        outcome = handler(params, request_id, now)
         return outcome

@@ -902,7 +902,7 @@ def test_static_scopes_targets_and_verification(api: Deployment) -> None:
     assert detail.job_status == "PLANNED" and detail.utc_schedule_time is not None
 
     targets = wait_items(
-        api, "BatchTarget", lambda v: len({r["batch_id"] for r in v if r["product_key"] == pk}) == 4
+        api, "BatchTarget", lambda v: len({r["batch_id"] for r in v if r["product_key"] == pk}) == 3
     )
     by_job: dict[str, list[str]] = {}
     for partition, r in targets:
@@ -914,7 +914,9 @@ def test_static_scopes_targets_and_verification(api: Deployment) -> None:
     assert by_job[verify.job_id] == [names[0]]
     assert sorted(by_job[specific.job_id]) == names[1:3]
     assert sorted(by_job[from_file.job_id]) == names[3:6]
-    assert len(by_job[gray.job_id]) == 3  # floor(6 x 50.5%) = 3, picked from the registry
+    # A phased batch names no devices: the partitions take their shares of the devices
+    # it could update (tests/integration/test_console_rules.py).
+    assert gray.job_id not in by_job
     starts = [r["batch"] for _, r in device_items(api, "BatchControl") if r["action"] == "START"]
     region_start = next(b for b in starts if b["batch_id"] == regional["Data"]["JobId"])
     assert (region_start["scope"], region_start["region"], region_start["city"]) == (

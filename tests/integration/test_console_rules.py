@@ -455,3 +455,40 @@ def test_batch_register_device_and_delete_device(api: Deployment) -> None:
     # One partition applies a START whole: once `kept` has its task, `gone` had its chance.
     statuses = eventually(lambda: task_statuses(api, job.job_id), lambda s: kept in s)
     assert gone not in statuses
+
+
+def test_phased_percentage_is_of_the_devices_the_batch_could_update(api: Deployment) -> None:
+    pk = new_product(api)
+    names = [f"ph{i:04d}" for i in range(10)]
+    register(api, pk, *names)
+    # Four devices on the source version, three already on the destination, three on
+    # another version: 50% of the four the batch could update is two, not five.
+    report_versions(api, pk, "1.0", *names[:4])
+    report_versions(api, pk, "2.0", *names[4:7])
+    report_versions(api, pk, "0.1", *names[7:])
+    # Once the engine has applied every report (each device's firmware/get after its
+    # version report is answered), the phased batch starts.
+    for name in names:
+        api.otaflow.report(pk, name, "FIRMWARE_GET", now_ms(), message_id=f"p-{name}")
+    api.otaflow.flush()
+    api.otaflow.notifications().wait_for(
+        lambda v: (
+            {n["reply_to"] for n in v if n["kind"] == "PULL_REPLY"}
+            >= {f"p-{name}" for name in names}
+        ),
+        what="the replies",
+    )
+    firmware_id = upload_firmware(api, pk, "2.0")
+    gray = ok(
+        static_job(
+            api, pk, firmware_id, target_selection="GRAY", gray_percent="50", src_version=["1.0"]
+        )
+    ).data
+    tasks = eventually(lambda: task_statuses(api, gray.job_id), lambda s: len(s) >= 2)
+    assert len(tasks) == 2 and set(tasks) <= set(names[:4])
+    detail = api.call_raw("QueryOTAJob", {"JobId": gray.job_id})["Data"]
+    assert (detail["TargetSelection"], detail["GrayPercent"], detail["TargetDeviceCount"]) == (
+        "GRAY",
+        "50",
+        2,
+    )

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from otaflow.domain.batches import BatchScope
 from otaflow.domain.groups import parse_expression, pinned_products
-from otaflow.domain.simulation import Partition, dynamic_batch
+from otaflow.domain.phased import pick, quotas
+from otaflow.domain.simulation import Partition, dynamic_batch, make_batch
 from tests.unit.test_control_plane import MIN, NOW, World
 
 LIST_URL = "http://x/packages/list.csv"
@@ -409,3 +411,73 @@ def test_a_group_pinned_to_a_product_is_counted_over_that_product_only() -> None
     assert pinned_products(parse_expression("product_key in ('a', 'b')")) == {"a", "b"}
     assert pinned_products(parse_expression("product_key = 'a' or city = 'x'")) is None
     assert pinned_products(parse_expression("city = 'x'")) is None
+
+
+# -- phased: a percentage of the devices the batch could update ------------------------------
+
+
+def test_phased_quotas_add_up_and_never_exceed_a_partition() -> None:
+    assert quotas(3, {0: 5, 1: 5}) == {0: 2, 1: 1}
+    assert quotas(7, {0: 1, 1: 2, 2: 10}) == {0: 1, 1: 1, 2: 5}
+    assert quotas(1, {0: 0, 1: 1}) == {0: 0, 1: 1}
+    assert quotas(5, {0: 0, 1: 0}) == {0: 0, 1: 0}
+    for total in range(0, 14):
+        shares = quotas(total, {0: 1, 1: 2, 2: 10})
+        assert sum(shares.values()) == min(total, 13)
+        assert all(shares[p] <= n for p, n in {0: 1, 1: 2, 2: 10}.items())
+
+
+def test_phased_count_waits_for_every_partition_then_sends_the_shares() -> None:
+    w = World()
+    w.plane.device_partitions = 3
+    w.pk = w.call("CreateProduct", ProductName="prod_phase", NodeType=0).top["ProductKey"]
+    w.fw = package(w, "fw_phase", "2.0")
+    job = w.call(
+        "CreateOTAStaticUpgradeJob",
+        ProductKey=w.pk,
+        FirmwareId=w.fw,
+        TargetSelection="GRAY",
+        GrayPercent="33.333",
+    ).data["JobId"]
+
+    def count(partition: int, eligible: int) -> Any:
+        params = {"batch_id": job, "partition": str(partition), "eligible": str(eligible)}
+        outcome = w.plane.handle("otaflow.PhasedCount", params, f"count-{partition}", NOW)
+        w.store.apply(outcome.writes)
+        return outcome
+
+    assert count(0, 4).partition_items == []
+    assert count(0, 4).read_only  # a partition's repeated count changes nothing
+    assert count(1, 0).partition_items == []
+    last = count(2, 5)
+    # floor(9 x 33.333%) = 2 over the devices the batch could update, not the registry.
+    assert [(p, r["quota"]) for p, _, r in last.partition_items] == [(0, 1), (2, 1)]
+    assert {s for _, s, _ in last.partition_items} == {"PhasedQuota"}
+    assert w.call("QueryOTAJob", JobId=job).data["TargetDeviceCount"] == 2
+    # The API cannot call it: it is no operation of the platform's.
+    assert not w.plane.supports("otaflow.PhasedCount")
+
+
+def test_a_partition_counts_its_updatable_devices_and_gives_its_share_tasks() -> None:
+    t = 1_000_000
+    p = Partition()
+    for i in range(6):
+        p.version(f"d{i}", "1.0", t)
+    p.version("latest", "2.0", t)  # already on the destination: not updatable
+    p.version("old", "0.5", t)  # not on a source version
+    batch = make_batch(
+        "G",
+        at=t + 1,
+        scope=BatchScope.PHASED,
+        src_versions=("1.0",),
+        phased_percent_thousandths=50_000,
+    )
+    fx = p.start(batch)
+    assert fx.control_reports == [
+        ("PhasedCount", {"batch_id": "G", "partition": 0, "eligible": 6, "event_time": t + 1})
+    ]
+    assert p.events == []  # no task before the control plane's share
+    p.apply("PhasedQuota", {"batch_id": "G", "quota": 3, "event_time": t + 2})
+    got = sorted(e["device_name"] for e in p.events)
+    assert got == sorted(pick("G", [f"d{i}" for i in range(6)], 3))
+    assert {e["status"] for e in p.events} == {"QUEUED"}

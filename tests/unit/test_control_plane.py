@@ -137,7 +137,7 @@ def test_targeted_file_batch_targets_the_names_of_a_clean_file(world: World) -> 
     assert world.call("QueryOTAJob", JobId=job_id).read_only
 
 
-def test_phased_batch_picks_floor_of_the_registry(world: World) -> None:
+def test_phased_batch_starts_on_every_partition_without_naming_devices(world: World) -> None:
     out = world.call(
         "CreateOTAStaticUpgradeJob",
         ProductKey=world.pk,
@@ -145,7 +145,8 @@ def test_phased_batch_picks_floor_of_the_registry(world: World) -> None:
         TargetSelection="GRAY",
         GrayPercent="25.5",
     )
-    assert len(out.targets[0].device_names) == 2  # floor(10 x 25.5%)
+    assert out.targets == []  # the partitions count and get their shares (test_console_rules)
+    assert out.controls[0]["action"] == "START"
     assert out.batches[0]["phased_percent_thousandths"] == 25500
 
 
