@@ -310,9 +310,43 @@ def batch_create(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
             params["ScheduleTime"] = a.schedule
         if a.schedule_end is not None:
             params["ScheduleFinishTime"] = a.schedule_end
-    body = c.call(action, params)
+    try:
+        body = c.call(action, params)
+    except ApiCallError as exc:
+        if exc.code == INVALID_NAMES and "DnListFileUrl" in params:
+            # The console's "Download invalid list": show which names to correct.
+            out(_invalid_names(c, a.product, params["DnListFileUrl"]))
+        raise
     out(_pairs("batch created", body["Data"]))
     return body
+
+
+INVALID_NAMES = "iot.ota.InvalidTargetDeviceName"
+INVALID_NAMES_SHOWN = 10_000
+
+
+def _invalid_names(c: OpsClient, product_key: str, url: str) -> Table:
+    """The names of a refused device-list file that are not devices of the product."""
+    names: list[str] = []
+    total = 0
+    page = 1
+    while len(names) < INVALID_NAMES_SHOWN:
+        body = c.call(
+            "ListOTAJobInvalidDeviceNames",
+            {
+                "ProductKey": product_key,
+                "DnListFileUrl": url,
+                "CurrentPage": page,
+                "PageSize": 1000,
+            },
+        )
+        total = int(body["Total"])
+        names.extend(body["Data"]["DeviceNames"])
+        if len(names) >= total or not body["Data"]["DeviceNames"]:
+            break
+        page += 1
+    title = f"invalid device names in the list ({total}); correct them and upload it again"
+    return _table(title, [{"DeviceName": n} for n in names], ["DeviceName"])
 
 
 def batch_show(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:

@@ -57,7 +57,8 @@ class VerificationFeed(TaskView):
     def apply_batch(self, batch: dict[str, Any]) -> None:
         super().apply_batch(batch)
         batch_id = batch["batch_id"]
-        if not batch.get("verification") or batch_id in self._verification:
+        # VERFIY_FIRMWARE (sic): the platform's JobType of a verification batch.
+        if batch.get("job_type") != "VERFIY_FIRMWARE" or batch_id in self._verification:
             return
         self._verification.add(batch_id)
         with self._lock:

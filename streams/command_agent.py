@@ -5,7 +5,8 @@ was already applied (a replay after a crash), answer the stored result again;
 otherwise run ``ControlPlane`` (pure) and, if it passed, apply its outcome:
 
 1. write its state changes to the changelogged control table;
-2. publish batch definitions on the compacted batch topic;
+2. publish batch definitions on the compacted batch topic (acknowledged before the
+   answer, so the API's view can always find a batch its create answered);
 3. send batch controls to the rate agent and to every device partition;
 4. broadcast group changes to every device partition;
 5. send device-scoped records (registrations, task commands) and ``BatchTarget``
@@ -100,7 +101,13 @@ def read_name_list(url: str) -> str:
 
 store = TableControlStore()
 # CreateOTAFirmware takes a package's size and digests from the stored file.
-plane = ControlPlane(store, file_path_of_url, read_name_list, stored_file=_packages.facts)
+plane = ControlPlane(
+    store,
+    file_path_of_url,
+    read_name_list,
+    stored_file=_packages.facts,
+    device_partitions=settings.partitions,
+)
 
 
 def result_json(outcome: Outcome) -> str:
@@ -148,8 +155,14 @@ async def apply_command(command: dict[str, Any]) -> None:
 async def apply_outcome(outcome: Outcome) -> None:
     for key, record in outcome.writes.items():
         store.put(key, record)
-    for batch in outcome.batches:
+    delivered = [
         await batches_topic.send(key=batch["batch_id"].encode(), value=CODEC.encode("Batch", batch))
+        for batch in outcome.batches
+    ]
+    # Reads follow writes: the API's view finds a batch on this topic, so it is in
+    # Kafka before the answer goes out (see otaflow.api.views).
+    for pending in delivered:
+        await pending
     for control in outcome.controls:
         await broadcast_control(control)
     for schema, record in outcome.broadcasts:
@@ -172,6 +185,8 @@ async def apply_outcome(outcome: Outcome) -> None:
                 "event_time": targets.event_time,
             }
             per_partition[partition].append(CODEC.encode("BatchTarget", target))
+    for partition, schema, record in outcome.partition_items:
+        per_partition[partition].append(CODEC.encode(schema, record))
     for partition, items in sorted(per_partition.items()):
         for envelope in envelopes(items):
             await device_events.send(key=None, partition=partition, value=envelope)

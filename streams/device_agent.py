@@ -69,6 +69,7 @@ HANDLED = frozenset(
         "GroupControl",
         "TaskCommand",
         "Tick",
+        "PhasedQuota",
     }
 )
 
@@ -138,7 +139,9 @@ class EnvelopeRun:
             device_writer().reader(partition),
             lambda prefix: scan_partition(devices, partition, prefix),
         )
-        self.engine = PartitionEngine(view.registry, view.groups, self.store, view.deadlines)
+        self.engine = PartitionEngine(
+            view.registry, view.groups, self.store, view.deadlines, partition=partition
+        )
         # (product key, module) -> whether a version report can only be recorded:
         # asked once per pair and envelope (only reports come between the asks).
         self._nothing_to_decide: dict[tuple[bytes, bytes], bool] = {}

@@ -38,6 +38,7 @@ class EffectSender:
         self.notifications = topics.NOTIFICATIONS.full_name(settings)
         self.rate_events = topics.RATE_EVENTS.full_name(settings)
         self.dead_letters = topics.DEAD_LETTERS.full_name(settings)
+        self.commands = topics.COMMANDS.full_name(settings)
         self.producer = Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -95,6 +96,16 @@ class EffectSender:
             for start in range(0, len(tasks), QUEUE_CHUNK):
                 value = encode_tasks_queued(batch_id, tasks[start : start + QUEUE_CHUNK], now)
                 self._produce(self.rate_events, batch_id.encode(), value)
+        for schema, report in fx.control_reports:
+            # To the control plane as a command; its request id makes a replay a no-op.
+            request_id = f"{schema}/{report['batch_id']}/{report['partition']}"
+            command = {
+                "request_id": request_id,
+                "action": f"otaflow.{schema}",
+                "params": {k: str(v) for k, v in report.items()},
+                "event_time": report["event_time"],
+            }
+            self._produce(self.commands, request_id.encode(), encode("Command", command))
         for batch_id, count in fx.succeeded.items():
             body = {"batch_id": batch_id, "succeeded": count, "event_time": now}
             value = encode("RateEvent", {"body": ("otaflow.TaskOutcomes", body)})

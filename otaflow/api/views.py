@@ -8,19 +8,23 @@ One background consumer reads, from the beginning:
 * ``ota.device.reports`` — each device's latest module versions
   (ListOTAModuleVersionsByDevice, QueryDeviceDetail's ``FirmwareVersion``).
 
-Answers are **eventually consistent**: a task created by a write answered a moment
-ago shows up once the device engine has written its event and this consumer has
-read it (normally well under a second). Callers that need a task right after a
-write poll (the tests do). Everything here is rebuilt from Kafka at start; nothing
-lives only in memory.
+Answers are **eventually consistent** for tasks: a task created by a write answered
+a moment ago shows up once the device engine has written its event and this consumer
+has read it (normally well under a second). Batches follow their writes: the command
+agent has the batch definition acknowledged by Kafka before it answers the create, and
+a read that names a batch this view has not seen first catches up with the batch
+topic (``TaskViewConsumer.catch_up``), so a batch is never ``JobNotExist`` right after
+its create (it has zero tasks until the engine makes them). Everything here is rebuilt
+from Kafka at start; nothing lives only in memory.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,7 @@ from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
 from otaflow.control.common import drop_none, page, str_list, utc
 from otaflow.control.errors import ApiError, invalid, missing
+from otaflow.control.jobs import job_status
 from otaflow.control.registry import iot_id
 
 UNFINISHED = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS")
@@ -77,6 +82,18 @@ class TaskView:
         self.device_tasks: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.versions: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
         self.iot_ids: dict[str, tuple[str, str]] = {}
+        # Reads every batch written so far into the view (set by TaskViewConsumer).
+        self.catch_up: Callable[[], bool] | None = None
+
+    def knows_batch(self, batch_id: str) -> bool:
+        """Has the view seen the batch? Unknown: catch up with the batch topic first."""
+        with self._lock:
+            if batch_id in self.batches or batch_id in self.jobs:
+                return True
+        if self.catch_up is not None:
+            self.catch_up()
+        with self._lock:
+            return batch_id in self.batches or batch_id in self.jobs
 
     # -- feeding ----------------------------------------------------------------------
 
@@ -211,9 +228,9 @@ class TaskView:
         if status is not None and status not in STATUSES:
             raise invalid("TaskStatus", " | ".join(STATUSES))
         names = set(str_list(p, "DeviceNames"))
+        if not self.knows_batch(job_id):
+            raise ApiError("iot.ota.JobNotExist", "The specified update batch does not exist.")
         with self._lock:
-            if job_id not in self.batches and job_id not in self.jobs:
-                raise ApiError("iot.ota.JobNotExist", "The specified update batch does not exist.")
             rows = [
                 r
                 for r in self.jobs[job_id].tasks.values()
@@ -263,14 +280,16 @@ class TaskView:
                 if b in self.batches and self.batches[b]["firmware"]["firmware_id"] == firmware_id
             ]
         batches.sort(key=lambda b: (-b["created_at"], b["batch_id"]))
+        now = int(time.time() * 1000)
         rows = [
             drop_none(
                 {
                     "JobId": b["batch_id"],
                     "FirmwareId": firmware_id,
                     "ProductKey": b["product_key"],
-                    "JobStatus": b["status"],
-                    "JobType": "UPGRADE_FIRMWARE",
+                    # As QueryOTAJob says it: a schedule moves the status on.
+                    "JobStatus": job_status(b, now),
+                    "JobType": b.get("job_type") or "UPGRADE_FIRMWARE",
                     "SelectionType": b["kind"],
                     "TargetSelection": {
                         "TARGETED": "SPECIFIC",
@@ -332,13 +351,48 @@ class TaskViewConsumer:
             topics.BATCHES.full_name(settings): self.view.apply_batch,
             topics.DEVICE_REPORTS.full_name(settings): self.view.apply_report,
         }
+        self._batch_partitions = [
+            TopicPartition(topics.BATCHES.full_name(settings), partition)
+            for partition in range(topics.BATCHES.partition_count(settings))
+        ]
+        # Next offset to read per (topic, partition), and a condition to wait on it.
+        self._positions: dict[tuple[str, int], int] = {}
+        self._moved = threading.Condition()
+        # Watermark queries come from the API's thread: a consumer of their own (no group).
+        self._watermarks = Consumer(
+            {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "otaflow-api-watermarks"}
+        )
+        self.view.catch_up = self.catch_up
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="task-view", daemon=True)
         self._thread.start()
 
+    def catch_up(self, timeout: float = 3.0) -> bool:
+        """Wait until every batch written before this call is in the view (False: timed out).
+
+        A read that names an unknown batch calls it: the batch may have been created a
+        moment ago and not read yet. It blocks the caller for a few milliseconds.
+        """
+        deadline = time.monotonic() + timeout
+        ends = {}
+        for tp in self._batch_partitions:
+            try:
+                _, high = self._watermarks.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            except Exception:  # the broker is away: answer from what the view has
+                return False
+            ends[(tp.topic, tp.partition)] = high
+        with self._moved:
+            while any(self._positions.get(key, 0) < end for key, end in ends.items()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._moved.wait(left)
+        return True
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            for msg in self.consumer.consume(500, 0.05):
+            messages = self.consumer.consume(500, 0.05)
+            for msg in messages:
                 if msg.error() is not None or msg.value() is None:
                     continue
                 apply = self._names.get(msg.topic() or "")
@@ -348,8 +402,16 @@ class TaskViewConsumer:
                     apply(self.codec.decode(msg.value() or b"")[1])
                 except (DecodeError, KeyError, TypeError):
                     continue  # not ours to judge: the device agent dead-letters bad input
+            if messages:
+                with self._moved:
+                    for msg in messages:
+                        if msg.error() is None:
+                            key = (msg.topic() or "", msg.partition() or 0)
+                            self._positions[key] = (msg.offset() or 0) + 1
+                    self._moved.notify_all()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self.consumer.close()
+        self._watermarks.close()

@@ -29,6 +29,7 @@ SCHEMAS: dict[str, str] = {
     "dynamic-by-firmware": "ControlIndex",
     "iotid": "ControlIndex",
     "job-invalid": "ControlIndex",
+    "phased": "ControlIndex",
 }
 
 
@@ -120,6 +121,8 @@ class Outcome:
     device_items: list[DeviceItem] = field(default_factory=list)
     broadcasts: list[tuple[str, Record]] = field(default_factory=list)
     targets: list[TargetSet] = field(default_factory=list)
+    # (device partition, schema, record): a record for one partition (PhasedQuota).
+    partition_items: list[tuple[int, str, Record]] = field(default_factory=list)
     read_only: bool = False
     # Extra top-level fields of the answer (beside RequestId/Success/Code/...).
     top: dict[str, Any] = field(default_factory=dict)

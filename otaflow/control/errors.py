@@ -87,3 +87,11 @@ GROUP_TYPE = "iot.group.GroupTypeMismatch"
 GROUP_DEPTH = "iot.group.SubGroupDepthExceeded"
 GROUP_DEVICE_LIMIT = "iot.group.DeviceExceedLimit"
 INVALID_PARAMETER = "iot.common.InvalidFormattedParameter"
+
+# -- the console doc's rules (issue 12); otaflow's codes in the platform's style ----------
+SCOPE_DYNAMIC = "iot.ota.ScopeNotSupportedForDynamicJob"
+SRC_VERSION_TARGETED = "iot.ota.SrcVersionNotSupportedForSpecificJob"
+DYNAMIC_MODE_MIX = "iot.ota.MultiModuleDynamicJobModeMix"
+CONFIRM_OUTSIDE_SCHEDULE = "iot.ota.NotInScheduleTimeRange"
+GROUP_EXPRESSION = "iot.group.InvalidDynamicGroupExpression"
+GROUP_HAS_SUBGROUP = "iot.group.GroupHasSubGroup"

@@ -1,16 +1,15 @@
 """Update batches (the platform's "jobs") and the operator's actions on their tasks.
 
 Scopes: ``ALL`` (every device of the product), ``SPECIFIC`` (names, or a CSV of up
-to 1,000,000 names), ``GRAY`` (phased: a percentage of the product's registered
-devices, picked here and named by ``BatchTarget`` records; version criteria are then
-applied on the device partitions, so fewer devices than picked may get a task),
+to 1,000,000 names), ``GRAY`` (phased: a percentage of the devices the batch could
+update, counted by the device partitions and split among them, see
+``otaflow.domain.phased``),
 ``GROUP`` (static or dynamic group) and, as an otaflow extra, ``REGION``
 (``Province`` and optional ``City`` parameters: the console's regional update).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -37,6 +36,7 @@ from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.firmware import begin_verification, firmware_usable, offered_files
 from otaflow.control.ids import derived_id
 from otaflow.control.registry import DEVICE_NAME
+from otaflow.domain import phased
 from otaflow.domain.batches import (
     Batch,
     BatchKind,
@@ -153,15 +153,12 @@ def job_status(batch: Record, now: int) -> str:
 
 def pick_phased(batch_id: str, names: list[str], count: int) -> list[str]:
     """A deterministic pseudo-random pick: the ``count`` names of smallest hash."""
-
-    def rank(name: str) -> bytes:
-        return hashlib.sha256(f"{batch_id}|{name}".encode()).digest()
-
-    return sorted(names, key=rank)[:count]
+    return phased.pick(batch_id, names, count)
 
 
 class JobOps(OpsBase):
     read_name_list: Callable[[str], str]
+    device_partitions: int
 
     # -- creating ---------------------------------------------------------------------
 
@@ -339,6 +336,12 @@ class JobOps(OpsBase):
         region = city = group_id = None
         thousandths = None
         if scope is BatchScope.TARGETED:
+            if str_list(p, "SrcVersion"):
+                raise ApiError(
+                    E.SRC_VERSION_TARGETED,
+                    "A batch on specified devices (SPECIFIC) takes no SrcVersion: the devices "
+                    "are named.",
+                )
             listed = str_list(p, "TargetDeviceName")
             url = opt_str(p, "DnListFileUrl")
             if bool(listed) == bool(url):
@@ -350,11 +353,23 @@ class JobOps(OpsBase):
             else:
                 assert url is not None
                 names, invalid_names = self._names_from_file(product_key, url)
+                if invalid_names:
+                    # The console: an error and a downloadable invalid list before anything
+                    # runs. ListOTAJobInvalidDeviceNames with DnListFileUrl lists them.
+                    shown = ", ".join(invalid_names[:20]) + (
+                        " ..." if len(invalid_names) > 20 else ""
+                    )
+                    raise ApiError(
+                        E.DEVICE_NAMES_INVALID,
+                        f"{len(invalid_names)} name(s) in the device-name list are not devices "
+                        f"of product {product_key}: {shown}. List them with "
+                        "ListOTAJobInvalidDeviceNames (DnListFileUrl, ProductKey), correct the "
+                        "file and upload it again.",
+                    )
                 if not names:
                     raise ApiError(
                         E.NO_VALID_DEVICE,
-                        f"No name in the device-name list is a device of product {product_key} "
-                        f"({len(invalid_names)} invalid).",
+                        f"The device-name list names no device of product {product_key}.",
                     )
         elif scope is BatchScope.PHASED:
             thousandths = rules.gray_percent(opt_str(p, "GrayPercent"))
@@ -371,16 +386,9 @@ class JobOps(OpsBase):
             region = req_str(p, "Province")
             city = opt_str(p, "City")
         batch = self._new_batch(p, request_id, now, BatchKind.STATIC, scope, firmware)
-        if scope is BatchScope.PHASED:
-            assert thousandths is not None
-            registered = [k.rsplit("/", 1)[1] for k in self.store.keys(f"device/{product_key}/")]
-            count = rules.phased_count(len(registered), thousandths)
-            if count == 0:
-                raise ApiError(
-                    E.NO_VALID_DEVICE,
-                    f"A phased update needs at least one registered device of {product_key}.",
-                )
-            names = pick_phased(batch.batch_id, registered, count)
+        self._cross_batch_rules(batch, now)
+        # PHASED: the device partitions count the devices the batch could update and
+        # the plane then sends each its share (``phased_count``, ``domain.phased``).
         batch = batch.with_changes(
             region=region,
             city=city,
@@ -405,6 +413,43 @@ class JobOps(OpsBase):
             outcome.writes[f"job-invalid/{batch.batch_id}/{i:06d}"] = {"items": chunk}
         return outcome
 
+    def _cross_batch_rules(self, batch: Batch, now: int) -> None:
+        live = [b for _, b in self.store.scan("batch/") if rules.is_live(b, now)]
+        rules.modes_across_batches(
+            live, batch.product_key, batch.multi_module, batch.overwrite_mode
+        )
+        rules.dynamic_mode_mix(live, batch.to_record())
+
+    def phased_count(self, p: Mapping[str, str], request_id: str, now: int) -> Outcome:
+        """A device partition's count of the devices a phased batch could update; once
+        every partition has reported, each gets its share (``PhasedQuota``)."""
+        batch_id, partition = p["batch_id"], int(p["partition"])
+        batch = self.batch(batch_id)
+        key = f"phased/{batch_id}"
+        reported = dict(
+            (int(a), int(b))
+            for a, b in (
+                item.split(":") for item in (self.store.get(key) or {"items": []})["items"]
+            )
+        )
+        if partition in reported or batch["phased_percent_thousandths"] is None:
+            return read()
+        reported[partition] = int(p["eligible"])
+        items = [f"{k}:{v}" for k, v in sorted(reported.items())]
+        outcome = Outcome(writes={key: {"items": items}})
+        if len(reported) < self.device_partitions:
+            return outcome
+        total = rules.phased_count(sum(reported.values()), batch["phased_percent_thousandths"])
+        shares = phased.quotas(total, reported)
+        for target, quota in sorted(shares.items()):
+            if quota > 0:
+                record = {"batch_id": batch_id, "quota": quota, "event_time": now}
+                outcome.partition_items.append((target, "PhasedQuota", record))
+        job = self.store.get(f"job/{batch_id}")
+        if job is not None:
+            outcome.writes[f"job/{batch_id}"] = dict(job, target_count=total)
+        return outcome
+
     def _dynamic_batches(self) -> list[Record]:
         return [
             b
@@ -415,12 +460,30 @@ class JobOps(OpsBase):
     def _CreateOTADynamicUpgradeJob(
         self, p: Mapping[str, Any], request_id: str, now: int
     ) -> Outcome:
-        selection = (opt_str(p, "TargetSelection") or "ALL").upper()
-        if selection == "GRAY":
+        selection = (opt_str(p, "TargetSelection") or "").upper()
+        if selection == "GRAY" or opt_str(p, "GrayPercent") is not None:
             raise ApiError(E.GRAY_DYNAMIC, "Phased updates are supported only for static batches.")
-        firmware = self._usable_firmware(p)
         group_id = opt_str(p, "GroupId")
         group_type = opt_str(p, "GroupType")
+        # A dynamic batch covers the product's devices on its source versions, or a
+        # dynamic group's: a scope it cannot keep is refused, never widened to all.
+        unsupported = [
+            name
+            for name in ("TargetDeviceName", "DnListFileUrl", "Province", "City")
+            if p.get(name) not in (None, "", [])
+        ]
+        if selection not in ("", "ALL", "GROUP") or unsupported:
+            what = selection if selection not in ("", "ALL", "GROUP") else unsupported[0]
+            raise ApiError(
+                E.SCOPE_DYNAMIC,
+                f"A dynamic batch updates by source version or by dynamic group; {what} is "
+                "supported only for static batches.",
+            )
+        if selection == "GROUP" and not group_id:
+            raise missing("GroupId")
+        if selection == "ALL" and group_id:
+            raise invalid("TargetSelection", "ALL takes no GroupId")
+        firmware = self._usable_firmware(p)
         group = None
         if group_id or group_type:
             if not group_id or group_type != "LINK_PLATFORM_DYNAMIC":
@@ -465,6 +528,7 @@ class JobOps(OpsBase):
                         f"OverwriteMode={other['overwrite_mode']}).",
                     )
             batch = batch.with_changes(group_id=group_id, group_type="DYNAMIC")
+        self._cross_batch_rules(batch, now)
         job = self._job_meta(
             batch.batch_id,
             "GROUP" if group else "ALL",
@@ -492,7 +556,7 @@ class JobOps(OpsBase):
                 raise invalid(forbidden, "not a parameter of a verification batch")
         batch = self._new_batch(
             p, request_id, now, BatchKind.STATIC, BatchScope.TARGETED, firmware
-        ).with_changes(timeout_minutes=timeout, verification=True)
+        ).with_changes(timeout_minutes=timeout, job_type=VERIFY)
         job = self._job_meta(
             batch.batch_id, "SPECIFIC", now, job_type=VERIFY, target_count=len(names)
         )
@@ -665,7 +729,20 @@ class JobOps(OpsBase):
     def _ListOTAJobInvalidDeviceNames(
         self, p: Mapping[str, Any], request_id: str, now: int
     ) -> Outcome:
-        """otaflow's extra: the refused names of a batch's device-name list file."""
+        """otaflow's extra: the invalid names of a device-name list file.
+
+        ``DnListFileUrl`` + ``ProductKey``: the file as CreateOTAStaticUpgradeJob would
+        judge it now (a file with invalid names is refused, and this read is its
+        "Download invalid list"). ``JobId``: the names a batch created before that rule
+        recorded.
+        """
+        url = opt_str(p, "DnListFileUrl")
+        if url is not None and opt_str(p, "JobId") is None:
+            product_key = req_str(p, "ProductKey")
+            self.product(product_key)
+            paging = page(p, 10_000, 1000)
+            _, bad = self._names_from_file(product_key, url)
+            return read({"DeviceNames": paging.slice(bad)}, **paging.top(len(bad)))
         job = self.job(req_str(p, "JobId"))
         paging = page(p, 10_000, 1000)
         total = job["invalid_count"]
@@ -800,7 +877,7 @@ class JobOps(OpsBase):
     def _ConfirmOTATask(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
         tasks = self._resolved_tasks(p)
         for _, _, _, batch_id in tasks:
-            self.batch(batch_id)
+            rules.confirm_window(self.batch(batch_id), now)
         return Outcome(device_items=self._task_commands("CONFIRM", tasks, now))
 
     def _ReupgradeOTATask(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:

@@ -43,13 +43,17 @@ READS = frozenset(
         "QueryBatchRegisterDeviceStatus",
         "QueryPageByApplyId",
         "QueryDeviceGroupList",
+        "QueryDeviceGroupInfo",
     }
 )
 
 
-#: Operations only otaflow's own components send on the command topic (the API
-#: answers them as unknown).
-INTERNAL = frozenset({"RecordVerifyOutcome"})
+#: Commands the engine sends the control plane (never callable through the API: their
+#: names are not operations ``supports`` knows), to the method that applies each.
+INTERNAL = {"otaflow.PhasedCount": "phased_count"}
+#: Operations only otaflow's own components send on the command topic, in the API's
+#: parameter form (the API answers them as unknown).
+INTERNAL_OPERATIONS = frozenset({"RecordVerifyOutcome"})
 
 
 def _no_name_lists(url: str) -> str:
@@ -63,8 +67,11 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         file_path_of: Callable[[str], str],
         read_name_list: Callable[[str], str] = _no_name_lists,
         stored_file: Callable[[str], StoredFile | None] | None = None,
+        device_partitions: int = 1,
     ) -> None:
         self.store = store
+        # How many device partitions report a phased batch's counts.
+        self.device_partitions = device_partitions
         # Maps a FirmwareUrl given to CreateOTAFirmware to a path in the package store.
         self.file_path_of = file_path_of
         # Reads a device-name list file (DnListFileUrl) from the package store.
@@ -77,13 +84,17 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         return (
             callable(getattr(ControlPlane, f"_{action}", None))
             and action[:1].isupper()
-            and action not in INTERNAL
+            and action not in INTERNAL_OPERATIONS
         )
 
     def handle(
         self, action: str, flat_params: Mapping[str, str], request_id: str, now: int
     ) -> Outcome:
-        if not (self.supports(action) or action in INTERNAL):
+        internal = INTERNAL.get(action)
+        if internal is not None:
+            outcome: Outcome = getattr(self, internal)(dict(flat_params), request_id, now)
+            return outcome
+        if not (self.supports(action) or action in INTERNAL_OPERATIONS):
             raise ApiError(
                 "InvalidApi.NotFound",
                 "Specified api is not found, please check your url and method.",
@@ -94,5 +105,5 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         except ParamError as exc:
             raise ApiError(exc.code, exc.message, exc.http_status) from None
         handler = getattr(self, f"_{action}")
-        outcome: Outcome = handler(params, request_id, now)
+        outcome = handler(params, request_id, now)
         return outcome

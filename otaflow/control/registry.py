@@ -35,6 +35,15 @@ from otaflow.control.common import (
 )
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.ids import derived_id
+from otaflow.domain.devices import DeviceState
+from otaflow.domain.groups import (
+    MODULE_FIELDS,
+    GroupExpressionError,
+    check_expression,
+    compile_node,
+    parse_expression,
+    pinned_products,
+)
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_\-@.:]{4,32}$")
 _PRODUCT_NAME = re.compile(r"^[\w\u4e00-\u9fa5]{4,30}$")
@@ -45,6 +54,20 @@ MAX_DEVICES_PER_RELATION_CALL = 200
 MAX_NAMES_PER_APPLY = 10_000
 GROUP_TYPES = {"LINK_PLATFORM": "STATIC", "LINK_PLATFORM_DYNAMIC": "DYNAMIC"}
 API_GROUP_TYPE = {v: k for k, v in GROUP_TYPES.items()}
+
+
+def _checked_expression(p: Mapping[str, Any]) -> str:
+    """A DynamicGroupExpression otaflow can evaluate, or the refusal with its position."""
+    expression = req_str(p, "DynamicGroupExpression")
+    if len(expression) > 2048:
+        raise invalid("DynamicGroupExpression", "at most 2048 characters")
+    try:
+        check_expression(expression)
+    except GroupExpressionError as exc:
+        raise ApiError(
+            E.GROUP_EXPRESSION, f"The DynamicGroupExpression is not supported: {exc}."
+        ) from None
+    return expression
 
 
 def iot_id(product_key: str, device_name: str) -> str:
@@ -69,8 +92,26 @@ def device_registration(record: Record, action: str, now: int) -> DeviceItem:
     )
 
 
+def _group_control(group: Record, deleted: bool, now: int) -> Record:
+    """The GroupControl every device partition gets for a group's change."""
+    return {
+        "group_id": group["group_id"],
+        "group_type": group["group_type"],
+        "name": group["name"],
+        "parent_id": group["parent_id"],
+        "expression": group["expression"],
+        "deleted": deleted,
+        "event_time": now,
+    }
+
+
 def _secret(request_id: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}|{request_id}".encode()).hexdigest()[:32]
+
+
+def _apply_id(request_id: str) -> int:
+    digest = hashlib.sha256(f"apply|{request_id}".encode()).hexdigest()
+    return int(digest, 16) % 10**12 + 1
 
 
 class RegistryOps(OpsBase):
@@ -234,6 +275,22 @@ class RegistryOps(OpsBase):
             )
         )
 
+    def _DeleteDevice(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        """Removes the device from the registry and from matching: its partition drops
+        its state and cancels its unfinished tasks (desc ``device deleted``); finished
+        tasks stay readable."""
+        record = self.device_of(p)
+        product_key, name = record["product_key"], record["device_name"]
+        writes: dict[str, Record | None] = {
+            f"device/{product_key}/{name}": None,
+            f"iotid/{record['iot_id']}": None,
+        }
+        for gid in record["groups"]:
+            group = self.store.get(f"group/{gid}")
+            if group is not None:
+                writes[f"group/{gid}"] = dict(group, device_count=max(0, group["device_count"] - 1))
+        return Outcome(writes=writes, device_items=[device_registration(record, "DELETE", now)])
+
     # -- bulk registration ----------------------------------------------------------------
 
     def _BatchCheckDeviceNames(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
@@ -276,8 +333,7 @@ class RegistryOps(OpsBase):
                 reasons.append("The device already exists.")
             else:
                 valid.append(entry)
-        digest = hashlib.sha256(f"apply|{request_id}".encode()).hexdigest()
-        apply_id = int(digest, 16) % 10**12 + 1
+        apply_id = _apply_id(request_id)
         record = {
             "apply_id": apply_id,
             "product_key": product_key,
@@ -320,6 +376,36 @@ class RegistryOps(OpsBase):
             raise ApiError(
                 E.APPLY_STATE, f"The application is {apply['status']}; it cannot be registered."
             )
+        return self._register_apply(apply, now)
+
+    def _BatchRegisterDevice(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        """Count devices with random names, under an ApplyId (QueryPageByApplyId lists them).
+
+        otaflow registers them at once (the platform does it asynchronously; its status
+        reads then say CREATE_SUCCESS straight away)."""
+        product_key = req_str(p, "ProductKey")
+        self.product(product_key)
+        count = opt_int(p, "Count")
+        if count is None:
+            raise missing("Count")
+        if not 1 <= count <= MAX_NAMES_PER_APPLY:
+            raise invalid("Count", f"must be from 1 to {MAX_NAMES_PER_APPLY:,}")
+        names = [derived_id(f"{request_id}|{i}", "device-name", 20) for i in range(count)]
+        apply = {
+            "apply_id": _apply_id(request_id),
+            "product_key": product_key,
+            "status": "CHECK_SUCCESS",
+            "names": names,
+            "nicknames": [None] * count,
+            "provinces": [None] * count,
+            "cities": [None] * count,
+            "invalid_names": [],
+            "invalid_reasons": [],
+            "created_at": now,
+        }
+        return self._register_apply(apply, now)
+
+    def _register_apply(self, apply: Record, now: int) -> Outcome:
         outcome = Outcome(data={"ApplyId": apply["apply_id"]})
         failed: list[str] = []
         for i, name in enumerate(apply["names"]):
@@ -434,9 +520,7 @@ class RegistryOps(OpsBase):
         )
 
     def _CreateDeviceDynamicGroup(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
-        expression = req_str(p, "DynamicGroupExpression")
-        if len(expression) > 2048:
-            raise invalid("DynamicGroupExpression", "at most 2048 characters")
+        expression = _checked_expression(p)
         name = self._group_name(p, None, "DYNAMIC")
         return self._new_group(
             request_id, now, name, "DYNAMIC", self._group_desc(p), None, expression
@@ -463,20 +547,110 @@ class RegistryOps(OpsBase):
             "device_count": 0,
             "created_at": now,
         }
-        control = {
-            "group_id": group_id,
-            "group_type": kind,
-            "name": name,
-            "parent_id": parent_id,
-            "expression": expression,
-            "deleted": False,
-            "event_time": now,
-        }
+        control = _group_control(record, False, now)
         return Outcome(
             data=self._group_data(record),
             writes={f"group/{group_id}": record},
             broadcasts=[("GroupControl", control)],
         )
+
+    def _group_of_type(self, p: Mapping[str, Any], default: str = "LINK_PLATFORM") -> Record:
+        group = self.group(req_str(p, "GroupId"))
+        asked = opt_str(p, "GroupType") or default
+        if asked not in GROUP_TYPES:
+            raise invalid("GroupType", "LINK_PLATFORM or LINK_PLATFORM_DYNAMIC")
+        if opt_str(p, "GroupType") is not None and GROUP_TYPES[asked] != group["group_type"]:
+            raise ApiError(
+                E.GROUP_TYPE, f"The group is {API_GROUP_TYPE[group['group_type']]}, not {asked}."
+            )
+        return group
+
+    def _group_members(self, group: Record) -> int | None:
+        """How many registered devices are in the group now (None: not known here).
+
+        Static: devices directly in it. Dynamic: registered devices whose registry data
+        (product, name, region, static groups) match the expression. Module versions
+        are reported to the device partitions, never to the registry, so a group that
+        tests ``ota_module`` cannot be counted here: None (DeviceCount left out).
+        """
+        if group["group_type"] == "STATIC":
+            return int(group["device_count"])
+        expression = group["expression"] or ""
+        if any(f in expression.lower() for f in MODULE_FIELDS):
+            return None
+        node = parse_expression(expression)
+        matches = compile_node(node)
+        products = pinned_products(node)
+        prefixes = sorted(f"device/{pk}/" for pk in products) if products else ["device/"]
+        count = 0
+        for prefix in prefixes:
+            for _, device in self.store.scan(prefix):
+                state = DeviceState(device["product_key"], device["device_name"])
+                state.province, state.city = device["province"], device["city"]
+                state.groups = list(device["groups"])
+                count += matches(state)
+        return count
+
+    def _QueryDeviceGroupInfo(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        group = self._group_of_type(p)
+        data = self._group_data(group)
+        data.update(
+            drop_none(
+                {
+                    "DeviceCount": self._group_members(group),
+                    "DeviceActive": 0,
+                    "DeviceOnline": 0,
+                    # otaflow's extras: what kind of group, and its parent.
+                    "GroupType": API_GROUP_TYPE[group["group_type"]],
+                    "SuperGroupId": group["parent_id"],
+                }
+            )
+        )
+        return read(data)
+
+    def _UpdateDeviceGroup(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        """GroupDesc; for a dynamic group also (otaflow's extra) DynamicGroupExpression,
+        checked like CreateDeviceDynamicGroup's. Devices join or leave by it at once."""
+        group = self._group_of_type(p)
+        desc = self._group_desc(p)
+        changed = dict(group, description=desc if desc is not None else group["description"])
+        broadcasts: list[tuple[str, Record]] = []
+        if opt_str(p, "DynamicGroupExpression") is not None:
+            if group["group_type"] != "DYNAMIC":
+                raise ApiError(E.GROUP_TYPE, "Only a dynamic group has an expression.")
+            changed["expression"] = _checked_expression(p)
+            broadcasts.append(("GroupControl", _group_control(changed, False, now)))
+        return Outcome(writes={f"group/{group['group_id']}": changed}, broadcasts=broadcasts)
+
+    def _DeleteDeviceGroup(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        """A static group (no subgroups left) or, as DeleteDeviceDynamicGroup, a dynamic one.
+
+        Its batches and their tasks stay; a deleted dynamic group matches no device from
+        now on, a deleted static group's devices leave it."""
+        group = self.group(req_str(p, "GroupId"))
+        gid = group["group_id"]
+        outcome = Outcome(writes={f"group/{gid}": None})
+        if group["group_type"] == "STATIC":
+            for _, child in self.store.scan("group/"):
+                if child["parent_id"] == gid:
+                    raise ApiError(
+                        E.GROUP_HAS_SUBGROUP,
+                        f"The group has subgroups ({child['group_id']}); delete them first.",
+                    )
+            if group["device_count"] > 0:
+                for key, device in self.store.scan("device/"):
+                    if gid in device["groups"]:
+                        left = dict(device, groups=[g for g in device["groups"] if g != gid])
+                        outcome.writes[key] = left
+                        outcome.device_items.append(device_registration(left, "UPDATE", now))
+        outcome.broadcasts.append(("GroupControl", _group_control(group, True, now)))
+        return outcome
+
+    def _DeleteDeviceDynamicGroup(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        group = self.group(req_str(p, "GroupId"))
+        if group["group_type"] != "DYNAMIC":
+            raise ApiError(E.GROUP_TYPE, "The group is a static group (use DeleteDeviceGroup).")
+        return self._DeleteDeviceGroup(p, request_id, now)
 
     def _QueryDeviceGroupList(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
         paging = page(p, 200)

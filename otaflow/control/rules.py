@@ -184,3 +184,103 @@ def names_per_call(names: Sequence[str]) -> None:
             f"At most {MAX_NAMES_PER_CALL} device names per call (use DnListFileUrl for more), "
             f"got {len(names)}.",
         )
+
+
+# -- rules across batches (the console doc's "cannot both be set" / "cannot mix") -----------
+
+
+def is_live(batch: Record, now: int) -> bool:
+    """Can the batch still give a device a task (the cross-batch rules look at these)?"""
+    if batch["status"] not in ("PLANNED", "IN_PROGRESS"):
+        return False
+    if batch["schedule_end"] is not None and now >= batch["schedule_end"]:
+        return False
+    return batch["kind"] != "DYNAMIC" or bool(batch["strategy_active"])
+
+
+def modes_across_batches(
+    live: Sequence[Record], product_key: str, multi_module: bool, overwrite_mode: int
+) -> None:
+    """For one product, multi-module in one batch and override in another is refused.
+
+    The console doc: "The Allow concurrent multi-module updates and Overwrite previous
+    update tasks on the device options cannot both be set to Yes ... Subsequently, you
+    initiate another update batch and set Overwrite ... to Yes. Do not use this scenario."
+    """
+    if not multi_module and overwrite_mode != 2:
+        return
+    for other in live:
+        if other["product_key"] != product_key:
+            continue
+        if (multi_module and other["overwrite_mode"] == 2) or (
+            overwrite_mode == 2 and other["multi_module"]
+        ):
+            mine = "MultiModuleMode=true" if multi_module else "OverwriteMode=2"
+            theirs = "OverwriteMode=2" if multi_module else "MultiModuleMode=true"
+            raise ApiError(
+                E.MULTI_MODULE_OVERWRITE,
+                f"Batch {other['batch_id']} of this product has {theirs}; a batch with {mine} "
+                "cannot run beside it (cancel it or change the mode).",
+            )
+
+
+def _dynamic_versions(batch: Record) -> frozenset[str] | None:
+    """Source versions a dynamic batch updates (None: every version)."""
+    firmware = batch["firmware"]
+    if firmware["is_diff"] and firmware["src_version"] is not None:
+        return frozenset({firmware["src_version"]})
+    if batch["src_versions"]:
+        return frozenset(batch["src_versions"])
+    return None
+
+
+def dynamic_mode_mix(live: Sequence[Record], new: Record) -> None:
+    """With multi-module, version-based and group-based dynamic batches of one module of a
+    product cannot both cover the same source version (the console doc's "cannot mix").
+
+    A group-based batch of a full package covers every source version.
+    """
+    if new["kind"] != "DYNAMIC":
+        return
+    new_grouped = new["group_id"] is not None
+    new_versions = _dynamic_versions(new)
+    for other in live:
+        if (
+            other["kind"] != "DYNAMIC"
+            or other["product_key"] != new["product_key"]
+            or other["firmware"]["module"] != new["firmware"]["module"]
+            or (other["group_id"] is not None) == new_grouped
+            or not (other["multi_module"] or new["multi_module"])
+        ):
+            continue
+        theirs = _dynamic_versions(other)
+        if new_versions is None or theirs is None:
+            shared = sorted(theirs or new_versions or {"any"})
+        else:
+            shared = sorted(new_versions & theirs)
+        if shared:
+            kinds = (
+                ("group-based", "version-based")
+                if new_grouped
+                else ("version-based", "group-based")
+            )
+            raise ApiError(
+                E.DYNAMIC_MODE_MIX,
+                f"With MultiModuleMode, a {kinds[0]} dynamic batch cannot cover source version "
+                f"{', '.join(shared)} of module {new['firmware']['module']}: {kinds[1]} dynamic "
+                f"batch {other['batch_id']} already does.",
+            )
+
+
+def confirm_window(batch: Record, now: int) -> None:
+    """ConfirmOTATask on a scheduled batch only between its start and its end (SDK doc:
+    "you must call this operation within the specified time range")."""
+    start, end = batch["schedule_start"], batch["schedule_end"]
+    if start is None:
+        return
+    if now < start or (end is not None and now >= end):
+        raise ApiError(
+            E.CONFIRM_OUTSIDE_SCHEDULE,
+            f"Tasks of the scheduled batch {batch['batch_id']} can be confirmed only within its "
+            "schedule (from ScheduleTime until ScheduleFinishTime).",
+        )

@@ -98,8 +98,9 @@ class Batch:
     schedule_end: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     strategy_active: bool = True
-    # A verification batch (CreateOTAVerifyJob): its tasks' outcomes decide the package.
-    verification: bool = False
+    # The platform's JobType; VERFIY_FIRMWARE (sic) is a verification batch
+    # (CreateOTAVerifyJob), whose tasks' outcomes decide its package's verification.
+    job_type: str = "UPGRADE_FIRMWARE"
 
     @property
     def module(self) -> str:
@@ -169,7 +170,7 @@ class Batch:
             "tags": dict(self.tags),
             "status": self.status.value,
             "strategy_active": self.strategy_active,
-            "verification": self.verification,
+            "job_type": self.job_type,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

@@ -83,6 +83,8 @@ class Effects:
     notifications: list[tuple[str, Record]] = field(default_factory=list)
     succeeded: Counter[str] = field(default_factory=Counter)
     touched: set[str] = field(default_factory=set)
+    # (schema, record) for the control plane, through the command topic (PhasedCount).
+    control_reports: list[tuple[str, Record]] = field(default_factory=list)
 
     def touch(self, state: DeviceState) -> None:
         self.touched.add(state.key)
@@ -381,7 +383,8 @@ class DeviceEngine:
             self._offer_static(state, batch, now, fx)
 
     def on_target(self, state: DeviceState | None, batch: Batch, now: int, fx: Effects) -> None:
-        """A TARGETED or PHASED batch named this device (``BatchTarget``)."""
+        """A TARGETED batch named this device (``BatchTarget``), or a PHASED batch's share
+        picked it (``PartitionEngine.phased_quota``)."""
         if state is None or batch.is_dynamic or batch.product_key != state.product_key:
             return  # the control plane names registered devices only
         self.advance(state, now, fx)
@@ -555,7 +558,9 @@ class DeviceEngine:
         task.first_progress_at = None
         task.retry_at = None
         task.retries_left = batch.retry_count if batch.retry_interval_minutes is not None else 0
-        self._move(state, task, TaskStatus.QUEUED, now, fx, "reupgrade")
+        # A batch that needs the app's confirmation asks again (CONFIRM), like a new task.
+        to = TaskStatus.CONFIRM if batch.need_confirm else TaskStatus.QUEUED
+        self._move(state, task, to, now, fx, "reupgrade")
 
     # -- the registry's word ----------------------------------------------------------------
 

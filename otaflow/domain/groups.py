@@ -239,6 +239,35 @@ def parse_expression(source: str) -> Node:
     return _Parser(source).parse()
 
 
+def check_expression(source: str) -> Node:
+    """``parse_expression`` plus the console doc's rule for module data: a group that
+    searches by OTA module data names both ``ota_module.name`` and ``ota_module.version``."""
+    node = parse_expression(source)
+    used = {
+        tok.text.lower(): tok.pos
+        for tok in reversed(tokenize(source))
+        if tok.kind == "word" and tok.text.lower() in MODULE_FIELDS
+    }
+    if used and len(used) < len(MODULE_FIELDS):
+        [(name, pos)] = used.items()
+        other = next(f for f in MODULE_FIELDS if f != name)
+        raise GroupExpressionError(f"{name} at {pos} needs {other} in the same expression")
+    return node
+
+
+def pinned_products(node: Node) -> frozenset[str] | None:
+    """The products a device must be of to match (None: any product).
+
+    ``product_key = 'x'`` or ``product_key IN (...)`` at the top, or in a top-level
+    AND, pins them; readers of the registry then scan only those products' devices.
+    """
+    tests = node.operands if isinstance(node, And) else (node,)
+    for test in tests:
+        if isinstance(test, Test) and test.field == "product_key" and test.op in ("=", "in"):
+            return frozenset(test.values)
+    return None
+
+
 # -- evaluation --------------------------------------------------------------------------
 
 

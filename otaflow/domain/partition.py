@@ -25,7 +25,8 @@ import heapq
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from otaflow.domain.batches import Batch, BatchKind, BatchRegistry
+from otaflow.domain import phased
+from otaflow.domain.batches import Batch, BatchKind, BatchRegistry, BatchScope
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
 from otaflow.domain.groups import Group, GroupRegistry
@@ -94,7 +95,10 @@ class PartitionEngine:
         store: DeviceStore,
         deadlines: DeadlineHeap | None,
         keep_finished: int = KEEP_FINISHED_TASKS,
+        partition: int = 0,
     ) -> None:
+        # Which device partition this is (a phased START's count says where it is from).
+        self.partition = partition
         self.batches = batches
         self.groups = groups
         self.store = store
@@ -111,6 +115,7 @@ class PartitionEngine:
             "GroupControl": self.group_control,
             "TaskCommand": self.task_command,
             "Tick": self.tick,
+            "PhasedQuota": self.phased_quota,
         }
 
     def apply(self, name: str, record: Record, fx: Effects) -> None:
@@ -184,6 +189,17 @@ class PartitionEngine:
         # CANCEL_STRATEGY: the registry now says the batch stopped matching; its tasks stay.
 
     def _start(self, batch: Batch, now: int, fx: Effects) -> None:
+        if batch.scope is BatchScope.PHASED and not batch.is_dynamic:
+            if takes_new_tasks(batch, now):
+                count = sum(1 for _ in self._updatable(batch))
+                report = {
+                    "batch_id": batch.batch_id,
+                    "partition": self.partition,
+                    "eligible": count,
+                    "event_time": now,
+                }
+                fx.control_reports.append(("PhasedCount", report))
+            return
         if batch.kind is BatchKind.STATIC:
             if not scans_at_start(batch) or not takes_new_tasks(batch, now):
                 return
@@ -202,6 +218,27 @@ class PartitionEngine:
             return  # only versions reported from now on
         versions = version_needles(batch)
         self._match_existing(batch, [versions] if versions is not None else [], now, fx)
+
+    def _updatable(self, batch: Batch) -> Iterator[DeviceState]:
+        """The partition's devices a phased batch could update (see ``domain.phased``)."""
+        versions = version_needles(batch)
+        needles = [versions] if versions is not None else []
+        for state in self._each(batch.product_key, needles):
+            if batch.accepts_version(state.modules.get(batch.module)):
+                yield state
+
+    def phased_quota(self, record: Record, fx: Effects) -> None:
+        """The control plane's share of a phased batch for this partition: that many of
+        its updatable devices, smallest rank first, get a task."""
+        batch = self.batches.get(record["batch_id"])
+        now = record["event_time"]
+        if batch is None or record["quota"] <= 0 or not takes_new_tasks(batch, now):
+            return
+        states = {s.device_name: s for s in self._updatable(batch)}
+        for name in phased.pick(batch.batch_id, states, record["quota"]):
+            state = states[name]
+            self.engine.on_target(state, batch, now, fx)
+            self._settle(state, now, fx)
 
     def _update(self, old: Batch | None, batch: Batch, now: int, fx: Effects) -> None:
         """New source versions of a running version-based dynamic batch match at once."""

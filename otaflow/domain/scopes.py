@@ -5,9 +5,10 @@
   batch names one, its city.
 - ``GROUP``: devices directly in the static group or in any of its subgroups,
   transitively (or, for a dynamic group, devices its expression matches at start).
-- ``TARGETED`` and ``PHASED``: the devices the control plane picked and named, one
-  ``BatchTarget`` per device (PHASED picks its percentage of the registered devices,
-  rounded down). A partition never scans for them.
+- ``TARGETED``: the devices the control plane named, one ``BatchTarget`` per device.
+  A partition never scans for them.
+- ``PHASED``: a percentage of the devices the batch could update; the partitions
+  count theirs and the control plane sends each its share (``otaflow.domain.phased``).
 
 Every scope then applies the version rules of ``Batch.accepts_version`` (skip the
 destination version; a differential package only fits its source version; the
@@ -49,7 +50,7 @@ def in_static_scope(batch: Batch, state: DeviceState, groups: GroupRegistry) -> 
             return groups.is_member(batch.group_id, state)
         subtree = groups.subtree(batch.group_id)
         return any(g in subtree for g in state.groups)
-    return False  # TARGETED / PHASED: named by BatchTarget records, never by a scan
+    return False  # TARGETED: named by BatchTarget records; PHASED: by its quotas
 
 
 def version_needles(batch: Batch) -> frozenset[bytes] | None:

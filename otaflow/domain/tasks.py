@@ -51,9 +51,10 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.IN_PROGRESS: frozenset(
         {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}
     ),
-    # Retry (and ReupgradeOTATask) bring a failed task back to the queue.
-    TaskStatus.FAILED: frozenset({TaskStatus.QUEUED}),
-    TaskStatus.CANCELED: frozenset({TaskStatus.QUEUED}),
+    # Retry (and ReupgradeOTATask) bring a failed task back to the queue; a re-upgrade
+    # of a batch that needs confirmation brings it back to CONFIRM.
+    TaskStatus.FAILED: frozenset({TaskStatus.QUEUED, TaskStatus.CONFIRM}),
+    TaskStatus.CANCELED: frozenset({TaskStatus.QUEUED, TaskStatus.CONFIRM}),
     TaskStatus.SUCCEEDED: frozenset(),
 }
 

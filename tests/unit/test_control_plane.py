@@ -122,8 +122,8 @@ def test_registration_goes_to_the_device_partition_record(world: World) -> None:
     assert err.code == "iot.device.DeviceNameAlreadyExist"
 
 
-def test_targeted_file_batch_targets_valid_names_and_keeps_the_invalid(world: World) -> None:
-    world.files["http://x/packages/list.csv"] = "dev0001\ndev0002\nghost\ndev0001\nb@d name\n"
+def test_targeted_file_batch_targets_the_names_of_a_clean_file(world: World) -> None:
+    world.files["http://x/packages/list.csv"] = "dev0001\ndev0002\ndev0001\n"
     out = world.call(
         "CreateOTAStaticUpgradeJob",
         ProductKey=world.pk,
@@ -135,12 +135,10 @@ def test_targeted_file_batch_targets_valid_names_and_keeps_the_invalid(world: Wo
     assert targets.device_names == ["dev0001", "dev0002"]
     job_id = out.data["JobId"]
     assert out.controls[0]["action"] == "START" and out.controls[0]["batch"]["scope"] == "TARGETED"
-    invalid = world.call("ListOTAJobInvalidDeviceNames", JobId=job_id)
-    assert invalid.data["DeviceNames"] == ["ghost", "b@d name"] and invalid.top["Total"] == 2
     assert world.call("QueryOTAJob", JobId=job_id).read_only
 
 
-def test_phased_batch_picks_floor_of_the_registry(world: World) -> None:
+def test_phased_batch_starts_on_every_partition_without_naming_devices(world: World) -> None:
     out = world.call(
         "CreateOTAStaticUpgradeJob",
         ProductKey=world.pk,
@@ -148,7 +146,8 @@ def test_phased_batch_picks_floor_of_the_registry(world: World) -> None:
         TargetSelection="GRAY",
         GrayPercent="25.5",
     )
-    assert len(out.targets[0].device_names) == 2  # floor(10 x 25.5%)
+    assert out.targets == []  # the partitions count and get their shares (test_console_rules)
+    assert out.controls[0]["action"] == "START"
     assert out.batches[0]["phased_percent_thousandths"] == 25500
 
 

@@ -178,7 +178,7 @@ def verify_job(world: World, firmware_id: str, *names: str) -> str:
         TimeoutInMinutes=30,
         **params,
     )
-    assert out.batches[0]["verification"] is True
+    assert out.batches[0]["job_type"] == "VERFIY_FIRMWARE"  # sic, the platform's JobType
     return str(out.data["JobId"])
 
 
@@ -285,8 +285,8 @@ def test_the_feed_reports_terminal_tasks_of_verification_batches_only() -> None:
     feed = VerificationFeed(lambda a, p, r, t: sent.append((a, dict(p), r, t)))
     # An event read before its batch's definition is reported when the definition comes.
     feed.apply_task_event(event("t1", "vjob", "SUCCEEDED"))
-    feed.apply_batch({"batch_id": "other", "verification": False})
-    feed.apply_batch({"batch_id": "vjob", "verification": True})
+    feed.apply_batch({"batch_id": "other", "job_type": "UPGRADE_FIRMWARE"})
+    feed.apply_batch({"batch_id": "vjob", "job_type": "VERFIY_FIRMWARE"})
     feed.apply_task_event(event("t2", "vjob", "IN_PROGRESS", "dev1"))
     feed.apply_task_event(event("t2", "vjob", "FAILED", "dev1"))
     feed.apply_task_event(event("t3", "other", "SUCCEEDED"))
