@@ -761,6 +761,38 @@ def _up_mqtt(settings: config.Settings) -> str:
     return url
 
 
+# --------------------------------------------------------------------------- kcat
+
+
+def ensure_kcat() -> str | None:
+    """Debian's ``kcat``, the Kafka client the integration tests read public topics with
+    (docs/kafka-integration.md); installed with apt-get when missing and we are root.
+    Nothing in otaflow runs it, so not having it is a warning, not an error."""
+    found = shutil.which("kcat")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        if not found:
+            _log.warning("kcat not found and cannot be installed here: apt-get install kcat")
+        return found
+    print("devstack: installing kcat with apt-get ...", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "kcat"],
+    ):
+        try:
+            result = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, timeout=600, check=False
+            )
+        except subprocess.TimeoutExpired:
+            _log.warning("`%s` did not finish in 600s; kcat not installed", " ".join(cmd))
+            return None
+        if result.returncode != 0:
+            tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+            _log.warning("`%s` failed, kcat not installed: %s", " ".join(cmd), tail)
+            return None
+    return shutil.which("kcat")
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -770,6 +802,7 @@ def up() -> DevStack:
     with _locked():
         kafka = _up_kafka(settings)
         mqtt = _up_mqtt(settings)
+        ensure_kcat()
     return DevStack(kafka_bootstrap=kafka, mqtt_url=mqtt)
 
 

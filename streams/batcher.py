@@ -19,6 +19,13 @@ with the batch in hand. Every item carries its source partition and offset; the
 device agent skips offsets it has applied, so re-sending after a crash never applies
 a report twice.
 
+Configured telemetry topics (``otaflow.report_sources``, ``OTAFLOW_REPORT_SOURCES``)
+are read by the same consumer: each record is mapped onto the DeviceReport bytes a
+native producer would write (skipped records are only committed; records that do not
+map are dead-lettered with the reason and the raw bytes), then routed like a report,
+with its own Router (its partitions are not ``ota.device.reports``' partitions) and
+source partitions offset by ``SOURCE_PARTITION_BASE`` in the envelope.
+
 Commit order: produce envelopes -> flush (all acknowledged) -> commit source offsets.
 """
 
@@ -37,6 +44,13 @@ from otaflow import topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.partitioning import partition_for
+from otaflow.public_json import to_json
+from otaflow.report_sources import (
+    SOURCE_PARTITION_BASE,
+    SourceMapper,
+    Unmappable,
+    load_sources,
+)
 
 log = logging.getLogger("otaflow.batcher")
 
@@ -132,13 +146,33 @@ class ReportBatcher:
             self.partitions,
             same_partitioning=topics.DEVICE_REPORTS.partition_count(settings) == self.partitions,
         )
+        self.dead_letters_json = (
+            topics.json_copy(topics.DEAD_LETTERS).full_name(settings)
+            if settings.public_json
+            else None
+        )
+        # Configured telemetry topics: topic -> (mapper, router, source partition base).
+        self.mapped: dict[str, tuple[SourceMapper, Router, int]] = {}
+        for i, source in enumerate(load_sources(settings.report_sources)):
+            count = self._partition_count(source.topic)
+            router = Router(self.partitions, same_partitioning=count == self.partitions)
+            base = SOURCE_PARTITION_BASE * (i + 1)
+            self.mapped[source.topic] = (SourceMapper(source), router, base)
+            log.info("mapping %s (%s partitions) onto version reports", source.topic, count)
+
+    def _partition_count(self, topic: str) -> int | None:
+        metadata = self.consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            log.warning("telemetry topic %s not found (yet); reading it when it appears", topic)
+            return None
+        return len(metadata.partitions)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._failed.append(str(err))
 
     def run(self, stop: threading.Event) -> None:
-        self.consumer.subscribe([self.source])
+        self.consumer.subscribe([self.source, *self.mapped])
         try:
             while not stop.is_set():
                 msgs = self.consumer.consume(POLL_MAX, POLL_TIMEOUT_S)
@@ -155,6 +189,7 @@ class ReportBatcher:
         sizes: dict[int, int] = defaultdict(int)
         now_ms = int(time.time() * 1000)
         valid: list[tuple[bytes, bytes, int, int]] = []
+        mapped: dict[str, list[tuple[bytes, bytes, int, int]]] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -162,18 +197,24 @@ class ReportBatcher:
                     log.warning("consume error: %s", err)
                 continue
             key, value = msg.key(), msg.value()
+            if self.mapped and (topic := msg.topic()) != self.source:
+                self._map(msg, topic, value, now_ms, mapped)
+                continue
             if not key or not value:
                 self._dead_letter(msg, "report without key or value", value or b"", now_ms)
                 continue
             valid.append((key, value, msg.partition(), msg.offset()))
-        for _key, value, source, offset, target in self.router.route(valid):
-            if sizes[target] + len(value) > ENVELOPE_MAX_BYTES:
-                self._send(target, items.pop(target), sources.pop(target), offsets.pop(target))
-                sizes[target] = 0
-            items[target].append(value)
-            sources[target].append(source)
-            offsets[target].append(offset)
-            sizes[target] += len(value) + 16
+        routed = [(0, self.router.route(valid))]
+        routed += [(self.mapped[t][2], self.mapped[t][1].route(r)) for t, r in mapped.items()]
+        for base, records in routed:
+            for _key, value, source, offset, target in records:
+                if sizes[target] + len(value) > ENVELOPE_MAX_BYTES:
+                    self._send(target, items.pop(target), sources.pop(target), offsets.pop(target))
+                    sizes[target] = 0
+                items[target].append(value)
+                sources[target].append(base + source)
+                offsets[target].append(offset)
+                sizes[target] += len(value) + 16
         for target in list(items):
             self._send(target, items[target], sources[target], offsets[target])
         remaining = self.producer.flush(30)
@@ -186,6 +227,28 @@ class ReportBatcher:
         # crash only makes the next owner re-send reports the device agent skips.
         self.consumer.commit(asynchronous=True)
         self.forwarded += len(msgs)
+
+    def _map(
+        self,
+        msg: Any,
+        topic: str,
+        value: bytes | None,
+        now_ms: int,
+        out: dict[str, list[tuple[bytes, bytes, int, int]]],
+    ) -> None:
+        """A telemetry record: mapped into ``out`` as a report, skipped, or dead-lettered."""
+        mapper = self.mapped[topic][0]
+        if not value:
+            self._dead_letter(msg, f"{mapper.source.name}: record without a value", b"", now_ms)
+            return
+        timestamp = msg.timestamp()[1]
+        try:
+            report = mapper.map(value, timestamp if timestamp >= 0 else now_ms)
+        except Unmappable as exc:
+            self._dead_letter(msg, f"{mapper.source.name}: {exc}", value, now_ms)
+            return
+        if report is not None:
+            out.setdefault(topic, []).append((*report, msg.partition(), msg.offset()))
 
     def _send(
         self, target: int, items: list[bytes], sources: list[int], offsets: list[int]
@@ -202,12 +265,17 @@ class ReportBatcher:
     def _dead_letter(self, msg: Any, reason: str, raw: bytes, now_ms: int) -> None:
         source = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
         record = {"source": source, "reason": reason, "raw": raw, "event_time": now_ms}
+        value = self.codec.encode("DeadLetter", record)
         self.producer.produce(
-            self.dead_letters,
-            key=source.encode(),
-            value=self.codec.encode("DeadLetter", record),
-            on_delivery=self._on_delivery,
+            self.dead_letters, key=source.encode(), value=value, on_delivery=self._on_delivery
         )
+        if self.dead_letters_json is not None:
+            self.producer.produce(
+                self.dead_letters_json,
+                key=source.encode(),
+                value=to_json(value),
+                on_delivery=self._on_delivery,
+            )
 
 
 def main() -> int:
