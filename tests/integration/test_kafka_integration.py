@@ -18,6 +18,7 @@ import pytest
 from alibabacloud_iot20180120 import models as m
 from alibabacloud_iot20180120.client import Client
 from alibabacloud_tea_openapi.models import Config
+from confluent_kafka.admin import AdminClient
 
 from otaflow import topics
 from tests.integration.conftest import Otaflow, statuses_by_task
@@ -42,6 +43,10 @@ only_when = {{ "$.type" = "firmware" }}
 """
 
 
+# One line per record: the key, a tab, the value (kcat expands the escapes).
+FORMAT = "%k\\t%s\\n"
+
+
 class Kcat:
     """``kcat -C`` following a topic from its beginning; its lines gathered by a thread."""
 
@@ -50,9 +55,14 @@ class Kcat:
         if kcat is None:
             pytest.fail("kcat is not installed: `make setup` (otaflow devstack up) installs it")
         self.lines: list[str] = []
+        # kcat gives up on a topic its first metadata does not show, and a topic created
+        # a moment ago may not have its leaders yet.
+        admin, deadline = AdminClient({"bootstrap.servers": bootstrap}), time.monotonic() + 30
+        while not _has_leaders(admin, topic):
+            assert time.monotonic() < deadline, f"{topic} has no leaders after 30 s"
+            time.sleep(0.1)
         self.proc = subprocess.Popen(
-            [kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-u", "-q"]
-            + ["-f", "%k\\t%s\\n"],
+            [kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-u", "-q", "-f", FORMAT],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -86,6 +96,13 @@ class Kcat:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def _has_leaders(admin: AdminClient, topic: str) -> bool:
+    found = admin.list_topics(topic, timeout=10).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        return False
+    return all(p.leader >= 0 for p in found.partitions.values())
 
 
 def telemetry(pk: str, dn: str, version: str, at: int, kind: str = "firmware") -> bytes:
