@@ -36,6 +36,8 @@ SMOKE = {
     "egress_runs": 1,
 }
 SCENARIOS = ("ingest", "fan-out", "state", "recovery", "rollout", "latency", "egress", "scale-out")
+# Run on their own (`otaflow bench ingest-json --devices 100000`), not by `all`.
+EXTRA_SCENARIOS = ("ingest-json",)
 
 
 def run(
@@ -92,6 +94,10 @@ def run(
         keep(scenarios.latency(sizes["latency"]))
     if "egress" in names:
         keep(egress_scenario(sizes))
+    if "ingest-json" in names:
+        from benchmarks.telemetry_source import ingest_json
+
+        keep(ingest_json(n))
     print_summary(results, console)
     return results
 
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scenario", choices=("all", "smoke", *SCENARIOS))
+    parser.add_argument("scenario", choices=("all", "smoke", *SCENARIOS, *EXTRA_SCENARIOS))
     parser.add_argument("--devices", type=int, help="fleet size for ingest/fan-out/state/recovery")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)

@@ -262,6 +262,15 @@ class SourceMapper:
             "s": _time_s,
             "iso8601": _time_iso,
         }[source.event_time_unit]
+        self._in_ms = source.event_time_unit == "ms"
+        self._product_key = _getter(source.product_key)
+        self._device_name = _getter(source.device_name)
+        self._version = _getter(source.version)
+        self._module = _getter(source.module)
+        self._event_time = None if source.event_time is None else _getter(source.event_time)
+        self._only_when = [(_getter(path), wanted) for path, wanted in source.only_when]
+        self._skip_when = [(_getter(path), wanted) for path, wanted in source.skip_when]
+        self._repeated: dict[str, bytes] = {}
 
     @staticmethod
     def _avro_parser(source: ReportSource) -> Callable[[bytes], Any]:
@@ -284,49 +293,113 @@ class SourceMapper:
             record = self._parse(raw)
         except Exception as exc:  # orjson and cavro raise their own types
             raise Unmappable(f"not {source.format.upper()}: {exc}") from exc
-        for path, wanted in source.only_when:
-            value = path.find(record)
-            if value is _MISSING or not _hashable(value) or value not in wanted:
+        for get, wanted in self._only_when:
+            value = get(record)
+            if value is _MISSING or type(value) in _CONTAINERS or value not in wanted:
                 return None
-        for path, wanted in source.skip_when:
-            value = path.find(record)
-            if value is not _MISSING and _hashable(value) and value in wanted:
+        for get, wanted in self._skip_when:
+            value = get(record)
+            if value is not _MISSING and type(value) not in _CONTAINERS and value in wanted:
                 return None
-        product_key = _text(source.product_key.find(record), source.product_key, "product key")
-        device_name = _text(source.device_name.find(record), source.device_name, "device name")
+        # The common case (a non-empty string, a time in ms) costs one type check each;
+        # anything else takes _text / _to_ms, which convert or say what is wrong.
+        product_key = self._product_key(record)
+        if type(product_key) is not str or not product_key:
+            product_key = _text(product_key, source.product_key, "product key")
+        device_name = self._device_name(record)
+        if type(device_name) is not str or not device_name:
+            device_name = _text(device_name, source.device_name, "device name")
         if "/" in product_key or "/" in device_name:
             raise Unmappable("a product key or device name with '/' (the key separator)")
-        version = _text(source.version.find(record), source.version, "version")
-        if source.module is None:
-            module = source.module_default
-        else:
-            found = source.module.find(record)
-            if found is _MISSING or found is None:
+        version = self._version(record)
+        if type(version) is not str or not version:
+            version = _text(version, source.version, "version")
+        module = self._module(record)
+        if type(module) is not str or not module:
+            if module is _MISSING or module is None:
                 module = source.module_default
             else:
-                module = _text(found, source.module, "module")
-        if source.event_time is None:
+                assert source.module is not None
+                module = _text(module, source.module, "module")
+        if self._event_time is None:
             event_time = timestamp_ms
         else:
-            value = source.event_time.find(record)
-            if value is _MISSING or value is None:
-                raise Unmappable(f"no event time at {source.event_time}")
-            event_time = self._to_ms(value, source.event_time)
+            event_time = self._event_time(record)
+            if type(event_time) is not int or event_time < 0 or not self._in_ms:
+                if event_time is _MISSING or event_time is None:
+                    raise Unmappable(f"no event time at {source.event_time}")
+                assert source.event_time is not None
+                event_time = self._to_ms(event_time, source.event_time)
         # The DeviceReport's bytes, written field by field as the Avro encoder would
         # (unit-tested against it): a third of the cost of encoding a dict with cavro.
+        # Product keys, modules and versions repeat across a fleet: encoded once.
+        repeated = self._repeated
         return f"{product_key}/{device_name}".encode(), b"".join(
             (
                 self._header,
-                encode_string(product_key),
+                repeated.get(product_key) or self._remember(product_key),
                 encode_string(device_name),
                 _KIND_VERSION,
-                encode_string(module),
+                repeated.get(module) or self._remember(module),
                 _SOME,
-                encode_string(version),
+                repeated.get(version) or self._remember(version),
                 _NO_STEP_DESC_ID,
                 encode_long(event_time),
             )
         )
+
+    def _remember(self, text: str) -> bytes:
+        encoded = encode_string(text)
+        if len(self._repeated) < _REPEATED_MAX:
+            self._repeated[text] = encoded
+        return encoded
+
+
+# Bound on the encodings kept per source, so arbitrary strings cannot grow it.
+_REPEATED_MAX = 4096
+_CONTAINERS = (dict, list)
+
+
+def _getter(path: JsonPath | None) -> Callable[[Any], Any]:
+    """A function reading ``path`` (``_MISSING`` when absent): for names only, chained
+    subscripts (a name into a list or a string raises TypeError, caught); else the
+    general ``JsonPath.find``, which keeps indexes out of strings."""
+    if path is None:
+        return lambda record: _MISSING
+    steps = path.steps
+    if not all(type(step) is str for step in steps):
+        return path.find
+    if len(steps) == 1:
+        (a,) = steps
+
+        def get1(record: Any) -> Any:
+            try:
+                return record[a]
+            except (KeyError, TypeError, IndexError):
+                return _MISSING
+
+        return get1
+    if len(steps) == 2:
+        a, b = steps
+
+        def get2(record: Any) -> Any:
+            try:
+                return record[a][b]
+            except (KeyError, TypeError, IndexError):
+                return _MISSING
+
+        return get2
+    if len(steps) == 3:
+        a, b, c = steps
+
+        def get3(record: Any) -> Any:
+            try:
+                return record[a][b][c]
+            except (KeyError, TypeError, IndexError):
+                return _MISSING
+
+        return get3
+    return path.find
 
 
 # In DeviceReport's field order: kind VERSION (enum index 0), the version union's string
@@ -334,10 +407,6 @@ class SourceMapper:
 _KIND_VERSION = b"\x00"
 _SOME = b"\x02"
 _NO_STEP_DESC_ID = b"\x00\x00\x00"
-
-
-def _hashable(value: Any) -> bool:
-    return not isinstance(value, (dict, list))
 
 
 def _time_ms(value: Any, path: JsonPath) -> int:

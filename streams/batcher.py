@@ -189,23 +189,25 @@ class ReportBatcher:
         sizes: dict[int, int] = defaultdict(int)
         now_ms = int(time.time() * 1000)
         valid: list[tuple[bytes, bytes, int, int]] = []
-        mapped: dict[str, list[tuple[bytes, bytes, int, int]]] = {}
+        telemetry: dict[str, list[Any]] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err)
                 continue
-            key, value = msg.key(), msg.value()
             if self.mapped and (topic := msg.topic()) != self.source:
-                self._map(msg, topic, value, now_ms, mapped)
+                telemetry.setdefault(topic, []).append(msg)
                 continue
+            key, value = msg.key(), msg.value()
             if not key or not value:
                 self._dead_letter(msg, "report without key or value", value or b"", now_ms)
                 continue
             valid.append((key, value, msg.partition(), msg.offset()))
         routed = [(0, self.router.route(valid))]
-        routed += [(self.mapped[t][2], self.mapped[t][1].route(r)) for t, r in mapped.items()]
+        for topic, records in telemetry.items():
+            _, router, base = self.mapped[topic]
+            routed.append((base, router.route(self._map(topic, records, now_ms))))
         for base, records in routed:
             for _key, value, source, offset, target in records:
                 if sizes[target] + len(value) > ENVELOPE_MAX_BYTES:
@@ -228,27 +230,23 @@ class ReportBatcher:
         self.consumer.commit(asynchronous=True)
         self.forwarded += len(msgs)
 
-    def _map(
-        self,
-        msg: Any,
-        topic: str,
-        value: bytes | None,
-        now_ms: int,
-        out: dict[str, list[tuple[bytes, bytes, int, int]]],
-    ) -> None:
-        """A telemetry record: mapped into ``out`` as a report, skipped, or dead-lettered."""
+    def _map(self, topic: str, msgs: list[Any], now_ms: int) -> list[tuple[bytes, bytes, int, int]]:
+        """Telemetry records mapped onto reports (key, report, partition, offset); the
+        skipped ones left out, the unmappable ones dead-lettered."""
         mapper = self.mapped[topic][0]
-        if not value:
-            self._dead_letter(msg, f"{mapper.source.name}: record without a value", b"", now_ms)
-            return
-        timestamp = msg.timestamp()[1]
-        try:
-            report = mapper.map(value, timestamp if timestamp >= 0 else now_ms)
-        except Unmappable as exc:
-            self._dead_letter(msg, f"{mapper.source.name}: {exc}", value, now_ms)
-            return
-        if report is not None:
-            out.setdefault(topic, []).append((*report, msg.partition(), msg.offset()))
+        to_report = mapper.map
+        out: list[tuple[bytes, bytes, int, int]] = []
+        for msg in msgs:
+            value = msg.value()
+            timestamp = msg.timestamp()[1]
+            try:
+                report = to_report(value or b"", timestamp if timestamp >= 0 else now_ms)
+            except Unmappable as exc:
+                self._dead_letter(msg, f"{mapper.source.name}: {exc}", value or b"", now_ms)
+                continue
+            if report is not None:
+                out.append((report[0], report[1], msg.partition(), msg.offset()))
+        return out
 
     def _send(
         self, target: int, items: list[bytes], sources: list[int], offsets: list[int]
