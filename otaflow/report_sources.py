@@ -334,11 +334,15 @@ class SourceMapper:
         # (unit-tested against it): a third of the cost of encoding a dict with cavro.
         # Product keys, modules and versions repeat across a fleet: encoded once.
         repeated = self._repeated
+        name = device_name.encode()
+        # Avro writes a string's length as a zig-zag varint: one byte below 64.
+        length = _SHORT_LENGTHS[len(name)] if len(name) < 64 else encode_long(len(name))
         return f"{product_key}/{device_name}".encode(), b"".join(
             (
                 self._header,
                 repeated.get(product_key) or self._remember(product_key),
-                encode_string(device_name),
+                length,
+                name,
                 _KIND_VERSION,
                 repeated.get(module) or self._remember(module),
                 _SOME,
@@ -355,6 +359,7 @@ class SourceMapper:
         return encoded
 
 
+_SHORT_LENGTHS = [bytes((n << 1,)) for n in range(64)]
 # Bound on the encodings kept per source, so arbitrary strings cannot grow it.
 _REPEATED_MAX = 4096
 _CONTAINERS = (dict, list)
