@@ -5,12 +5,18 @@ examples then print."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
 
 from otaflow import topics
 from tests.integration.conftest import REPO, Otaflow
@@ -98,3 +104,35 @@ def test_the_examples_produce_reports_and_consume_task_events(
         printed[name] = sorted(lines)
     # The JSON copy and the Avro topic tell the same story.
     assert printed["consume_task_events_json.py"] == printed["consume_task_events_avro.py"]
+
+    # A record the device agent cannot read is a dead letter in JSON too (raw in base64).
+    garbage = b"not a DeviceReport \xff"
+    reports = topics.DEVICE_REPORTS.full_name(otaflow.settings)
+    otaflow.producer.produce(reports, key=f"{pk}/dev0".encode(), value=garbage)
+    otaflow.flush()
+    letters = read_json(otaflow, topics.json_copy(topics.DEAD_LETTERS), count=1)
+    assert [base64.b64decode(letter["raw"]) for letter in letters] == [garbage]
+    assert "marker" in letters[0]["reason"]
+
+
+def read_json(otaflow: Otaflow, spec: topics.TopicSpec, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` JSON records of a topic (polling up to a minute)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": otaflow.settings.kafka_bootstrap,
+            "group.id": f"json-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([spec.full_name(otaflow.settings)])
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                out.append(json.loads(msg.value() or b"null"))
+    finally:
+        consumer.close()
+    assert len(out) == count, out
+    return out

@@ -1,10 +1,12 @@
 """Kafka integration, as a platform team with its own topics and tools meets it: their
-JSON telemetry topic drives a rollout (no ``ota.device.reports`` producer at all), and
-Debian's ``kcat`` reads the task statuses off ``ota.task.events.json`` while it runs."""
+JSON telemetry topic (and a second team's Avro topic) drive a rollout, with no
+``ota.device.reports`` producer at all, and Debian's ``kcat`` reads the task statuses
+off ``ota.task.events.json`` while it runs."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 from alibabacloud_iot20180120 import models as m
 from alibabacloud_iot20180120.client import Client
@@ -40,7 +43,38 @@ module = "$.firmware.module"
 version = "$.firmware.version"
 event_time = "$.ts"
 only_when = {{ "$.type" = "firmware" }}
+
+[[source]]
+name = "gateway firmware"
+topic = "{avro_topic}"
+format = "avro"
+schema = "gateway.avsc"
+framing = "confluent"
+product_key = "$.product"
+device_name = "$.device"
+version = "$.firmware"
+event_time = "$.at"
+event_time_unit = "s"
 """
+
+# A second team's topic: Avro behind a Confluent-style header (magic byte, schema id).
+GATEWAY_SCHEMA = {
+    "type": "record",
+    "name": "GatewayFirmware",
+    "fields": [
+        {"name": "product", "type": "string"},
+        {"name": "device", "type": "string"},
+        {"name": "firmware", "type": "string"},
+        {"name": "at", "type": "long"},
+    ],
+}
+
+
+def gateway_record(pk: str, dn: str, version: str, at_ms: int) -> bytes:
+    body = io.BytesIO()
+    record = {"product": pk, "device": dn, "firmware": version, "at": at_ms // 1000}
+    fastavro.schemaless_writer(body, fastavro.parse_schema(GATEWAY_SCHEMA), record)
+    return b"\x00\x00\x00\x00\x2a" + body.getvalue()
 
 
 # One line per record: the key, a tab, the value (kcat expands the escapes).
@@ -141,9 +175,11 @@ def test_a_json_telemetry_topic_drives_a_rollout_and_kcat_reads_the_statuses(
     bootstrap = otaflow.settings.kafka_bootstrap
     # The team's topic: not otaflow's partition count, keyed by device name only.
     telemetry_topic = otaflow.settings.topic_prefix + "fleet.telemetry"
-    topics.create_topics(bootstrap, [(telemetry_topic, 3, {})])
+    avro_topic = otaflow.settings.topic_prefix + "gateway.firmware"
+    topics.create_topics(bootstrap, [(telemetry_topic, 3, {}), (avro_topic, 1, {})])
+    (tmp_path / "gateway.avsc").write_text(json.dumps(GATEWAY_SCHEMA))
     sources = tmp_path / "sources.toml"
-    sources.write_text(SOURCES.format(topic=telemetry_topic))
+    sources.write_text(SOURCES.format(topic=telemetry_topic, avro_topic=avro_topic))
     otaflow.env["OTAFLOW_REPORT_SOURCES"] = str(sources)
     otaflow.env["OTAFLOW_PUBLIC_JSON"] = "1"
     topics.ensure_topics(bootstrap, replace(otaflow.settings, public_json=True))
@@ -152,33 +188,48 @@ def test_a_json_telemetry_topic_drives_a_rollout_and_kcat_reads_the_statuses(
     events_json = topics.json_copy(topics.TASK_EVENTS).full_name(otaflow.settings)
     kcat = Kcat(bootstrap, events_json)
     try:
-        _rollout(otaflow, telemetry_topic, kcat)
+        _rollout(otaflow, telemetry_topic, avro_topic, kcat)
     finally:
         kcat.close()
 
 
-def _rollout(otaflow: Otaflow, telemetry_topic: str, kcat: Kcat) -> None:
+def _rollout(otaflow: Otaflow, telemetry_topic: str, avro_topic: str, kcat: Kcat) -> None:
     pk = "pkTele"
     job_id = dynamic_batch(otaflow, pk, MaximumPerMinute=100)
-    devices = [f"sensor-{i}" for i in range(6)]
+    sensors = [f"sensor-{i}" for i in range(6)]
+    gateways = ["gw-0", "gw-1"]
+    devices = sensors + gateways
 
     def send(dn: str, value: bytes) -> None:
-        otaflow.producer.produce(telemetry_topic, key=dn.encode(), value=value)
+        topic = avro_topic if dn in gateways else telemetry_topic
+        otaflow.producer.produce(topic, key=dn.encode(), value=value)
+
+    def report(dn: str, version: str, at: int) -> None:
+        if dn in gateways:
+            send(dn, gateway_record(pk, dn, version, at))
+        else:
+            send(dn, telemetry(pk, dn, version, at))
 
     for dn in devices:
-        send(dn, telemetry(pk, dn, "1.0", T0 + 1000))
+        report(dn, "1.0", T0 + 1000)
+    for dn in sensors:
         send(dn, telemetry(pk, dn, "1.0", T0 + 1000, kind="heartbeat"))  # skipped
     unmappable = json.dumps({"type": "firmware", "device": {"product": pk}}).encode()
     send("broken", unmappable)
     otaflow.flush()
     events = otaflow.task_events()
-    events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 6, what="6 queued")
+    events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 8, what="8 queued")
     otaflow.tick(T0 + MINUTE - 1)
-    events.wait_for(lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 6, what="notified")
+    events.wait_for(lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 8, what="notified")
     for dn in devices:
-        send(dn, telemetry(pk, dn, "2.0", T0 + 2 * MINUTE))
+        report(dn, "2.0", T0 + 2 * MINUTE)
     otaflow.flush()
-    events.wait_for(lambda v: sum(e["status"] == "SUCCEEDED" for e in v) == 6, what="succeeded")
+    events.wait_for(lambda v: sum(e["status"] == "SUCCEEDED" for e in v) == 8, what="succeeded")
+    # The Avro source's time was in seconds: the event time the engine saw, in ms.
+    gateway_events = [e for e in events.values() if e["device_name"] in gateways]
+    assert {e["event_time"] for e in gateway_events if e["status"] == "SUCCEEDED"} == {
+        T0 + 2 * MINUTE
+    }
 
     # No ota.device.reports producer was involved: the topic is empty.
     reports = otaflow.reader(topics.DEVICE_REPORTS)
@@ -186,7 +237,7 @@ def _rollout(otaflow: Otaflow, telemetry_topic: str, kcat: Kcat) -> None:
 
     # kcat, reading the JSON copy during the rollout, saw every status the engine wrote,
     # keyed productKey/deviceName as the Avro topic is.
-    printed = kcat.wait_for(lambda v: sum(e["status"] == "SUCCEEDED" for e in v) == 6)
+    printed = kcat.wait_for(lambda v: sum(e["status"] == "SUCCEEDED" for e in v) == 8)
     assert {key for key, _ in printed} == {f"{pk}/{dn}" for dn in devices}
     by_task = statuses_by_task([e for _, e in printed])
     assert by_task == statuses_by_task(events.values())
