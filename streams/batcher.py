@@ -109,6 +109,39 @@ class Router:
         ]
 
 
+def map_telemetry(
+    mapper: SourceMapper, router: Router, msgs: list[Any], now_ms: int
+) -> tuple[list[tuple[bytes, bytes, int, int]], list[tuple[Any, str]]]:
+    """A telemetry topic's records as reports ``(device key, report, partition, offset)``
+    for ``router``, and the records that do not map with the reason; skipped ones left
+    out. A record without a Kafka timestamp takes ``now_ms``.
+
+    The router may trust a source partition (see the module doc) only while its records
+    are keyed by the device key, as native reports are: the first record of a partition
+    keyed otherwise (a device id, say) makes the router hash every key of that partition
+    from then on, starting with this batch (``route`` comes after).
+    """
+    to_report = mapper.map
+    hash_always = router.hash_always
+    name = mapper.source.name
+    reports: list[tuple[bytes, bytes, int, int]] = []
+    unmappable: list[tuple[Any, str]] = []
+    for msg in msgs:
+        timestamp = msg.timestamp()[1]
+        try:
+            report = to_report(msg.value() or b"", timestamp if timestamp >= 0 else now_ms)
+        except Unmappable as exc:
+            unmappable.append((msg, f"{name}: {exc}"))
+            continue
+        if report is None:
+            continue
+        key, partition = report[0], msg.partition()
+        if partition not in hash_always and msg.key() != key:
+            hash_always.add(partition)
+        reports.append((key, report[1], partition, msg.offset()))
+    return reports, unmappable
+
+
 class ReportBatcher:
     def __init__(self, settings: Settings, group_id: str | None = None) -> None:
         self.settings = settings
@@ -231,22 +264,11 @@ class ReportBatcher:
         self.forwarded += len(msgs)
 
     def _map(self, topic: str, msgs: list[Any], now_ms: int) -> list[tuple[bytes, bytes, int, int]]:
-        """Telemetry records mapped onto reports (key, report, partition, offset); the
-        skipped ones left out, the unmappable ones dead-lettered."""
-        mapper = self.mapped[topic][0]
-        to_report = mapper.map
-        out: list[tuple[bytes, bytes, int, int]] = []
-        for msg in msgs:
-            value = msg.value()
-            timestamp = msg.timestamp()[1]
-            try:
-                report = to_report(value or b"", timestamp if timestamp >= 0 else now_ms)
-            except Unmappable as exc:
-                self._dead_letter(msg, f"{mapper.source.name}: {exc}", value or b"", now_ms)
-                continue
-            if report is not None:
-                out.append((report[0], report[1], msg.partition(), msg.offset()))
-        return out
+        mapper, router, _ = self.mapped[topic]
+        reports, unmappable = map_telemetry(mapper, router, msgs, now_ms)
+        for msg, reason in unmappable:
+            self._dead_letter(msg, reason, msg.value() or b"", now_ms)
+        return reports
 
     def _send(
         self, target: int, items: list[bytes], sources: list[int], offsets: list[int]
