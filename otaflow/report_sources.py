@@ -22,9 +22,9 @@ bytes). There is no bridge process to run.
     skip_when = { "$.firmware.version" = "" }
 
 Paths are a small JSONPath subset: ``$`` then ``.name``, ``["name"]`` or ``[index]``
-steps. Each is compiled once into a tuple of keys, so mapping a record is a JSON parse
-(orjson), a few lookups and one Avro encode: a general JSONPath engine would cost more
-per record than the rest of the batcher's work on it.
+steps. Each is compiled once (into chained subscripts), so mapping a record is a JSON
+parse (orjson), a few lookups and the report's bytes written directly: a general
+JSONPath engine would cost more per record than the rest of the batcher's work on it.
 
 This module is pure (no Kafka): ``tests/unit/test_report_sources.py`` covers it.
 """
