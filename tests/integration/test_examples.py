@@ -72,6 +72,21 @@ def test_the_examples_produce_reports_and_consume_task_events(
         *("--devices", "3", "--version", "1.0", "--event-time", str(T0 + 1000)),
     )
     assert "produced 6 telemetry records" in out
+    # What `otaflow source peek` shows of that topic: reports and skipped heartbeats.
+    peek = subprocess.run(
+        [sys.executable, "-m", "otaflow.cli", "source", "peek", str(sources), "--records", "9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**otaflow.env},
+        check=False,
+    )
+    assert peek.returncode == 0, peek.stderr
+    outcomes = [line.split(": ", 1)[1] for line in peek.stdout.splitlines()]
+    assert sorted(outcomes)[:3] == [
+        f"report {pk}/sensor{i} module=default version=1.0 event_time={T0 + 1000}" for i in range(3)
+    ]
+    assert sorted(outcomes)[3:] == ["skipped (only_when / skip_when)"] * 3
     devices = {"dev0", "dev1", "dev2", "sensor0", "sensor1", "sensor2"}
 
     events = otaflow.task_events()
