@@ -47,6 +47,8 @@ SCENARIOS = (
     "egress",
     "scale-out",
 )
+# Run on their own (`otaflow bench ingest-json --devices 100000`), not by `all`.
+EXTRA_SCENARIOS = ("ingest-json",)
 
 
 class ScenariosFailed(RuntimeError):
@@ -96,6 +98,10 @@ def run(
         attempt("latency", lambda: keep(scenarios.latency(sizes["latency"])))
     if "egress" in names:
         attempt("egress", lambda: keep(egress_scenario(sizes)))
+    if "ingest-json" in names:
+        from benchmarks.telemetry_source import ingest_json
+
+        attempt("ingest-json", lambda: keep(ingest_json(n)))
     print_summary(results, console)
     if failures:
         for name, error in failures.items():
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scenario", choices=("all", "smoke", *SCENARIOS))
+    parser.add_argument("scenario", choices=("all", "smoke", *SCENARIOS, *EXTRA_SCENARIOS))
     parser.add_argument("--devices", type=int, help="fleet size for ingest/fan-out/state/recovery")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)

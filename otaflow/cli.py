@@ -5,6 +5,7 @@ otaflow demo               the main job: a rollout to 1,000 simulated devices, l
 otaflow devstack up|down|status|prune
 otaflow worker|ingress|egress|api   run one component (scale out by running more)
 otaflow plan ...           what-if push schedule for a rate configuration
+otaflow source check|try|peek FILE   a telemetry topic mapped onto version reports
 otaflow firmware|batch|task|device|group ...   operate through the OpenAPI
 """
 
@@ -18,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from otaflow import config, devstack, plan_cli, topics
+from otaflow import config, devstack, plan_cli, source_cli, topics
 from otaflow.processes import COMPONENTS, ProcessGroup
 from otaflow.supervision import Supervisor
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("rest", nargs=argparse.REMAINDER, help="up | down | status [--json]")
     stack.set_defaults(func=cmd_devstack)
     plan_cli.add_parser(sub)
+    source_cli.add_parser(sub)
     bench = sub.add_parser("bench", help="run a benchmark scenario (all, smoke, ingest, ...)")
     bench.add_argument("scenario")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="--devices N, --out DIR")

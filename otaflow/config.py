@@ -66,6 +66,11 @@ class Settings:
     # and write ticks themselves so a day of retries passes in a second.
     tick_interval_s: float = 1.0
     app_id: str = "otaflow"
+    # Kafka integration (docs/kafka-integration.md): a TOML file naming telemetry topics
+    # the batcher maps onto version reports, and whether public output topics also get
+    # a JSON copy (``<topic>.json``) for tools that cannot read Avro.
+    report_sources: str = ""
+    public_json: bool = False
 
     @property
     def kafka_from_env(self) -> bool:
@@ -103,4 +108,6 @@ def load() -> Settings:
         access_keys=_parse_access_keys(env.get("OTAFLOW_ACCESS_KEYS", "")),
         tick_interval_s=float(env.get("OTAFLOW_TICK_INTERVAL", "1.0")),
         app_id=env.get("OTAFLOW_APP_ID", "otaflow"),
+        report_sources=env.get("OTAFLOW_REPORT_SOURCES", ""),
+        public_json=env.get("OTAFLOW_PUBLIC_JSON", "") not in ("", "0", "false", "no"),
     )

@@ -175,6 +175,7 @@ def _string(text: str) -> bytes:
 
 
 encode_string = _string
+encode_long = _long
 
 
 def _repeated_string(text: str) -> bytes:

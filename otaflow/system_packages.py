@@ -43,6 +43,9 @@ PROGRAMS: tuple[Program, ...] = (
     # so the instrument costs little next to what it measures.
     Program("mosquitto_sub", "mosquitto-clients"),
     Program("mosquitto_pub", "mosquitto-clients"),
+    # A real third-party Kafka client: the integration tests read the public JSON topics
+    # with it, as a team's own tools would (docs/kafka-integration.md).
+    Program("kcat", "kcat"),
 )
 
 # Programs the README asks of the machine itself (Debian 12 with JDK 17 and Maven): not

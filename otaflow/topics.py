@@ -114,8 +114,21 @@ ALL: tuple[TopicSpec, ...] = (
 )
 
 
+# Public outputs that get a JSON copy when ``settings.public_json`` is on (see
+# otaflow.public_json): same key, same partition count, ``<name>.json``.
+JSON_COPIED: tuple[TopicSpec, ...] = (TASK_EVENTS, DEAD_LETTERS)
+
+
+def json_copy(spec: TopicSpec) -> TopicSpec:
+    """The JSON copy of a public topic: same key and partitions, no Avro schema."""
+    return replace(spec, name=spec.name + ".json", schemas=(), doc=f"{spec.doc} (JSON copy)")
+
+
 def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec] = ALL) -> None:
     """Create the topics that do not exist yet (idempotent; safe from several processes)."""
+    specs = list(specs)
+    if settings.public_json:
+        specs += [json_copy(spec) for spec in JSON_COPIED if spec in specs]
     create_topics(
         bootstrap,
         [

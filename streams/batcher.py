@@ -19,6 +19,13 @@ with the batch in hand. Every item carries its source partition and offset; the
 device agent skips offsets it has applied, so re-sending after a crash never applies
 a report twice.
 
+Configured telemetry topics (``otaflow.report_sources``, ``OTAFLOW_REPORT_SOURCES``)
+are read by the same consumer: each record is mapped onto the DeviceReport bytes a
+native producer would write (skipped records are only committed; records that do not
+map are dead-lettered with the reason and the raw bytes), then routed like a report,
+with its own Router (its partitions are not ``ota.device.reports``' partitions) and
+source partitions offset by ``SOURCE_PARTITION_BASE`` in the envelope.
+
 Commit order: produce envelopes -> flush (all acknowledged) -> commit source offsets.
 """
 
@@ -38,6 +45,13 @@ from otaflow import membership, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.partitioning import partition_for
+from otaflow.public_json import to_json
+from otaflow.report_sources import (
+    SOURCE_PARTITION_BASE,
+    SourceMapper,
+    Unmappable,
+    load_sources,
+)
 
 log = logging.getLogger("otaflow.batcher")
 
@@ -96,6 +110,39 @@ class Router:
         ]
 
 
+def map_telemetry(
+    mapper: SourceMapper, router: Router, msgs: list[Any], now_ms: int
+) -> tuple[list[tuple[bytes, bytes, int, int]], list[tuple[Any, str]]]:
+    """A telemetry topic's records as reports ``(device key, report, partition, offset)``
+    for ``router``, and the records that do not map with the reason; skipped ones left
+    out. A record without a Kafka timestamp takes ``now_ms``.
+
+    The router may trust a source partition (see the module doc) only while its records
+    are keyed by the device key, as native reports are: the first record of a partition
+    keyed otherwise (a device id, say) makes the router hash every key of that partition
+    from then on, starting with this batch (``route`` comes after).
+    """
+    to_report = mapper.map
+    hash_always = router.hash_always
+    name = mapper.source.name
+    reports: list[tuple[bytes, bytes, int, int]] = []
+    unmappable: list[tuple[Any, str]] = []
+    for msg in msgs:
+        timestamp = msg.timestamp()[1]
+        try:
+            report = to_report(msg.value() or b"", timestamp if timestamp >= 0 else now_ms)
+        except Unmappable as exc:
+            unmappable.append((msg, f"{name}: {exc}"))
+            continue
+        if report is None:
+            continue
+        key, partition = report[0], msg.partition()
+        if partition not in hash_always and msg.key() != key:
+            hash_always.add(partition)
+        reports.append((key, report[1], partition, msg.offset()))
+    return reports, unmappable
+
+
 class ReportBatcher:
     def __init__(
         self, settings: Settings, group_id: str | None = None, state_dir: Path | None = None
@@ -138,13 +185,33 @@ class ReportBatcher:
             self.partitions,
             same_partitioning=topics.DEVICE_REPORTS.partition_count(settings) == self.partitions,
         )
+        self.dead_letters_json = (
+            topics.json_copy(topics.DEAD_LETTERS).full_name(settings)
+            if settings.public_json
+            else None
+        )
+        # Configured telemetry topics: topic -> (mapper, router, source partition base).
+        self.mapped: dict[str, tuple[SourceMapper, Router, int]] = {}
+        for i, source in enumerate(load_sources(settings.report_sources)):
+            count = self._partition_count(source.topic)
+            router = Router(self.partitions, same_partitioning=count == self.partitions)
+            base = SOURCE_PARTITION_BASE * (i + 1)
+            self.mapped[source.topic] = (SourceMapper(source), router, base)
+            log.info("mapping %s (%s partitions) onto version reports", source.topic, count)
+
+    def _partition_count(self, topic: str) -> int | None:
+        metadata = self.consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            log.warning("telemetry topic %s not found (yet); reading it when it appears", topic)
+            return None
+        return len(metadata.partitions)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._failed.append(str(err))
 
     def run(self, stop: threading.Event) -> None:
-        self.consumer.subscribe([self.source])
+        self.consumer.subscribe([self.source, *self.mapped])
         try:
             while not stop.is_set():
                 msgs = self.consumer.consume(POLL_MAX, POLL_TIMEOUT_S)
@@ -161,25 +228,34 @@ class ReportBatcher:
         sizes: dict[int, int] = defaultdict(int)
         now_ms = int(time.time() * 1000)
         valid: list[tuple[bytes, bytes, int, int]] = []
+        telemetry: dict[str, list[Any]] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err)
                 continue
+            if self.mapped and (topic := msg.topic()) != self.source:
+                telemetry.setdefault(topic, []).append(msg)
+                continue
             key, value = msg.key(), msg.value()
             if not key or not value:
                 self._dead_letter(msg, "report without key or value", value or b"", now_ms)
                 continue
             valid.append((key, value, msg.partition(), msg.offset()))
-        for _key, value, source, offset, target in self.router.route(valid):
-            if sizes[target] + len(value) > ENVELOPE_MAX_BYTES:
-                self._send(target, items.pop(target), sources.pop(target), offsets.pop(target))
-                sizes[target] = 0
-            items[target].append(value)
-            sources[target].append(source)
-            offsets[target].append(offset)
-            sizes[target] += len(value) + 16
+        routed = [(0, self.router.route(valid))]
+        for topic, records in telemetry.items():
+            _, router, base = self.mapped[topic]
+            routed.append((base, router.route(self._map(topic, records, now_ms))))
+        for base, records in routed:
+            for _key, value, source, offset, target in records:
+                if sizes[target] + len(value) > ENVELOPE_MAX_BYTES:
+                    self._send(target, items.pop(target), sources.pop(target), offsets.pop(target))
+                    sizes[target] = 0
+                items[target].append(value)
+                sources[target].append(base + source)
+                offsets[target].append(offset)
+                sizes[target] += len(value) + 16
         for target in list(items):
             self._send(target, items[target], sources[target], offsets[target])
         remaining = self.producer.flush(30)
@@ -192,6 +268,13 @@ class ReportBatcher:
         # crash only makes the next owner re-send reports the device agent skips.
         self.consumer.commit(asynchronous=True)
         self.forwarded += len(msgs)
+
+    def _map(self, topic: str, msgs: list[Any], now_ms: int) -> list[tuple[bytes, bytes, int, int]]:
+        mapper, router, _ = self.mapped[topic]
+        reports, unmappable = map_telemetry(mapper, router, msgs, now_ms)
+        for msg, reason in unmappable:
+            self._dead_letter(msg, reason, msg.value() or b"", now_ms)
+        return reports
 
     def _send(
         self, target: int, items: list[bytes], sources: list[int], offsets: list[int]
@@ -208,12 +291,17 @@ class ReportBatcher:
     def _dead_letter(self, msg: Any, reason: str, raw: bytes, now_ms: int) -> None:
         source = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
         record = {"source": source, "reason": reason, "raw": raw, "event_time": now_ms}
+        value = self.codec.encode("DeadLetter", record)
         self.producer.produce(
-            self.dead_letters,
-            key=source.encode(),
-            value=self.codec.encode("DeadLetter", record),
-            on_delivery=self._on_delivery,
+            self.dead_letters, key=source.encode(), value=value, on_delivery=self._on_delivery
         )
+        if self.dead_letters_json is not None:
+            self.producer.produce(
+                self.dead_letters_json,
+                key=source.encode(),
+                value=to_json(value),
+                on_delivery=self._on_delivery,
+            )
 
 
 def main() -> int:

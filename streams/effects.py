@@ -8,6 +8,7 @@ writes the states that record those effects (see ``device_agent.EnvelopeRun.fini
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from confluent_kafka import Producer
@@ -18,7 +19,8 @@ from otaflow.config import Settings
 from otaflow.domain.engine import Effects
 from otaflow.hot_codec import encode_task_event, encode_tasks_queued
 from otaflow.partitioning import CONFLUENT_PARTITIONER
-from streams.app import dead_letters
+from otaflow.public_json import to_json
+from streams.app import dead_letters, settings, topic
 from streams.produce import produce_all
 
 CODEC = codec()
@@ -39,6 +41,10 @@ class EffectSender:
         self.rate_events = topics.RATE_EVENTS.full_name(settings)
         self.dead_letters = topics.DEAD_LETTERS.full_name(settings)
         self.commands = topics.COMMANDS.full_name(settings)
+        # OTAFLOW_PUBLIC_JSON: task events and dead letters also as JSON (public_json).
+        self.json_copies = settings.public_json
+        self.task_events_json = topics.json_copy(topics.TASK_EVENTS).full_name(settings)
+        self.dead_letters_json = topics.json_copy(topics.DEAD_LETTERS).full_name(settings)
         self.producer = Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -72,6 +78,10 @@ class EffectSender:
         if events:
             produce_all(self.producer, self.task_events, events, self._delivered)
             self.pending += len(events)
+            if self.json_copies:
+                copies = [{"key": e["key"], "value": to_json(e["value"])} for e in events]
+                produce_all(self.producer, self.task_events_json, copies, self._delivered)
+                self.pending += len(copies)
 
     def send(self, fx: Effects, now: int) -> None:
         """Send ``fx``; ``now`` is the device partition's event time after them.
@@ -114,7 +124,10 @@ class EffectSender:
 
     def dead_letter(self, source: str, reason: str, raw: bytes, now: int) -> None:
         record = {"source": source, "reason": reason, "raw": raw, "event_time": now}
-        self._produce(self.dead_letters, source.encode(), CODEC.encode("DeadLetter", record))
+        value = CODEC.encode("DeadLetter", record)
+        self._produce(self.dead_letters, source.encode(), value)
+        if self.json_copies:
+            self._produce(self.dead_letters_json, source.encode(), to_json(value))
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until everything sent is acknowledged by the brokers."""
@@ -130,4 +143,12 @@ class EffectSender:
 async def send_dead_letter(source: str, reason: str, raw: bytes, now: int) -> None:
     """For agents that send rarely (rate, command): through Faust's producer."""
     record = {"source": source, "reason": reason, "raw": raw, "event_time": now}
-    await dead_letters.send(key=source.encode(), value=CODEC.encode("DeadLetter", record))
+    value = CODEC.encode("DeadLetter", record)
+    await dead_letters.send(key=source.encode(), value=value)
+    if settings.public_json:
+        await dead_letters_json().send(key=source.encode(), value=to_json(value))
+
+
+@cache
+def dead_letters_json() -> Any:
+    return topic(topics.json_copy(topics.DEAD_LETTERS))
