@@ -78,6 +78,8 @@ class Effects:
     """What processing some records asks the outside world to do, in order.
 
     ``touched``: keys of the devices whose state changed (to be written once).
+    ``unsent``: releases that sent no offer, by (batch id, the release's event time), for
+    the rate agent: "pushed" counts devices actually sent an offer.
     """
 
     task_events: list[tuple[str, Record]] = field(default_factory=list)
@@ -85,6 +87,7 @@ class Effects:
     notifications: list[tuple[str, Record]] = field(default_factory=list)
     succeeded: Counter[str] = field(default_factory=Counter)
     touched: set[str] = field(default_factory=set)
+    unsent: Counter[tuple[str, int]] = field(default_factory=Counter)
 
     def touch(self, state: DeviceState) -> None:
         self.touched.add(state.key)
@@ -361,17 +364,21 @@ class DeviceEngine:
     # -- the rate agent's permission to push -------------------------------------------
 
     def on_release(self, state: DeviceState | None, release: Record, fx: Effects) -> None:
-        if state is None:
-            return
         now = release["event_time"]
+        if state is None:
+            fx.unsent[(release["batch_id"], now)] += 1  # the device is gone
+            return
         self.advance(state, now, fx)
         task = state.task(release["task_id"])
         if task is None or task.status is not TaskStatus.QUEUED or not task.in_push_queue:
-            return  # canceled, pulled or already pushed meanwhile: nothing to send
+            # canceled, pulled or already pushed meanwhile: nothing to send
+            fx.unsent[(release["batch_id"], now)] += 1
+            return
         task.in_push_queue = False
         fx.touch(state)
         batch = self.batches.get(task.batch_id)
         if not state.online or batch is None or not has_started(batch, now):
+            fx.unsent[(release["batch_id"], now)] += 1
             return  # stays QUEUED; queued again when the device is back
         self._move(state, task, TaskStatus.NOTIFIED, now, fx)
         fx.notify(state, now, kind="PUSH", task=task, batch=batch)

@@ -435,3 +435,25 @@ def test_a_retry_first_seen_after_the_timeout_is_dropped() -> None:
     p.tick(T + 2 + 45 * MINUTE)
     assert p.tasks("d1") == [("V", "FAILED")]
     assert p.history("d1") == ["QUEUED", "NOTIFIED", "IN_PROGRESS", "FAILED"]
+
+
+# -- issue 12: "pushed" counts offers actually sent ---------------------------------------------
+
+
+def test_releases_that_send_nothing_are_reported_back_as_unsent() -> None:
+    p = started()
+    for name in ("sent", "offline", "canceled", "pulled", "deleted"):
+        p.version(name, "1.0", T)
+    assert len(p.push_queue) == 5
+    p.offline("offline", T + 1)
+    p.command("CANCEL", "canceled", T + 1, batch_id="V")
+    p.ask("pulled", T + 1)  # handed out on asking: the release finds it NOTIFIED
+    p.register("deleted", T + 1, action="DELETE")
+    assert p.release(T + 2) == 5
+    assert [n["device_name"] for n in p.pushes()] == ["sent"]
+    # One offer went out; four releases sent nothing, each reported with its release time.
+    assert p.unsent == {("V", T + 2): 4}
+    # The offline device's task waits for it and is released (and counted) again later.
+    p.online("offline", T + 3)
+    assert p.release(T + 4) == 1
+    assert p.unsent == {("V", T + 2): 4} and len(p.pushes("offline")) == 1
