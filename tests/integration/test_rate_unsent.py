@@ -1,4 +1,4 @@
-""""Pushed" counts offers actually sent (issue 12), through the real device and rate agents.
+"""Issue 12: "pushed" counts offers actually sent, through the real device and rate agents.
 
 Releases the device agent drops (here: tasks canceled on the device side, which the rate
 agent's queue still holds) come back to the rate agent, which gives their slots to
