@@ -22,8 +22,15 @@ in integers). We deliberately do not floor step by step: with base 1 and factor
 would never grow, while the exact power gives 1, 1, 1, 1, 2 (1.2**4 = 2.07), ...
 which is what an operator who picked "x1.2 per threshold" expects.
 
-Metering works on one-minute windows of event time, ``window = t_ms // 60_000``.
-See :func:`allowance` for how the minute's quota is spread within the window.
+The rate is a *speed*, never a burst: the rate in force at an instant is the one
+the counted devices give at that instant, and a step reached mid-window applies
+from that instant on, never to the part of the window already gone (issue 12). For
+the example above 1,000 at 1,600/min take 37.5 s, 8,000 are pushed at 39.84 minutes
+and 20,000 at 41.04 (:func:`plan`).
+
+Metering works on one-minute windows of event time, ``window = t_ms // 60_000``:
+a window's quota is credit accrued at the rate in force, released in one-second
+slices (:func:`allowance` for a constant rate, :func:`_walk` in general).
 """
 
 from __future__ import annotations
