@@ -479,7 +479,8 @@ def _metered_rollout(
     """Pushes per minute window, and what the configured schedule allows per window.
 
     The configured side is ``otaflow.domain.rate.plan`` (the console doc's semantics:
-    a step applies the moment its threshold is reached, even mid-window).
+    the rate is a speed; a step is in force from the instant its threshold is reached,
+    even mid-window, and never for the part of the window before it).
     """
     from otaflow.control.plane import rate_from_params
     from otaflow.domain.rate import plan

@@ -1,7 +1,10 @@
 """``otaflow plan``: predict how a push-rate setting rolls out, before creating a batch.
 
 Runs :func:`otaflow.domain.rate.plan` -- the very meter the rate agent uses --
-so the prediction cannot drift from what a live batch does. Inputs are checked
+so the prediction cannot drift from what a live batch does. A variable rate is a
+speed: each step is in force from the instant its threshold is reached, and the
+plan gives that instant (for the console doc's example, 8,000 pushed at 39.84
+minutes, all 20,000 at 41.04). Inputs are checked
 with :func:`otaflow.domain.rate_rules.validate_rate`, the same rules the API
 enforces, so a plan that succeeds here describes a setting the API accepts.
 
@@ -23,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from otaflow.domain.rate import Plan, RateCondition, RateConfig, plan
+from otaflow.domain.rate import WINDOW_MS, Plan, RateCondition, RateConfig, plan
 from otaflow.domain.rate_rules import RateRuleError, validate_rate
 
 __all__ = ["add_parser", "build_config", "main", "plan_to_dict", "run"]
@@ -129,15 +132,33 @@ def build_config(args: argparse.Namespace) -> RateConfig:
     )
 
 
+def _minutes(ms: int) -> float:
+    """Batch time in minutes (exact for whole ms: 2,390,625 ms is 39.84375)."""
+    return ms / WINDOW_MS
+
+
 def plan_to_dict(result: Plan) -> dict[str, Any]:
-    """The ``--json`` document: exactly ``steps``, ``minutes`` and ``total_minutes``."""
+    """The ``--json`` document: ``steps``, ``minutes``, ``total_minutes``, ``finished_at_minutes``.
+
+    ``start_minute`` is the 0-based minute window a step starts in, ``start_at_minutes``
+    the instant (minutes from the batch's start) its threshold is reached;
+    ``finished_at_minutes`` the instant the last device is pushed (null: no device).
+    """
     return {
         "steps": [
-            {"rate": s.rate, "pushed_at_start": s.pushed_at_start, "start_minute": s.start_minute}
+            {
+                "rate": s.rate,
+                "pushed_at_start": s.pushed_at_start,
+                "start_minute": s.start_minute,
+                "start_at_minutes": _minutes(s.start_ms),
+            }
             for s in result.steps
         ],
         "minutes": [{"minute": m.minute, "pushed": m.pushed} for m in result.minutes],
         "total_minutes": result.total_minutes,
+        "finished_at_minutes": (
+            _minutes(result.finished_ms) if result.finished_ms is not None else None
+        ),
     }
 
 
@@ -165,17 +186,24 @@ def _print_table(config: RateConfig, devices: int, result: Plan) -> None:
     table.add_column("From pushed", justify="right")
     table.add_column("From minute", justify="right")
     table.add_column("Starts after", justify="right")
+    table.add_column("At minute", justify="right")
     for step in result.steps:
         table.add_row(
             f"{step.rate:,}",
             f"{step.pushed_at_start:,}",
             str(step.start_minute),
             _duration(step.start_minute),
+            f"{_minutes(step.start_ms):,.2f}",
         )
     console.print(table)
+    last = (
+        f"; the last at minute {_minutes(result.finished_ms):,.2f}"
+        if result.finished_ms is not None
+        else ""
+    )
     console.print(
         f"Total: {result.total_minutes:,} minutes ({_duration(result.total_minutes)}) "
-        f"to push {devices:,} devices"
+        f"to push {devices:,} devices{last}"
     )
 
 

@@ -120,6 +120,17 @@ class EffectSender:
             body = {"batch_id": batch_id, "succeeded": count, "event_time": now}
             value = encode("RateEvent", {"body": ("otaflow.TaskOutcomes", body)})
             self._produce(self.rate_events, batch_id.encode(), value)
+        for (batch_id, released_at), count in fx.unsent.items():
+            # Releases that sent no offer go back to the rate agent ("pushed" = offers sent).
+            body = {
+                "batch_id": batch_id,
+                "succeeded": 0,
+                "event_time": now,
+                "unsent": count,
+                "released_at": released_at,
+            }
+            value = encode("RateEvent", {"body": ("otaflow.TaskOutcomes", body)})
+            self._produce(self.rate_events, batch_id.encode(), value)
         self.producer.poll(0)
 
     def dead_letter(self, source: str, reason: str, raw: bytes, now: int) -> None:

@@ -16,6 +16,7 @@ from otaflow.domain.rate import (
     change_config,
     record_release,
     record_success,
+    record_unsent,
     releasable,
 )
 from otaflow.domain.rate_settings import from_settings, to_settings
@@ -46,6 +47,9 @@ class BatchMeter:
                 pushed_total=record["pushed_total"],
                 succeeded_total=record["succeeded_total"],
                 pending_config=pending,
+                credit_units=record["credit_units"],
+                credit_at_ms=record["credit_at_ms"],
+                starved=record["starved"],
             )
 
     @classmethod
@@ -66,6 +70,9 @@ class BatchMeter:
                 "queued": 0,
                 "canceled": False,
                 "windows": {},
+                "credit_units": 0,
+                "credit_at_ms": 0,
+                "starved": False,
             }
         )
 
@@ -82,6 +89,9 @@ class BatchMeter:
                 succeeded_total=self.state.succeeded_total,
                 rate=to_settings(self.state.config),
                 pending_rate=to_settings(self.state.pending_config),
+                credit_units=self.state.credit_units,
+                credit_at_ms=self.state.credit_at_ms,
+                starved=self.state.starved,
             )
         batch_meters[self.batch_id.encode()] = CODEC.encode("BatchMeter", self.record)
 
@@ -161,7 +171,9 @@ async def release_due(meter: BatchMeter, now: int) -> None:
     if n <= 0:
         return
     tasks = pop_tasks(meter, n)
-    meter.state = record_release(meter.state, batch_time, len(tasks))
+    meter.state = record_release(
+        meter.state, batch_time, len(tasks), queue_empty=rec["queued"] <= 0
+    )
     window = str(batch_time // 60_000)
     windows = rec["windows"]
     windows[window] = windows.get(window, 0) + len(tasks)
@@ -215,7 +227,7 @@ async def process_rate_event(partition: int, value: bytes) -> None:
         rec["queue_tail"] += 1
         rec["queued"] += len(body["tasks"])
     elif body_name == "otaflow.TaskOutcomes" and meter.state is not None:
-        meter.state = record_success(meter.state, body["succeeded"])
+        apply_outcomes(meter, body, now)
     elif body_name == "otaflow.BatchControl":
         apply_control(meter, body)
     await release_due(meter, now)
@@ -224,6 +236,26 @@ async def process_rate_event(partition: int, value: bytes) -> None:
     else:
         active.discard(batch_id)
     meter.save()
+
+
+def apply_outcomes(meter: BatchMeter, outcomes: dict[str, Any], now: int) -> None:
+    """Successes move a rate counted on them; releases that sent nothing are taken back.
+
+    Both at the rate agent's event time: the rate in force changes from that instant.
+    """
+    assert meter.state is not None
+    rec = meter.record
+    batch_time = max(0, now - rec["origin"])
+    if outcomes["succeeded"]:
+        meter.state = record_success(meter.state, outcomes["succeeded"], batch_time)
+    unsent = outcomes.get("unsent", 0)
+    if unsent:
+        released_at = max(0, outcomes.get("released_at", 0) - rec["origin"])
+        meter.state = record_unsent(meter.state, unsent, batch_time, released_at)
+        window = str(released_at // 60_000)
+        windows = rec["windows"]
+        if window in windows:  # the statistics count offers sent, too
+            windows[window] = max(0, windows[window] - unsent)
 
 
 def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:

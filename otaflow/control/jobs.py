@@ -622,14 +622,14 @@ class JobOps(OpsBase):
             changes["src_versions"] = rules.diff_src_versions(
                 self.firmware(batch.firmware.firmware_id), rules.src_versions(versions)
             )
-        timeout = rules.timeout_minutes(p)
-        if timeout is not None:
+        changes_timeout, timeout = rules.timeout_change(p)
+        if changes_timeout:
             if not batch.is_dynamic:
                 raise ApiError(
                     E.TIMEOUT_NOT_EDITABLE, "The timeout can be changed only on a dynamic batch."
                 )
             interval = batch.retry_interval_minutes
-            if interval is not None and interval >= timeout:
+            if timeout is not None and interval is not None and interval >= timeout:
                 raise ApiError(
                     E.RETRY_NOT_BELOW_TIMEOUT,
                     f"RetryInterval ({interval} min) must be less than TimeoutInMinutes "

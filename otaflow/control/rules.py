@@ -67,6 +67,20 @@ def timeout_minutes(p: Mapping[str, Any]) -> int | None:
     return timeout
 
 
+#: ``UpdateOTAJob`` with ``TimeoutInMinutes=0``: cancel the batch's timeout (the console's
+#: "you can also cancel the timeout setting"; the SDK omits a None field, so it cannot send
+#: an empty value, and 0 is outside the 1..1440 a timeout may take).
+CANCEL_TIMEOUT = 0
+
+
+def timeout_change(p: Mapping[str, Any]) -> tuple[bool, int | None]:
+    """(whether ``UpdateOTAJob`` changes the timeout, the new timeout or None for none)."""
+    if opt_int(p, "TimeoutInMinutes") == CANCEL_TIMEOUT:
+        return True, None
+    timeout = timeout_minutes(p)
+    return timeout is not None, timeout
+
+
 def schedule(p: Mapping[str, Any], now: int, static: bool) -> tuple[int | None, int | None]:
     start = opt_int(p, "ScheduleTime")
     end = opt_int(p, "ScheduleFinishTime")

@@ -112,14 +112,26 @@ class DeviceState:
 MINUTE_MS = 60_000
 
 
+def timeout_deadline(task: Task) -> int | None:
+    """When the task's timeout expires: its first progress report plus the timeout.
+
+    The first progress report of the task's first attempt: a retry keeps it (console doc:
+    "the timer starts when the device first reports its update progress"), so retries
+    run inside one timeout, never a fresh one each.
+    """
+    if task.timeout_minutes is None or task.first_progress_at is None:
+        return None
+    return task.first_progress_at + task.timeout_minutes * MINUTE_MS
+
+
 def task_timer(task: Task) -> int | None:
-    """When this task's own timer fires: its timeout, or its retry."""
+    """When this task's own timer fires: its timeout, or its retry.
+
+    A retried task waiting in the queue (QUEUED with a first progress report) times out
+    too: the update has not completed within the period, whatever attempt it is on.
+    """
     if task.status is TaskStatus.FAILED and task.retry_at is not None:
         return task.retry_at
-    if (
-        task.status in (TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS)
-        and task.timeout_minutes is not None
-        and task.first_progress_at is not None
-    ):
-        return task.first_progress_at + task.timeout_minutes * MINUTE_MS
+    if task.status in (TaskStatus.QUEUED, TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS):
+        return timeout_deadline(task)
     return None

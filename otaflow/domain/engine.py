@@ -20,9 +20,11 @@ Task lifecycle (statuses in ``otaflow.domain.tasks``):
   task at once, unmetered (QUEUED -> NOTIFIED); one that comes online gets its
   queued tasks queued and its pushed ones pushed again;
 - progress 1..100 makes it IN_PROGRESS; the first progress report starts the
-  timeout, which re-pushes never reset; a step -1..-4 fails it with the platform's
-  reason in ``desc``; a failure is retried after the batch's interval, up to its
-  count; a timeout fails it for good (desc ``timeout``);
+  timeout, which neither re-pushes nor retries reset; a step -1..-4 fails it with the
+  platform's reason in ``desc``; a failure is retried after the batch's interval, up
+  to its count, unless the retry would come at or after the timeout's expiry (then it
+  stays FAILED with its reason); a timeout fails it for good (desc ``timeout``), a
+  retried task waiting in the queue included;
 - the device reporting the destination version makes it SUCCEEDED.
 """
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otaflow.domain.batches import Batch, BatchRegistry
-from otaflow.domain.devices import MINUTE_MS, DeviceState, task_timer
+from otaflow.domain.devices import MINUTE_MS, DeviceState, task_timer, timeout_deadline
 from otaflow.domain.groups import GroupRegistry
 from otaflow.domain.matching import admit, dynamic_candidates
 from otaflow.domain.schedule import (
@@ -76,6 +78,8 @@ class Effects:
     """What processing some records asks the outside world to do, in order.
 
     ``touched``: keys of the devices whose state changed (to be written once).
+    ``unsent``: releases that sent no offer, by (batch id, the release's event time), for
+    the rate agent: "pushed" counts devices actually sent an offer.
     """
 
     task_events: list[tuple[str, Record]] = field(default_factory=list)
@@ -85,6 +89,7 @@ class Effects:
     touched: set[str] = field(default_factory=set)
     # (schema, record) for the control plane, through the command topic (PhasedCount).
     control_reports: list[tuple[str, Record]] = field(default_factory=list)
+    unsent: Counter[tuple[str, int]] = field(default_factory=Counter)
 
     def touch(self, state: DeviceState) -> None:
         self.touched.add(state.key)
@@ -205,9 +210,11 @@ class DeviceEngine:
     def _retry(self, state: DeviceState, task: Task, now: int, fx: Effects) -> None:
         task.retry_at = None
         batch = self.batches.get(task.batch_id)
+        deadline = timeout_deadline(task)
         if (
             batch is None
             or has_ended(batch, now)
+            or (deadline is not None and now >= deadline)  # no retry once timed out
             or state.active_task_for(task.batch_id) is not None
             or not admit(state, batch, may_cancel=False).admitted
         ):
@@ -215,7 +222,7 @@ class DeviceEngine:
             return
         task.retries_left -= 1
         task.progress = 0
-        task.first_progress_at = None
+        # first_progress_at stays: a retry runs inside the first attempt's timeout.
         self._move(state, task, TaskStatus.QUEUED, now, fx, "retry")
 
     # -- device reports ----------------------------------------------------------------
@@ -359,17 +366,21 @@ class DeviceEngine:
     # -- the rate agent's permission to push -------------------------------------------
 
     def on_release(self, state: DeviceState | None, release: Record, fx: Effects) -> None:
-        if state is None:
-            return
         now = release["event_time"]
+        if state is None:
+            fx.unsent[(release["batch_id"], now)] += 1  # the device is gone
+            return
         self.advance(state, now, fx)
         task = state.task(release["task_id"])
         if task is None or task.status is not TaskStatus.QUEUED or not task.in_push_queue:
-            return  # canceled, pulled or already pushed meanwhile: nothing to send
+            # canceled, pulled or already pushed meanwhile: nothing to send
+            fx.unsent[(release["batch_id"], now)] += 1
+            return
         task.in_push_queue = False
         fx.touch(state)
         batch = self.batches.get(task.batch_id)
         if not state.online or batch is None or not has_started(batch, now):
+            fx.unsent[(release["batch_id"], now)] += 1
             return  # stays QUEUED; queued again when the device is back
         self._move(state, task, TaskStatus.NOTIFIED, now, fx)
         fx.notify(state, now, kind="PUSH", task=task, batch=batch)
@@ -654,7 +665,11 @@ class DeviceEngine:
         batch = self.batches.get(task.batch_id)
         if batch is None or batch.retry_interval_minutes is None or task.retries_left <= 0:
             return
-        task.retry_at = now + batch.retry_interval_minutes * MINUTE_MS
+        at = now + batch.retry_interval_minutes * MINUTE_MS
+        deadline = timeout_deadline(task)
+        if deadline is not None and at >= deadline:
+            return  # console doc: "the system will not trigger a retry after the timeout"
+        task.retry_at = at
 
 
 def new_device(product_key: str, device_name: str) -> DeviceState:

@@ -137,8 +137,8 @@ class PartitionEngine:
 
     def release(self, record: Record, fx: Effects) -> None:
         state = self.store.load(device_key(record["product_key"], record["device_name"]))
+        self.engine.on_release(state, record, fx)  # a missing device: an unsent release
         if state is not None:
-            self.engine.on_release(state, record, fx)
             self._settle(state, record["event_time"], fx)
 
     def target(self, record: Record, fx: Effects) -> None:

@@ -22,8 +22,15 @@ in integers). We deliberately do not floor step by step: with base 1 and factor
 would never grow, while the exact power gives 1, 1, 1, 1, 2 (1.2**4 = 2.07), ...
 which is what an operator who picked "x1.2 per threshold" expects.
 
-Metering works on one-minute windows of event time, ``window = t_ms // 60_000``.
-See :func:`allowance` for how the minute's quota is spread within the window.
+The rate is a *speed*, never a burst: the rate in force at an instant is the one
+the counted devices give at that instant, and a step reached mid-window applies
+from that instant on, never to the part of the window already gone (issue 12). For
+the example above 1,000 at 1,600/min take 37.5 s, 8,000 are pushed at 39.84 minutes
+and 20,000 at 41.04 (:func:`plan`).
+
+Metering works on one-minute windows of event time, ``window = t_ms // 60_000``:
+a window's quota is credit accrued at the rate in force, released in one-second
+slices (:func:`allowance` for a constant rate, :func:`_walk` in general).
 """
 
 from __future__ import annotations
@@ -296,8 +303,13 @@ def schedule_for(config: RateConfig) -> RateSchedule:
     return RateSchedule(config)
 
 
+def _slice_end(offset_ms: int) -> int:
+    """End of the pacing slice (see :data:`PACING_SLICE_MS`) holding ``offset_ms`` in a window."""
+    return min(WINDOW_MS, (offset_ms // PACING_SLICE_MS + 1) * PACING_SLICE_MS)
+
+
 def allowance(rate: int, t_ms: int) -> int:
-    """Devices a window may have released by event time ``t_ms`` at ``rate``/minute.
+    """Devices a window may have released by event time ``t_ms`` at a constant ``rate``/minute.
 
     ``floor(rate * (slice + 1) / 60)`` where ``slice`` is the whole second of
     the window ``t_ms`` falls in: the quota is spread evenly over 60 one-second
@@ -305,8 +317,7 @@ def allowance(rate: int, t_ms: int) -> int:
     end of the current second, and the last second allows exactly ``rate``
     -- never more. (See :data:`PACING_SLICE_MS` for why seconds, not ms.)
     """
-    offset = t_ms % WINDOW_MS
-    return rate * (offset // PACING_SLICE_MS + 1) // _SLICES_PER_WINDOW
+    return rate * _slice_end(t_ms % WINDOW_MS) // WINDOW_MS
 
 
 @dataclass(frozen=True)
@@ -316,6 +327,16 @@ class MeterState:
     ``window`` is None until the first event. Totals are batch-wide and never
     reset: the variable rate counts them across windows and config changes.
     ``pending_config`` holds an operator's change until the next window opens.
+
+    The rate is a *speed*: the window's quota is credit that accrues at the rate in
+    force at each instant. ``credit_units`` is the credit accrued from the window's
+    start up to ``credit_at_ms`` (ms into the window; the last instant the rate in force
+    changed), in rate x ms (one device is :data:`WINDOW_MS` units: 10/min for a minute
+    is 10 devices). A rate that changes
+    mid-window (a threshold reached, a success) therefore applies from that instant
+    on, never to the part of the window already gone. ``starved`` says the last
+    release emptied the queue: devices released later arrived after it, so a
+    threshold they reach is reached when they are released, not earlier.
     """
 
     config: RateConfig
@@ -324,6 +345,9 @@ class MeterState:
     pushed_total: int = 0
     succeeded_total: int = 0
     pending_config: RateConfig | None = field(default=None)
+    credit_units: int = 0
+    credit_at_ms: int = 0
+    starved: bool = False
 
     @classmethod
     def start(cls, config: RateConfig) -> MeterState:
@@ -339,6 +363,9 @@ class MeterState:
             "pushed_total": self.pushed_total,
             "succeeded_total": self.succeeded_total,
             "pending_config": self.pending_config.to_dict() if self.pending_config else None,
+            "credit_units": self.credit_units,
+            "credit_at_ms": self.credit_at_ms,
+            "starved": self.starved,
         }
 
     @classmethod
@@ -352,6 +379,9 @@ class MeterState:
             pushed_total=int(data.get("pushed_total", 0)),
             succeeded_total=int(data.get("succeeded_total", 0)),
             pending_config=RateConfig.from_dict(pending) if pending else None,
+            credit_units=int(data.get("credit_units", 0)),
+            credit_at_ms=int(data.get("credit_at_ms", 0)),
+            starved=bool(data.get("starved", False)),
         )
 
 
@@ -379,8 +409,8 @@ def _effective_time(state: MeterState, t_ms: int) -> int:
 def advance(state: MeterState, t_ms: int) -> MeterState:
     """State as seen at event time ``t_ms``: opens a new window if ``t_ms`` is past the current.
 
-    Opening a window resets ``released_in_window`` and activates a pending
-    config -- this is the only place a config change takes effect.
+    Opening a window resets ``released_in_window`` and the window's credit, and
+    activates a pending config -- the only place a config change takes effect.
     """
     window = _effective_time(state, t_ms) // WINDOW_MS
     if state.window == window:
@@ -389,66 +419,158 @@ def advance(state: MeterState, t_ms: int) -> MeterState:
         state,
         window=window,
         released_in_window=0,
+        credit_units=0,
+        credit_at_ms=0,
         config=state.pending_config or state.config,
         pending_config=None,
     )
 
 
+def _offset(state: MeterState, t_ms: int) -> int:
+    """ms into the (already advanced) current window."""
+    assert state.window is not None
+    return _effective_time(state, t_ms) - state.window * WINDOW_MS
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """One release at one instant, as :func:`_walk` computed it."""
+
+    released: int
+    state: MeterState
+    #: (count reached, ms into the window) for each rate step reached on the way.
+    steps: tuple[tuple[int, int], ...]
+    #: ms into the window at which the credit for the last device released accrued.
+    last_at: int | None
+
+
+def _walk(state: MeterState, t_ms: int, limit: int | None, queue_empty: bool) -> _Walk:
+    """Release up to ``limit`` devices (None: as many as allowed) at event time ``t_ms``.
+
+    The credit accrues up to the end of ``t_ms``'s pacing slice at the rate in force.
+    For a variable rate counted on pushed devices, releasing moves the rate: the
+    devices up to the next threshold are taken at the current rate; the instant the
+    credit reached that threshold's last device is the instant the step was reached
+    (devices were waiting all along, as the last release left some), or this release's
+    own instant when the queue had run empty; the credit after it accrues at the new
+    rate. So the result does not depend on how often the meter is asked: a meter ticked
+    once a minute and one ticked every second release the same devices by a window's
+    end, and each step lasts its time (1,000 at 1,600/min: 37.5 s).
+    """
+    st = advance(state, t_ms)
+    offset = _offset(st, t_ms)
+    end = max(_slice_end(offset), st.credit_at_ms)
+    sched = schedule_for(st.config)
+    count = _counted(st)
+    credit, at, released = st.credit_units, st.credit_at_ms, st.released_in_window
+    earliest = max(offset, at) if st.starved else at
+    taken, steps, last_at = 0, [], None
+    while True:
+        rate = sched.rate_at(count)
+        room = (credit + rate * (end - at)) // WINDOW_MS - released
+        if limit is not None:
+            room = min(room, limit - taken)
+        if room <= 0:
+            break
+        nxt = sched.next_change(count) if sched.counts_pushed else None
+        if nxt is None or count + room < nxt:
+            taken, released = taken + room, released + room
+            last_at = max(earliest, at + max(0, _ceil_div(released * WINDOW_MS - credit, rate)))
+            if sched.counts_pushed:
+                count += room
+            break
+        take = nxt - count
+        taken, released, count = taken + take, released + take, nxt
+        reached = max(earliest, at + max(0, _ceil_div(released * WINDOW_MS - credit, rate)))
+        credit, at = credit + rate * (reached - at), reached
+        steps.append((nxt, reached))
+        last_at = reached
+    # The credit is kept as of the last step reached, not accrued up to ``end``: the rate
+    # has been constant since, so later calls accrue it exactly; and a step that a later
+    # release reaches may lie between that instant and this one.
+    pushed = st.pushed_total + taken
+    after = replace(
+        st,
+        released_in_window=released,
+        pushed_total=pushed,
+        credit_units=credit,
+        credit_at_ms=at,
+        starved=queue_empty if limit is not None else st.starved,
+    )
+    return _Walk(taken, after, tuple(steps), last_at)
+
+
 def releasable(state: MeterState, t_ms: int) -> int:
     """How many devices may be released at event time ``t_ms`` (assuming all are waiting).
 
-    For a variable rate counted on pushed devices, releasing moves the rate:
-    we release greedily up to the current rate's allowance, and if that would
-    reach the next threshold we stop exactly there and re-evaluate the rest
-    against the new rate's allowance (a step reached mid-window applies at
-    once). That is one loop round per distinct rate, not per device.
+    See :func:`_walk`: one loop round per distinct rate reached, not per device.
     """
-    st = advance(state, t_ms)
-    t = _effective_time(st, t_ms)
-    sched = schedule_for(st.config)
-    released = st.released_in_window
-    if not sched.counts_pushed:
-        return max(0, allowance(sched.rate_at(_counted(st)), t) - released)
-    count, total = st.pushed_total, 0
-    while True:
-        room = allowance(sched.rate_at(count), t) - released
-        if room <= 0:
-            return total
-        nxt = sched.next_change(count)
-        if nxt is None or count + room < nxt:
-            return total + room
-        take = nxt - count
-        total, released, count = total + take, released + take, nxt
+    return _walk(state, t_ms, None, False).released
 
 
-def record_release(state: MeterState, t_ms: int, n: int) -> MeterState:
+def record_release(
+    state: MeterState, t_ms: int, n: int, *, queue_empty: bool = False
+) -> MeterState:
     """Record that ``n`` devices were handed their URL at event time ``t_ms``.
 
+    ``queue_empty``: no device was left waiting after these (a threshold that later
+    devices reach is then reached no earlier than their own release).
     Raises :class:`OverReleaseError` when ``n`` exceeds :func:`releasable`.
     """
     if n < 0:
         raise ValueError("n must be >= 0")
-    allowed = releasable(state, t_ms)
-    if n > allowed:
+    walk = _walk(state, t_ms, n, queue_empty)  # releases min(n, what is allowed)
+    if walk.released < n:
+        allowed = releasable(state, t_ms)
         raise OverReleaseError(f"{n} devices released but only {allowed} allowed at {t_ms}")
+    return walk.state
+
+
+def _accrued(state: MeterState, t_ms: int) -> MeterState:
+    """The state with the window's credit accrued up to ``t_ms`` at the rate in force."""
     st = advance(state, t_ms)
-    if n == 0:
-        return st
-    return replace(
-        st,
-        released_in_window=st.released_in_window + n,
-        pushed_total=st.pushed_total + n,
-    )
+    at = max(_offset(st, t_ms), st.credit_at_ms)
+    credit = st.credit_units + current_rate(st) * (at - st.credit_at_ms)
+    return replace(st, credit_units=credit, credit_at_ms=at)
 
 
-def record_success(state: MeterState, n: int) -> MeterState:
-    """Record ``n`` devices reporting success; moves a rate counted on succeeded at once.
+def record_success(state: MeterState, n: int, t_ms: int) -> MeterState:
+    """Record ``n`` devices reporting success at event time ``t_ms``.
 
-    Takes no time: a success changes the rate in force, not the window.
+    A rate counted on succeeded devices moves from that instant: the credit up to
+    ``t_ms`` accrued at the old rate.
     """
     if n < 0:
         raise ValueError("n must be >= 0")
-    return replace(state, succeeded_total=state.succeeded_total + n)
+    st = _accrued(state, t_ms)
+    return replace(st, succeeded_total=st.succeeded_total + n)
+
+
+def record_unsent(state: MeterState, n: int, t_ms: int, released_at_ms: int) -> MeterState:
+    """Take back ``n`` releases of event time ``released_at_ms`` that sent nothing.
+
+    The device agent drops a release whose device went offline, or whose task was
+    canceled, pulled or pushed meanwhile; "pushed" counts devices actually sent an
+    offer, so those leave the pushed total (a rate counted on pushed devices is the
+    one that total gives, from ``t_ms`` on) and, when released in the current window,
+    free their slots in it for devices that are waiting.
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    st = _accrued(state, t_ms)
+    n = min(n, st.pushed_total)
+    same_window = released_at_ms // WINDOW_MS == st.window
+    return replace(
+        st,
+        pushed_total=st.pushed_total - n,
+        released_in_window=max(0, st.released_in_window - n)
+        if same_window
+        else st.released_in_window,
+    )
 
 
 def change_config(state: MeterState, new_config: RateConfig) -> MeterState:
@@ -483,16 +605,20 @@ class WindowMeter:
     def releasable(self, t_ms: int) -> int:
         return releasable(self.state, t_ms)
 
-    def release(self, t_ms: int, n: int) -> WindowMeter:
-        return WindowMeter(record_release(self.state, t_ms, n))
+    def release(self, t_ms: int, n: int, *, queue_empty: bool = False) -> WindowMeter:
+        return WindowMeter(record_release(self.state, t_ms, n, queue_empty=queue_empty))
 
     def take(self, t_ms: int, waiting: int) -> tuple[int, WindowMeter]:
         """Release as many of ``waiting`` devices as allowed; returns (released, meter)."""
-        n = min(max(waiting, 0), self.releasable(t_ms))
-        return n, self.release(t_ms, n)
+        waiting = max(waiting, 0)
+        n = min(waiting, self.releasable(t_ms))
+        return n, self.release(t_ms, n, queue_empty=n == waiting)
 
-    def succeed(self, n: int) -> WindowMeter:
-        return WindowMeter(record_success(self.state, n))
+    def succeed(self, n: int, t_ms: int) -> WindowMeter:
+        return WindowMeter(record_success(self.state, n, t_ms))
+
+    def unsent(self, n: int, t_ms: int, released_at_ms: int) -> WindowMeter:
+        return WindowMeter(record_unsent(self.state, n, t_ms, released_at_ms))
 
     def with_config(self, new_config: RateConfig) -> WindowMeter:
         """New config from the next window (raises :class:`RateTypeChangeError`)."""
@@ -505,11 +631,16 @@ class WindowMeter:
 
 @dataclass(frozen=True)
 class PlanStep:
-    """A rate, the pushed total when it came into force and the 0-based minute it did."""
+    """A rate, the counted total from which it is in force and when it came into force.
+
+    ``start_ms``: batch time (ms from the start) at which the rate came into force;
+    ``start_minute``: the 0-based minute window holding that instant.
+    """
 
     rate: int
     pushed_at_start: int
     start_minute: int
+    start_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -525,6 +656,8 @@ class Plan:
     steps: list[PlanStep]
     minutes: list[PlanMinute]
     total_minutes: int
+    #: Batch time (ms) at which the last device is pushed (None: no device).
+    finished_ms: int | None = None
 
 
 def plan(config: RateConfig, devices: int, success_ratio: float = 1.0) -> Plan:
@@ -533,7 +666,7 @@ def plan(config: RateConfig, devices: int, success_ratio: float = 1.0) -> Plan:
     Runs the real meter (:func:`releasable` / :func:`record_release` /
     :func:`record_success`) with one tick at the last ms of each minute --
     which releases exactly what a meter ticking every second would by the
-    window's end -- assuming devices are always waiting.
+    window's end (see :func:`_walk`) -- assuming devices are always waiting.
 
     For a rate counted on *succeeded* devices, ``floor(pushed * success_ratio)``
     (exact decimal arithmetic) of the devices pushed so far are taken to have
@@ -542,8 +675,9 @@ def plan(config: RateConfig, devices: int, success_ratio: float = 1.0) -> Plan:
     the plan is therefore the fastest case for that condition.
 
     ``steps`` lists each rate in force while devices remained (plus the
-    starting rate); ``total_minutes`` is the number of minutes until the last
-    device is pushed.
+    starting rate) with the instant it came into force; ``total_minutes`` is the
+    number of minute windows until the last device is pushed, ``finished_ms`` the
+    instant it is.
     """
     if devices < 0:
         raise ValueError("devices must be >= 0")
@@ -552,28 +686,30 @@ def plan(config: RateConfig, devices: int, success_ratio: float = 1.0) -> Plan:
     ratio = Decimal(str(success_ratio))
     sched = schedule_for(config)
     state = MeterState.start(config)
-    steps = [PlanStep(sched.rate_at(0), 0, 0)]
+    steps = [PlanStep(sched.rate_at(0), 0, 0, 0)]
     minutes: list[PlanMinute] = []
     minute = 0
+    finished: int | None = None
     while state.pushed_total < devices:
-        t_end = minute * WINDOW_MS + WINDOW_MS - 1
-        before = state.pushed_total
-        n = min(releasable(state, t_end), devices - before)
-        state = record_release(state, t_end, n)
-        if sched.counts_pushed:
-            # Greedy release stops exactly on each threshold, so every distinct
-            # rate between the two totals was in force at its boundary count.
-            nxt = sched.next_change(before)
-            while nxt is not None and nxt <= state.pushed_total and nxt < devices:
-                steps.append(PlanStep(sched.rate_at(nxt), nxt, minute))
-                nxt = sched.next_change(nxt)
-        elif config.kind == "variable":
+        window_start = minute * WINDOW_MS
+        t_end = window_start + WINDOW_MS - 1
+        left = devices - state.pushed_total
+        walk = _walk(state, t_end, min(releasable(state, t_end), left), False)
+        state = replace(walk.state, starved=walk.released == left)
+        for count, at in walk.steps:
+            if count < devices:
+                reached = window_start + at
+                steps.append(PlanStep(sched.rate_at(count), count, reached // WINDOW_MS, reached))
+        if state.pushed_total == devices and walk.last_at is not None:
+            finished = window_start + walk.last_at
+        if config.kind == "variable" and not sched.counts_pushed:
             target = int(state.pushed_total * ratio)  # int() floors a non-negative Decimal
             rate_before = current_rate(state)
-            state = record_success(state, target - state.succeeded_total)
+            state = record_success(state, target - state.succeeded_total, t_end)
             rate_after = current_rate(state)
             if rate_after != rate_before and state.pushed_total < devices:
-                steps.append(PlanStep(rate_after, state.pushed_total, minute + 1))
+                at = window_start + WINDOW_MS
+                steps.append(PlanStep(rate_after, state.pushed_total, minute + 1, at))
         minutes.append(PlanMinute(minute, state.pushed_total))
         minute += 1
-    return Plan(steps=steps, minutes=minutes, total_minutes=minute)
+    return Plan(steps=steps, minutes=minutes, total_minutes=minute, finished_ms=finished)

@@ -198,6 +198,7 @@ class Partition:
         self.notifications: list[Record] = []
         self.push_queue: deque[tuple[str, Record]] = deque()
         self.succeeded: Counter[str] = Counter()
+        self.unsent: Counter[tuple[str, int]] = Counter()
         self.last: Effects = Effects()
 
     def apply(self, name: str, record: Record) -> Effects:
@@ -213,6 +214,7 @@ class Partition:
         for batch_id, tasks in fx.queued.items():
             self.push_queue.extend((batch_id, t) for t in tasks)
         self.succeeded.update(fx.succeeded)
+        self.unsent.update(fx.unsent)
         self.last = fx
         return fx
 

@@ -64,6 +64,8 @@ def test_console_variable_rate_example_runs_as_planned(otaflow: Otaflow) -> None
     # The console doc's steps: 50/min for the first 1,000 (20 minutes), then 100/min ...
     assert [per_minute[m] for m in range(3)] == [50, 50, 50]
     assert per_minute[20] == 100
+    # A speed, never a burst (issue 12): minute 37 runs 30 s at 400/min, 30 s at 800/min.
+    assert [per_minute[m] for m in (36, 37, 38)] == [400, 600, 1_000]
     assert sum(per_minute.values()) == devices
 
 

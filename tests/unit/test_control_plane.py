@@ -235,3 +235,44 @@ def test_task_view_counts_latest_status_per_batch_and_source_version() -> None:
     assert view.task_ref("t1") == "pk/dev-t1/b1" and view.task_ref("nope") == ""
     data, top = view.answer("ListOTATaskByJob", {"JobId": "b1", "TaskStatus": "SUCCEEDED"})
     assert top["Total"] == 1 and data["SimpleOTATaskInfo"][0]["TaskId"] == "t1"
+
+
+def test_update_cancels_a_dynamic_batch_timeout_with_zero(world: World) -> None:
+    """Console doc: on a dynamic batch "you can also cancel the timeout setting"."""
+    job = world.call(
+        "CreateOTADynamicUpgradeJob",
+        ProductKey=world.pk,
+        FirmwareId=world.fw,
+        SrcVersion__1="1.0",
+        TimeoutInMinutes=60,
+        RetryInterval=30,
+        RetryCount=1,
+    ).data["JobId"]
+    base = {"JobId": job, "UpgradeType": "DYNAMIC", "TargetSelection": "ALL"}
+    out = world.call("UpdateOTAJob", **base, MaximumPerMinute=100, TimeoutInMinutes=0)
+    assert out.controls[0]["action"] == "UPDATE"
+    assert out.controls[0]["batch"]["timeout_minutes"] is None
+    stored = world.store.get(f"batch/{job}")
+    assert stored is not None and stored["timeout_minutes"] is None
+    # Without TimeoutInMinutes the (now absent) timeout is left as it is.
+    out = world.call("UpdateOTAJob", **base, MaximumPerMinute=100)
+    assert out.controls[0]["batch"]["timeout_minutes"] is None
+    # A timeout may be set again; the retry interval must stay below it.
+    err = world.refused("UpdateOTAJob", **base, MaximumPerMinute=100, TimeoutInMinutes=30)
+    assert err.code == "iot.ota.RetryIntervalNotLessThanTimeout"
+    out = world.call("UpdateOTAJob", **base, MaximumPerMinute=100, TimeoutInMinutes=45)
+    assert out.controls[0]["batch"]["timeout_minutes"] == 45
+    err = world.refused("UpdateOTAJob", **base, MaximumPerMinute=100, TimeoutInMinutes=-1)
+    assert err.code == "iot.ota.InvalidTimeoutInMinutes"
+    static = world.call(
+        "CreateOTAStaticUpgradeJob", ProductKey=world.pk, FirmwareId=world.fw, TargetSelection="ALL"
+    ).data["JobId"]
+    err = world.refused(
+        "UpdateOTAJob",
+        JobId=static,
+        UpgradeType="STATIC",
+        TargetSelection="ALL",
+        MaximumPerMinute=100,
+        TimeoutInMinutes=0,
+    )
+    assert err.code == "iot.ota.TimeoutNotEditable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from otaflow.domain.batches import BatchStatus
 from otaflow.domain.match_cap import MATCH_CAP
 from otaflow.domain.simulation import (
+    DAY,
     MINUTE,
     Partition,
     dynamic_batch,
@@ -268,3 +269,20 @@ def test_dynamic_mode_2_does_not_match_devices_already_on_added_versions() -> No
     assert p.tasks("d1") == []
     p.version("d1", "1.1", T + 3)
     assert p.tasks("d1") == [("V", "QUEUED")]
+
+
+def test_a_canceled_timeout_applies_to_new_tasks_only() -> None:
+    """UpdateOTAJob TimeoutInMinutes=0: tasks made after it have no timeout; earlier keep theirs."""
+    p = Partition()
+    batch = dynamic_batch("V", ["1.0"], at=T, timeout_minutes=10)
+    p.start(batch)
+    p.version("early", "1.0", T + 1)
+    p.control("UPDATE", batch.with_changes(timeout_minutes=None), T + 2)
+    p.version("late", "1.0", T + 3)
+    p.release(T + 4)
+    p.progress("early", 1, T + 5)
+    p.progress("late", 1, T + 5)
+    p.tick(T + 5 + 10 * MINUTE)
+    assert p.tasks("early") == [("V", "FAILED")]
+    p.tick(T + 5 + 30 * DAY)
+    assert p.tasks("late") == [("V", "IN_PROGRESS")]

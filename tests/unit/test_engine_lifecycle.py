@@ -373,3 +373,87 @@ def test_hourly_retry_before_a_timeout_and_a_24_hour_retry_without_one() -> None
     p.progress("d1", -4, T + 2)
     p.tick(T + 2 + HOUR)
     assert p.history("d1")[-1] == "QUEUED"
+
+
+# -- issue 12: retries run inside the timeout, never after it ----------------------------------
+
+
+def test_a_retry_does_not_restart_the_timeout() -> None:
+    p = started(timeout_minutes=30, retry_interval_minutes=10, retry_count=5)
+    p.version("d1", "1.0", T)
+    p.release(T + 1)
+    first = T + 2
+    p.progress("d1", 5, first)  # the timeout starts here, once
+    p.progress("d1", -2, first + 5 * MINUTE)
+    p.tick(first + 15 * MINUTE)  # retried after 10 minutes
+    assert p.tasks("d1") == [("V", "QUEUED")]
+    p.release(first + 16 * MINUTE)
+    p.progress("d1", 10, first + 17 * MINUTE)  # the retry's first progress report
+    p.tick(first + 30 * MINUTE - 1)
+    assert p.tasks("d1") == [("V", "IN_PROGRESS")]
+    p.tick(first + 30 * MINUTE)  # 30 minutes after the FIRST progress, not after the retry's
+    assert p.tasks("d1") == [("V", "FAILED")]
+    assert p.events[-1]["desc"] == "timeout"
+    assert p.state("d1").tasks[0].retry_at is None
+
+
+def test_a_retried_task_still_waiting_in_the_queue_times_out() -> None:
+    p = started(timeout_minutes=30, retry_interval_minutes=10, retry_count=5)
+    p.version("d1", "1.0", T)
+    p.release(T + 1)
+    p.progress("d1", -1, T + 2)  # the failure is the first progress report
+    p.tick(T + 2 + 10 * MINUTE)
+    assert p.tasks("d1") == [("V", "QUEUED")]  # retried, never released again
+    p.tick(T + 2 + 30 * MINUTE)
+    assert p.tasks("d1") == [("V", "FAILED")]
+    assert p.events[-1]["desc"] == "timeout"
+
+
+def test_no_retry_is_scheduled_at_or_after_the_timeout() -> None:
+    p = started(timeout_minutes=30, retry_interval_minutes=10, retry_count=5)
+    p.version("d1", "1.0", T)
+    p.release(T + 1)
+    first = T + 2
+    p.progress("d1", 5, first)
+    p.progress("d1", -4, first + 20 * MINUTE)  # a retry would come exactly at the timeout
+    task = p.state("d1").tasks[0]
+    assert task.status.value == "FAILED" and task.retry_at is None
+    p.tick(first + DAY)
+    assert p.tasks("d1") == [("V", "FAILED")]
+    assert p.history("d1")[-1] == "FAILED" and p.events[-1]["desc"] == "flashing failed"
+    assert task.retries_left == 5  # no retry was spent
+
+
+def test_a_retry_first_seen_after_the_timeout_is_dropped() -> None:
+    """Event time decides: the first record after the failure comes after the timeout."""
+    p = started(timeout_minutes=30, retry_interval_minutes=10, retry_count=5)
+    p.version("d1", "1.0", T)
+    p.release(T + 1)
+    p.progress("d1", 5, T + 2)
+    p.progress("d1", -1, T + 3)
+    assert p.state("d1").tasks[0].retry_at == T + 3 + 10 * MINUTE
+    p.tick(T + 2 + 45 * MINUTE)
+    assert p.tasks("d1") == [("V", "FAILED")]
+    assert p.history("d1") == ["QUEUED", "NOTIFIED", "IN_PROGRESS", "FAILED"]
+
+
+# -- issue 12: "pushed" counts offers actually sent ---------------------------------------------
+
+
+def test_releases_that_send_nothing_are_reported_back_as_unsent() -> None:
+    p = started()
+    for name in ("sent", "offline", "canceled", "pulled", "deleted"):
+        p.version(name, "1.0", T)
+    assert len(p.push_queue) == 5
+    p.offline("offline", T + 1)
+    p.command("CANCEL", "canceled", T + 1, batch_id="V")
+    p.ask("pulled", T + 1)  # handed out on asking: the release finds it NOTIFIED
+    p.register("deleted", T + 1, action="DELETE")
+    assert p.release(T + 2) == 5
+    assert [n["device_name"] for n in p.pushes()] == ["sent"]
+    # One offer went out; four releases sent nothing, each reported with its release time.
+    assert p.unsent == {("V", T + 2): 4}
+    # The offline device's task waits for it and is released (and counted) again later.
+    p.online("offline", T + 3)
+    assert p.release(T + 4) == 1
+    assert p.unsent == {("V", T + 2): 4} and len(p.pushes("offline")) == 1

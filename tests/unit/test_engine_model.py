@@ -242,9 +242,13 @@ class Model:
     def timer(self, t: MTask) -> int | None:
         if t.status == "FAILED" and t.retry_at is not None:
             return t.retry_at
-        if t.status in ("NOTIFIED", "IN_PROGRESS") and t.timeout and t.first is not None:
-            return t.first + t.timeout * MINUTE
+        if t.status in ("QUEUED", "NOTIFIED", "IN_PROGRESS"):
+            return self.deadline(t)
         return None
+
+    def deadline(self, t: MTask) -> int | None:
+        # One timeout per task, from its first progress report: retries do not restart it.
+        return t.first + t.timeout * MINUTE if t.timeout and t.first is not None else None
 
     # time
     def advance(self, dev: MDevice, now: int) -> None:
@@ -262,16 +266,17 @@ class Model:
             if t.status == "FAILED":
                 t.retry_at = None
                 b = self.batches.get(t.batch_id)
+                deadline = self.deadline(t)
                 if (
                     b is None
                     or self.ended(b, now)
+                    or (deadline is not None and now >= deadline)
                     or self.has_active(dev, b.batch_id)
                     or self.admit(dev, b, may_cancel=False) is None
                 ):
                     continue
                 t.retries_left -= 1
                 t.progress = 0
-                t.first = None
                 self.move(dev, t, "QUEUED", now, "retry")
             else:
                 self.move(dev, t, "FAILED", now, "timeout")
@@ -438,7 +443,12 @@ class Model:
                 if step < 0:
                     self.move(dev, task, "FAILED", now, REASONS[step])
                     interval = self.batches[task.batch_id].retry_interval_minutes
-                    if interval is not None and task.retries_left > 0:
+                    deadline = self.deadline(task)
+                    if (
+                        interval is not None
+                        and task.retries_left > 0
+                        and (deadline is None or now + interval * MINUTE < deadline)
+                    ):
                         task.retry_at = now + interval * MINUTE
                 elif task.status == "IN_PROGRESS":
                     if min(step, 100) != task.progress:

@@ -30,24 +30,35 @@ def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
 
 def test_json_doc_example(capsys: pytest.CaptureFixture[str]) -> None:
     doc = run_json(capsys, DOC_ARGS)
-    assert set(doc) == {"steps", "minutes", "total_minutes"}
+    assert set(doc) == {"steps", "minutes", "total_minutes", "finished_at_minutes"}
     assert [(s["rate"], s["pushed_at_start"]) for s in doc["steps"]] == [
         (50, 0), (100, 1_000), (200, 2_000), (400, 3_000), (800, 4_000),
         (1_600, 5_000), (3_200, 6_000), (6_400, 7_000), (10_000, 8_000),
     ]  # fmt: skip
-    assert doc["steps"][0] == {"rate": 50, "pushed_at_start": 0, "start_minute": 0}
-    assert doc["steps"][1]["start_minute"] == 19
-    assert doc["total_minutes"] == 39 == len(doc["minutes"])
+    assert doc["steps"][0] == {
+        "rate": 50, "pushed_at_start": 0, "start_minute": 0, "start_at_minutes": 0.0
+    }  # fmt: skip
+    assert doc["steps"][1]["start_minute"] == 20
+    # Issue 12: a speed, not a burst: 1,600, 3,200 and 6,400 last 37.5 s, 18.75 s, 9.375 s;
+    # 8,000 are pushed at 39.84 minutes and 20,000 at 41.04.
+    starts = [s["start_at_minutes"] for s in doc["steps"]]
+    assert starts[5:] == [38.75, 39.375, 39.6875, 39.84375]
+    assert round(doc["finished_at_minutes"], 2) == 41.04
+    assert doc["total_minutes"] == 42 == len(doc["minutes"])
     assert doc["minutes"][0] == {"minute": 0, "pushed": 50}
-    assert doc["minutes"][-1] == {"minute": 38, "pushed": 20_000}
+    assert doc["minutes"][37] == {"minute": 37, "pushed": 4_400}  # the old plan: 10,000 more
+    assert doc["minutes"][-1] == {"minute": 41, "pushed": 20_000}
 
 
 def test_json_constant_rate_from_max_rate_only(capsys: pytest.CaptureFixture[str]) -> None:
     doc = run_json(capsys, ["--max-rate", "10000", "--devices", "20000"])
     assert doc == {
-        "steps": [{"rate": 10_000, "pushed_at_start": 0, "start_minute": 0}],
+        "steps": [
+            {"rate": 10_000, "pushed_at_start": 0, "start_minute": 0, "start_at_minutes": 0.0}
+        ],
         "minutes": [{"minute": 0, "pushed": 10_000}, {"minute": 1, "pushed": 20_000}],
         "total_minutes": 2,
+        "finished_at_minutes": 2.0,
     }
 
 
@@ -58,7 +69,9 @@ def test_succeeded_with_ratio_is_slower_than_pushed(capsys: pytest.CaptureFixtur
     pushed = run_json(capsys, DOC_ARGS)
     assert pushed["total_minutes"] < full["total_minutes"] < half["total_minutes"]
     # a success-counted step starts the minute after the successes were recorded
-    assert full["steps"][1] == {"rate": 100, "pushed_at_start": 1_000, "start_minute": 20}
+    assert full["steps"][1] == {
+        "rate": 100, "pushed_at_start": 1_000, "start_minute": 20, "start_at_minutes": 20.0
+    }  # fmt: skip
 
 
 def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,10 +79,10 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     with pytest.raises(json.JSONDecodeError):
         json.loads(out)
-    assert "Total: 39 minutes" in out
-    assert "20,000 devices" in out
+    assert "Total: 42 minutes" in out
+    assert "20,000 devices; the last at minute 41.04" in out
     rows = [line for line in out.splitlines() if "10,000" in line and "8,000" in line]
-    assert len(rows) == 1 and "37" in rows[0]
+    assert len(rows) == 1 and "39.84" in rows[0]
     assert "Rate (devices/min)" in out
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from otaflow.domain.rate import (
@@ -26,6 +27,7 @@ from otaflow.domain.rate import (
     plan,
     record_release,
     record_success,
+    record_unsent,
     releasable,
 )
 from otaflow.domain.rate_rules import ERROR_CODES, RateRuleError, validate_rate
@@ -200,15 +202,119 @@ def test_sparse_random_ticks_never_exceed_rate_in_any_window(
     assert sum(per_window.values()) == meter.state.pushed_total
 
 
-def test_variable_step_mid_window_applies_at_once() -> None:
+def test_variable_step_mid_window_applies_from_that_instant_only() -> None:
+    """Issue 12: a step reached mid-window is a new speed from then on, never a burst."""
     state = MeterState(config=DOC, window=0, pushed_total=975)
-    # second 29: 25 at 50/min reach 1,000; then 100/min allows 50 by now -> 25 more
-    assert releasable(state, 29_500) == 50
-    # last ms: 25 at 50/min, then 100/min's full 100 minus those 25
-    assert releasable(state, 59_999) == 100
-    state = record_release(state, 59_999, 100)
+    # by second 30: 25 at 50/min reach 1,000 exactly at 30 s; the new rate has had no time
+    assert releasable(state, 29_500) == 25
+    # by the window's end: 25 at 50/min, then 30 s at 100/min = 50 (the old meter gave 100)
+    assert releasable(state, 59_999) == 75
+    state = record_release(state, 59_999, 75)
     assert current_rate(state) == 100
-    assert state.pushed_total == 1_075
+    assert state.pushed_total == 1_050
+
+
+def test_a_step_reached_by_devices_that_arrived_late_starts_at_their_release() -> None:
+    """Credit left unused while the queue was empty never takes a step back in time."""
+    meter = WindowMeter(MeterState(config=DOC, window=0, pushed_total=975))
+    n, meter = meter.take(10_000, 5)  # 9 allowed, only 5 waiting: the queue ran empty
+    assert n == 5 and meter.state.starved
+    # At 40 s, 100 arrive: 20 reach 1,000 now (not at 30 s, when the credit would have);
+    # then 1 s at 100/min: 50/min x 40 s + 100/min x 1 s = 35.8 -> 35 in the window.
+    n, meter = meter.take(40_000, 100)
+    assert n == 30 and meter.state.released_in_window == 35 and not meter.state.starved
+    # Had they been waiting all along, the step would have come at 30 s (credit 43.3).
+    waiting = WindowMeter(MeterState(config=DOC, window=0, pushed_total=975))
+    n, waiting = waiting.take(10_000, 500)
+    n, waiting = waiting.take(40_000, 500)
+    assert waiting.state.released_in_window == 43
+
+
+def test_console_doc_example_each_step_lasts_its_time() -> None:
+    """`otaflow plan --base-rate 50 --factor 2 --max-rate 10000 --threshold 1000 --on pushed
+    --devices 20000`: 8,000 pushed at 39.84 minutes, 20,000 at 41.04 (issue 12)."""
+    result = plan(DOC, 20_000)
+    starts = [s.start_ms for s in result.steps]
+    assert starts == [
+        0,
+        20 * WINDOW_MS,  # 1,000 at 50/min: 20 minutes
+        30 * WINDOW_MS,
+        35 * WINDOW_MS,
+        37 * WINDOW_MS + 30_000,
+        38 * WINDOW_MS + 45_000,
+        39 * WINDOW_MS + 22_500,
+        39 * WINDOW_MS + 41_250,
+        39 * WINDOW_MS + 50_625,
+    ]
+    durations = {s.rate: b - a for s, a, b in zip(result.steps, starts, starts[1:], strict=False)}
+    assert (durations[1_600], durations[3_200], durations[6_400]) == (37_500, 18_750, 9_375)
+    assert round(result.steps[-1].start_ms / WINDOW_MS, 2) == 39.84  # 8,000 pushed
+    assert result.finished_ms is not None
+    assert round(result.finished_ms / WINDOW_MS, 2) == 41.04  # 20,000 pushed
+    totals = [0] + [m.pushed for m in result.minutes]
+    per_minute = [b - a for a, b in pairwise(totals)]
+    # minute 37: 400/min for 30 s, then 800/min (the old meter pushed 10,000 here)
+    assert per_minute[37:] == [600, 1_000, 4_162, 10_000, 438]
+    assert result.total_minutes == 42
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    base=st.integers(20, 400),
+    factor=st.sampled_from(["1.2", "1.5", "2", "2.35", "5"]),
+    max_rate=st.integers(400, 3_000),
+    threshold=st.integers(1, 300),
+    devices=st.integers(1, 4_000),
+    phase=st.integers(0, 999),
+    gaps=st.lists(st.integers(50, 1_000), min_size=1, max_size=40),
+)
+def test_how_often_the_meter_is_asked_never_changes_what_it_releases(
+    base: int,
+    factor: str,
+    max_rate: int,
+    threshold: int,
+    devices: int,
+    phase: int,
+    gaps: list[int],
+) -> None:
+    """The plan (one tick a minute), an agent ticking irregularly: the same per minute."""
+    config = RateConfig.variable(base, factor, max_rate, threshold)
+    expected = plan(config, devices)
+    assume(expected.total_minutes <= 20)  # bounds the ticks, not the cases: steps still vary
+    meter, totals, t, i = WindowMeter.start(config), [], phase, 0
+    for minute in range(expected.total_minutes):
+        end = (minute + 1) * WINDOW_MS
+        while t < end - 1_000:  # irregular ticks, then one in the window's last second
+            _, meter = meter.take(t, devices - meter.state.pushed_total)
+            t += gaps[i % len(gaps)]
+            i += 1
+        _, meter = meter.take(end - 1, devices - meter.state.pushed_total)
+        t = max(t, end)
+        totals.append(meter.state.pushed_total)
+        # A speed: never more in a window than the rates in force allowed, instant by instant.
+        st = meter.state
+        credit = st.credit_units + current_rate(st) * (WINDOW_MS - st.credit_at_ms)
+        assert st.released_in_window * WINDOW_MS <= credit
+    assert totals == [m.pushed for m in expected.minutes]
+
+
+def test_unsent_releases_leave_the_pushed_count_and_free_their_slots() -> None:
+    """Issue 12: "pushed" counts offers actually sent, not permits the device agent dropped."""
+    # 40 of the window's 50 (at 50/min) released already; the last 10 reach 1,000.
+    start = MeterState(config=DOC, window=0, pushed_total=990, released_in_window=40)
+    state = record_release(start, 59_999, 10)
+    assert current_rate(state) == 100 and state.released_in_window == 50
+    assert releasable(state, 59_999) == 0
+    state = record_unsent(state, 3, 59_999, released_at_ms=59_999)
+    assert state.pushed_total == 997 and current_rate(state) == 50
+    assert state.released_in_window == 47 and releasable(state, 59_999) == 3
+    # Taken back in a later window: the count drops, that window's slots stay used.
+    later = record_release(advance(state, WINDOW_MS), WINDOW_MS + 1_999, 1)
+    later = record_unsent(later, 2, WINDOW_MS + 1_999, released_at_ms=59_999)
+    assert later.pushed_total == 996 and later.released_in_window == 1
+    with pytest.raises(ValueError):
+        record_unsent(state, -1, 0, 0)
+    assert record_unsent(MeterState.start(DOC), 5, 0, 0).pushed_total == 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -237,10 +343,12 @@ def test_greedy_releasable_equals_releasing_one_at_a_time(
 
 def test_succeeded_condition_moves_only_on_successes() -> None:
     cfg = RateConfig.variable(10, 2, 100, 5, RateCondition.SUCCEEDED)
-    state = record_release(MeterState.start(cfg), 59_999, 10)
-    assert current_rate(state) == 10 and releasable(state, 59_999) == 0
-    state = record_success(state, 5)  # mid-window: 20/min allows 10 more at once
+    state = record_release(MeterState.start(cfg), 29_999, 5)
+    assert current_rate(state) == 10 and releasable(state, 29_999) == 0
+    assert record_release(state, 59_999, 5).pushed_total == 10  # pushing moves nothing
+    state = record_success(state, 5, 30_000)  # mid-window: 20/min from 30 s on
     assert current_rate(state) == 20
+    # 10/min for 30 s, 20/min for 30 s: 15 in the window (not 20 at once)
     assert releasable(state, 59_999) == 10
 
 
@@ -286,7 +394,7 @@ def test_record_rejects_negative_and_over_release() -> None:
     with pytest.raises(ValueError):
         record_release(state, 0, -1)
     with pytest.raises(ValueError):
-        record_success(state, -1)
+        record_success(state, -1, 0)
     with pytest.raises(OverReleaseError):
         record_release(state, 0, 2)  # 60/min allows 1 in the first second
     assert record_release(state, 0, 1).pushed_total == 1
@@ -298,12 +406,12 @@ def test_record_rejects_negative_and_over_release() -> None:
 def test_plan_console_doc_example() -> None:
     result = plan(DOC, 20_000)
     assert [(s.rate, s.pushed_at_start) for s in result.steps] == DOC_STEPS
-    assert [s.start_minute for s in result.steps] == [0, 19, 29, 34, 36, 37, 37, 37, 37]
-    assert result.total_minutes == 39 == len(result.minutes)
+    assert [s.start_minute for s in result.steps] == [0, 20, 30, 35, 37, 38, 39, 39, 39]
+    assert result.total_minutes == 42 == len(result.minutes)
     pushed = [m.pushed for m in result.minutes]
-    assert pushed[0] == 50 and pushed[18] == 950 and pushed[19] == 1_050
+    assert pushed[0] == 50 and pushed[18] == 950 and pushed[19] == 1_000 and pushed[20] == 1_100
     assert pushed[-1] == 20_000 and pushed == sorted(pushed)
-    assert [m.minute for m in result.minutes] == list(range(39))
+    assert [m.minute for m in result.minutes] == list(range(42))
     assert all(b - a <= 10_000 for a, b in zip([0, *pushed], pushed, strict=False))
 
 
@@ -318,6 +426,7 @@ def test_plan_constant_rates() -> None:
     assert result.total_minutes == 2
     assert [(m.minute, m.pushed) for m in result.minutes] == [(0, 10_000), (1, 20_000)]
     assert result.steps == [PlanStep(10_000, 0, 0)]
+    assert result.finished_ms == WINDOW_MS + 59_999 + 1  # the minute's last credit
     assert [m.pushed for m in plan(RateConfig.constant(10), 25).minutes] == [10, 20, 25]
     empty = plan(RateConfig.constant(10), 0)
     assert (empty.total_minutes, empty.minutes, len(empty.steps)) == (0, [], 1)
@@ -339,11 +448,15 @@ def test_plan_matches_a_meter_ticked_every_second() -> None:
 def test_plan_succeeded_condition_steps_from_next_minute() -> None:
     cfg = RateConfig.variable(10, 2, 40, 10, RateCondition.SUCCEEDED)
     result = plan(cfg, 100, success_ratio=0.5)
-    assert result.steps == [PlanStep(10, 0, 0), PlanStep(20, 20, 2), PlanStep(40, 40, 3)]
+    assert result.steps == [
+        PlanStep(10, 0, 0),
+        PlanStep(20, 20, 2, 2 * WINDOW_MS),
+        PlanStep(40, 40, 3, 3 * WINDOW_MS),
+    ]
     assert [m.pushed for m in result.minutes] == [10, 20, 40, 80, 100]
     # ratio applied exactly: floor(100 * 0.29) = 29 (floats give 28.999... -> 28)
     exact = plan(RateConfig.variable(100, 2, 200, 29, "succeeded"), 1_000, success_ratio=0.29)
-    assert exact.steps[1] == PlanStep(200, 100, 1)
+    assert exact.steps[1] == PlanStep(200, 100, 1, WINDOW_MS)
     with pytest.raises(ValueError):
         plan(cfg, 100, success_ratio=1.5)
 
