@@ -836,12 +836,7 @@ def test_static_scopes_targets_and_verification(api: Deployment) -> None:
     )
     assert bad["Data"]["DeviceNames"] == ["ghost0001", "b@d name"] and bad["Total"] == 2
     upload = ok(c.generate_device_name_list_url(m.GenerateDeviceNameListURLRequest()).body).data
-    put = requests.put(
-        f"{upload.host}/packages/{upload.key}",
-        params={"Expires": upload.policy, "Signature": upload.signature},
-        data=("deviceName\n" + "\n".join(names[3:6]) + "\n").encode(),
-        timeout=10,
-    )
+    put = post_object(upload, ("deviceName\n" + "\n".join(names[3:6]) + "\n").encode())
     assert put.status_code == 200
     from_file = ok(
         static_job(
