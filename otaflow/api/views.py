@@ -27,10 +27,11 @@ from typing import Any
 from otaflow import topics
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
-from otaflow.control.common import drop_none, page, str_list, utc
+from otaflow.control.common import drop_none, opt_str, page, str_list, utc
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.registry import iot_id
 
+VIEW_NOT_READY = "ServiceUnavailable.ViewNotReady"
 UNFINISHED = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS")
 STATUSES = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELED")
 STAT_NAMES = {
@@ -71,6 +72,9 @@ class TaskView:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # (records read, records to read) while catching up after a start; None once
+        # caught up. Views built by hand (unit tests) are ready at once.
+        self.catching_up: tuple[int, int] | None = None
         self.batches: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, BatchTasks] = defaultdict(BatchTasks)
         self.task_batch: dict[str, str] = {}
@@ -119,6 +123,20 @@ class TaskView:
 
     # -- lookups used by the server -----------------------------------------------------
 
+    def check_ready(self) -> None:
+        """Refuse (503, ``ServiceUnavailable.ViewNotReady``) while the view has not yet
+        read what its topics held when the API started: until then totals and task
+        lists would be partial, which looks like data loss to the caller."""
+        progress = self.catching_up
+        if progress is not None:
+            done, total = progress
+            raise ApiError(
+                VIEW_NOT_READY,
+                "The task view is still reading the task events after a start "
+                f"({done:,} of {total:,} records); retry in a few seconds.",
+                503,
+            )
+
     def task_ref(self, task_id: str) -> str:
         """``pk/dn/batch`` of a task, or '' when the view has not seen it."""
         with self._lock:
@@ -153,14 +171,14 @@ class TaskView:
             return dict(self.versions.get((product_key, device_name), {}))
 
     def device_from(self, p: Mapping[str, Any]) -> tuple[str, str]:
-        found = p.get("IotId")
+        found = opt_str(p, "IotId")
         if found:
             with self._lock:
                 known = self.iot_ids.get(found)
             if known is None:
                 raise ApiError("iot.device.DeviceNotExist", "The specified device does not exist.")
             return known
-        product_key, device_name = p.get("ProductKey"), p.get("DeviceName")
+        product_key, device_name = opt_str(p, "ProductKey"), opt_str(p, "DeviceName")
         if not product_key:
             raise missing("ProductKey")
         if not device_name:
@@ -201,13 +219,13 @@ class TaskView:
         return drop_none(info)
 
     def _ListOTATaskByJob(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        job_id = p.get("JobId")
+        job_id = opt_str(p, "JobId")
         if not job_id:
             raise missing("JobId")
         paging = page(p, 100)
         if paging.current * paging.size > 100_000:
             raise invalid("CurrentPage", "CurrentPage x PageSize must not exceed 100,000")
-        status = p.get("TaskStatus")
+        status = opt_str(p, "TaskStatus")
         if status is not None and status not in STATUSES:
             raise invalid("TaskStatus", " | ".join(STATUSES))
         names = set(str_list(p, "DeviceNames"))
@@ -227,14 +245,14 @@ class TaskView:
     def _ListOTAUnfinishedTaskByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         product_key, device_name = self.device_from(p)
         wanted = set(str_list(p, "TaskStatusList"))
-        single = p.get("TaskStatus")
+        single = opt_str(p, "TaskStatus")
         if single:
             wanted.add(single)
         for status in wanted:
             if status not in UNFINISHED:
                 raise invalid("TaskStatus", " | ".join(UNFINISHED))
         wanted = wanted or set(UNFINISHED)
-        module = p.get("ModuleName")
+        module = opt_str(p, "ModuleName")
         with self._lock:
             rows = []
             for task_id in self.device_tasks.get((product_key, device_name), ()):
@@ -248,7 +266,7 @@ class TaskView:
         return {"SimpleOTATaskInfo": infos}, {}
 
     def _ListOTAJobByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        firmware_id = p.get("FirmwareId")
+        firmware_id = opt_str(p, "FirmwareId")
         if not firmware_id:
             raise missing("FirmwareId")
         product_key, device_name = self.device_from(p)
@@ -326,6 +344,17 @@ class TaskViewConsumer:
             name = spec.full_name(settings)
             for partition in range(spec.partition_count(settings)):
                 assignments.append(TopicPartition(name, partition, 0))
+        # Where each partition ended when we started: the view answers only once it
+        # has read that far (a restart must not answer 0, then 71,137, ... of 100,000).
+        self._catch_up: dict[tuple[str, int], int] = {}
+        for tp in assignments:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+            if high > low:
+                self._catch_up[(tp.topic, tp.partition)] = high
+        self._to_read = sum(self._catch_up.values())
+        self._read = 0
+        if self._catch_up:
+            self.view.catching_up = (0, self._to_read)
         self.consumer.assign(assignments)
         self._names = {
             topics.TASK_EVENTS.full_name(settings): self.view.apply_task_event,
@@ -338,7 +367,8 @@ class TaskViewConsumer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for msg in self.consumer.consume(500, 0.05):
+            messages = self.consumer.consume(500, 0.05)
+            for msg in messages:
                 if msg.error() is not None or msg.value() is None:
                     continue
                 apply = self._names.get(msg.topic() or "")
@@ -348,6 +378,23 @@ class TaskViewConsumer:
                     apply(self.codec.decode(msg.value() or b"")[1])
                 except (DecodeError, KeyError, TypeError):
                     continue  # not ours to judge: the device agent dead-letters bad input
+            if self._catch_up:
+                self._caught_up(len(messages))
+
+    def _caught_up(self, just_read: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        self._read += just_read
+        # The consumer's position (not the last offset seen): it moves past
+        # transaction markers and compacted gaps too.
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in self._catch_up])
+        for tp in positions:
+            if tp.offset >= self._catch_up[(tp.topic, tp.partition)]:
+                del self._catch_up[(tp.topic, tp.partition)]
+        if self._catch_up:
+            self.view.catching_up = (min(self._read, self._to_read), self._to_read)
+        else:
+            self.view.catching_up = None
 
     def close(self) -> None:
         self._stop.set()

@@ -29,6 +29,7 @@ SCHEMAS: dict[str, str] = {
     "dynamic-by-firmware": "ControlIndex",
     "iotid": "ControlIndex",
     "job-invalid": "ControlIndex",
+    "nonce": "ControlIndex",  # a used signature nonce (streams/command_agent.py)
 }
 
 
