@@ -18,6 +18,7 @@ lives only in memory.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -348,7 +349,7 @@ class TaskViewConsumer:
         # has read that far (a restart must not answer 0, then 71,137, ... of 100,000).
         self._catch_up: dict[tuple[str, int], int] = {}
         for tp in assignments:
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+            low, high = self._watermarks(tp)
             if high > low:
                 self._catch_up[(tp.topic, tp.partition)] = high
         self._to_read = sum(self._catch_up.values())
@@ -380,6 +381,19 @@ class TaskViewConsumer:
                     continue  # not ours to judge: the device agent dead-letters bad input
             if self._catch_up:
                 self._caught_up(len(messages))
+
+    def _watermarks(self, tp: Any) -> tuple[int, int]:
+        from confluent_kafka import KafkaException
+
+        for attempt in range(50):
+            try:
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+                return int(low), int(high)
+            except KafkaException:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)  # a just-created topic has no leader for a moment
+        raise AssertionError("unreachable")
 
     def _caught_up(self, just_read: int) -> None:
         from confluent_kafka import TopicPartition

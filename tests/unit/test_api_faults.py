@@ -163,9 +163,7 @@ def signed_post(
         version="2018-01-20",
         nonce=nonce,
     )
-    return requests.post(
-        f"http://{api.host}/", params=query, data=body, headers=signed, timeout=30
-    )
+    return requests.post(f"http://{api.host}/", params=query, data=body, headers=signed, timeout=30)
 
 
 def gateway_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -294,7 +292,9 @@ def test_malformed_parameter_names_are_refused(api: Server, commands: RecordingC
         "InvalidParameterName",
     )
     gateway_error(
-        signed_post(api, "QueryProduct", {"ProductKey": "pk", "Tag.1.A.B.C": "x"}), 400, "InvalidTag"
+        signed_post(api, "QueryProduct", {"ProductKey": "pk", "Tag.1.A.B.C": "x"}),
+        400,
+        "InvalidTag",
     )
     assert commands.calls == []
 
@@ -313,7 +313,9 @@ def test_sdk_can_send_200_target_names_of_32_characters(
         target_selection="SPECIFIC",
         target_device_name=names,
         src_version=[f"1.0.{i}-" + "x" * 58 for i in range(10)],
-        tag=[m.CreateOTAStaticUpgradeJobRequestTag(key=f"k{i}", value="v" * 1024) for i in range(10)],
+        tag=[
+            m.CreateOTAStaticUpgradeJobRequestTag(key=f"k{i}", value="v" * 1024) for i in range(10)
+        ],
     )
     body = api.sdk().create_otastatic_upgrade_job(request).body
     assert body.success is True
@@ -338,9 +340,9 @@ def test_half_sent_request_is_answered_408_and_closed(api: Server) -> None:
 
 def test_unsigned_large_body_is_refused_before_it_is_read(api: Server) -> None:
     head = (
-        "POST / HTTP/1.1\r\nHost: x\r\nx-acs-action: QueryProduct\r\n"
-        "x-acs-version: 2018-01-20\r\nContent-Length: 62914560\r\n\r\n"
-    ).encode()
+        b"POST / HTTP/1.1\r\nHost: x\r\nx-acs-action: QueryProduct\r\n"
+        b"x-acs-version: 2018-01-20\r\nContent-Length: 62914560\r\n\r\n"
+    )
     received = raw_exchange(api, head + b"a" * 1000)  # the other 60 MB never come
     assert received.startswith(b"HTTP/1.1 400"), received[:200]
     assert b'"MissingAuthorization"' in received
