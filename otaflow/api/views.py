@@ -21,9 +21,11 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from otaflow import topics
 from otaflow.codec import DecodeError, codec
@@ -61,11 +63,24 @@ class TaskRow:
     created_at: int
 
 
+#: A task's place in ListOTATaskByJob's order: creation time, then task id.
+TaskOrder = tuple[int, str]
+
+
 @dataclass
 class BatchTasks:
+    """One batch's tasks, with the indexes ListOTATaskByJob pages through: all tasks and
+    the tasks of each status in creation order (a page of a 100,000-task batch costs
+    O(log n + page), not a scan and a sort), and the task ids of each device name."""
+
     tasks: dict[str, TaskRow] = field(default_factory=dict)
     by_status: Counter[str] = field(default_factory=Counter)
     by_src: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    order: SortedList = field(default_factory=SortedList)
+    order_by_status: dict[str, SortedList] = field(
+        default_factory=lambda: defaultdict(SortedList)
+    )
+    by_device_name: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
 class TaskView:
@@ -92,15 +107,22 @@ class TaskView:
             task_id = event["task_id"]
             src = event["src_version"] or ""
             old = job.tasks.get(task_id)
+            status = event["status"]
             if old is not None:
                 job.by_status[old.event["status"]] -= 1
                 job.by_src[old.event["src_version"] or ""][old.event["status"]] -= 1
                 created = old.created_at
+                if old.event["status"] != status:
+                    job.order_by_status[old.event["status"]].discard((created, task_id))
+                    job.order_by_status[status].add((created, task_id))
             else:
                 created = event["event_time"]
+                job.order.add((created, task_id))
+                job.order_by_status[status].add((created, task_id))
+                job.by_device_name[event["device_name"]].add(task_id)
             job.tasks[task_id] = TaskRow(event, created)
-            job.by_status[event["status"]] += 1
-            job.by_src[src][event["status"]] += 1
+            job.by_status[status] += 1
+            job.by_src[src][status] += 1
             self.task_batch[task_id] = batch_id
             key = (event["product_key"], event["device_name"])
             self.device_tasks[key].add(task_id)
@@ -233,15 +255,25 @@ class TaskView:
         with self._lock:
             if job_id not in self.batches and job_id not in self.jobs:
                 raise ApiError("iot.ota.JobNotExist", "The specified update batch does not exist.")
-            rows = [
-                r
-                for r in self.jobs[job_id].tasks.values()
-                if (status is None or r.event["status"] == status)
-                and (not names or r.event["device_name"] in names)
-            ]
-            rows.sort(key=lambda r: (r.created_at, r.event["task_id"]))
-            infos = [self._task_info(r, module=False) for r in paging.slice(rows)]
-        return {"SimpleOTATaskInfo": infos}, paging.top(len(rows))
+            job = self.jobs.get(job_id) or BatchTasks()
+            order: Sequence[TaskOrder]
+            if names:  # a few devices: their tasks only
+                picked = [
+                    (job.tasks[t].created_at, t)
+                    for name in names
+                    for t in job.by_device_name.get(name, ())
+                    if status is None or job.tasks[t].event["status"] == status
+                ]
+                order = sorted(picked)
+            elif status is None:
+                order = job.order
+            else:
+                order = job.order_by_status.get(status) or []
+            start = (paging.current - 1) * paging.size
+            page_rows = [job.tasks[t] for _, t in order[start : start + paging.size]]
+            infos = [self._task_info(r, module=False) for r in page_rows]
+            total = len(order)
+        return {"SimpleOTATaskInfo": infos}, paging.top(total)
 
     def _ListOTAUnfinishedTaskByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         product_key, device_name = self.device_from(p)
