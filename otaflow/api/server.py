@@ -5,7 +5,10 @@
 BatchCheckDeviceNames, a form body), exactly as the official SDK
 ``alibabacloud-iot20180120`` sends them. Every request must carry a valid
 ACS3-HMAC-SHA256 signature by one of ``OTAFLOW_ACCESS_KEYS``, a date within 15
-minutes and a nonce not seen before (nonces are remembered in this process).
+minutes and a nonce not seen before (remembered in this process, and for every call
+that becomes a command also by the command agent, so a replay to another API process
+or after a restart is refused too). Limits, timeouts and error codes:
+docs/openapi-ota.md section 9.
 
 Answers: ``{RequestId, Success, Code, ErrorMessage, Data, ...}`` with HTTP 200, also
 for business errors (``Success: false``); gateway errors (signature, unknown action,
