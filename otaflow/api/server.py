@@ -325,7 +325,10 @@ class Api:
         try:
             self.verifier.precheck(request.headers)
         except SignatureError as exc:
-            return web.json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
+            refused = web.json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
+            if request.body_exists:
+                refused.force_close()  # the body is not read: the connection is not reused
+            return refused
         body = await self.read_body(request, request_id)
         if isinstance(body, web.Response):
             # The rest of the body is never read: the connection cannot be reused.
