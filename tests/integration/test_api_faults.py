@@ -30,14 +30,17 @@ from otaflow import devstack, topics
 from otaflow.api.server import ApiRunner, create_app
 from otaflow.api.signature import sign_request
 from otaflow.api.views import TaskViewConsumer
+from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.control.client import ControlClient
+from otaflow.control.errors import ApiError
 from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow
 
 pytestmark = pytest.mark.integration
 
 AK, SK = "faultAK", "faultSecret"
+CODEC = codec()
 
 
 def free_port() -> int:
@@ -211,3 +214,53 @@ def test_a_create_answered_503_is_never_applied(world: World) -> None:
     # The client retries (a new request, a new nonce): exactly one product is made.
     body = create_product(patient, name)
     assert body.success is True, f"{body.code}: {body.error_message}"
+
+
+def test_task_view_says_not_ready_until_it_has_read_what_was_there(
+    stack: devstack.DevStack, tmp_path: Path
+) -> None:
+    """After an API restart the view answered 0, then 71,137, ... of 100,000 tasks."""
+    deployment = Otaflow(stack, tmp_path)
+    feed = None
+    try:
+        total = 30_000
+        topic = topics.TASK_EVENTS.full_name(deployment.settings)
+        for i in range(total):
+            event = {
+                "task_id": f"t{i:06d}",
+                "batch_id": "job-restart",
+                "product_key": "pk1",
+                "device_name": f"dev-{i:06d}",
+                "module": "default",
+                "dest_version": "2.0",
+                "status": "QUEUED",
+                "event_time": 1_700_000_000_000 + i,
+            }
+            deployment.producer.produce(
+                topic, key=f"pk1/dev-{i:06d}".encode(), value=CODEC.encode("TaskEvent", event)
+            )
+            if i % 5000 == 0:
+                deployment.producer.poll(0)
+        deployment.flush()
+        feed = TaskViewConsumer(deployment.settings)
+        view = feed.view
+        assert view.catching_up is not None and view.catching_up[1] >= total
+        deadline = time.monotonic() + 60
+        while True:
+            progress = view.catching_up
+            counted = view.statistics("job-restart")["Total"]
+            if progress is None:
+                # Once it says ready, it answers every task that was there.
+                assert counted == total
+                break
+            with pytest.raises(ApiError) as raised:
+                view.check_ready()
+            assert raised.value.http_status == 503
+            assert raised.value.code == "ServiceUnavailable.ViewNotReady"
+            assert time.monotonic() < deadline, f"view never caught up: {progress}"
+            time.sleep(0.01)
+        view.check_ready()
+    finally:
+        if feed is not None:
+            feed.close()
+        deployment.close()
