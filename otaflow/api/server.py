@@ -200,6 +200,12 @@ class ApiRequestHandler(RequestHandler):
             started = self._partial_since = self._loop.time()
             self._loop.call_later(self.header_timeout_s, self._check_partial, started)
 
+    async def _handle_request(self, request: Any, *args: Any) -> Any:
+        # Bytes that came between the headers and the handler's start were this
+        # request's body, not the start of a half-sent next one.
+        self._partial_since = None
+        return await super()._handle_request(request, *args)
+
     def _check_partial(self, started: float) -> None:
         if self._partial_since != started or self._messages or self.transport is None:
             return

@@ -414,3 +414,36 @@ def test_command_carries_the_signed_nonce_and_a_replay_answer_is_400(
 def test_command_timeout_is_a_json_503(api: Server, commands: RecordingCommands) -> None:
     commands.answer = CommandTimeout("no outcome")
     gateway_error(signed_post(api, "QueryProduct", {"ProductKey": "pk"}), 503, "ServiceUnavailable")
+
+
+def test_idle_keep_alive_connection_after_a_request_is_not_answered_408(api: Server) -> None:
+    body = b"ProductKey=pk"
+    signed = sign_request(
+        access_key_id=AK,
+        access_key_secret=SK,
+        method="POST",
+        host=api.host,
+        action="QueryProduct",
+        version="2018-01-20",
+        headers={"content-type": FORM},
+        body=body,
+    )
+    lines = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+    head = f"POST / HTTP/1.1\r\n{lines}Content-Length: {len(body)}\r\n\r\n".encode()
+    # Headers and body in two writes, then the connection stays idle past the timeout.
+    with socket.create_connection(("127.0.0.1", api.port)) as sock:
+        sock.sendall(head)
+        sock.sendall(body)
+        sock.settimeout(0.2)
+        received = b""
+        deadline = time.monotonic() + 3.0  # header timeout is 1 s in these tests
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert b"408" not in received
