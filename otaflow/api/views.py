@@ -77,9 +77,7 @@ class BatchTasks:
     by_status: Counter[str] = field(default_factory=Counter)
     by_src: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     order: SortedList = field(default_factory=SortedList)
-    order_by_status: dict[str, SortedList] = field(
-        default_factory=lambda: defaultdict(SortedList)
-    )
+    order_by_status: dict[str, SortedList] = field(default_factory=lambda: defaultdict(SortedList))
     by_device_name: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
