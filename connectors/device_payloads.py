@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from otaflow.control.registry import DEVICE_NAME
+
 # A report is a few hundred bytes; anything this large is not one of ours and
 # should not be parsed (nor kept whole in the dead-letter topic, see ingress).
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -74,7 +76,14 @@ def report_kind_of_topic(mqtt_topic: str) -> tuple[str, str, str]:
     if len(levels) == 6 and levels[:3] == ["", "ota", "device"]:
         kind = {"inform": "VERSION", "progress": "PROGRESS"}.get(levels[3])
         if kind is not None:
-            return kind, _level(levels[4], "product key"), _level(levels[5], "device name")
+            return kind, _level(levels[4], "product key"), _device_name(levels[5])
+    if (len(levels) > 6 and levels[:3] == ["", "ota", "device"] and levels[3] in _REPORTS) or (
+        len(levels) > 8 and levels[:2] == ["", "sys"] and levels[-4:] == _GET
+    ):
+        # The ingress subscribes to these deeper topics only to say why they are refused.
+        raise MalformedPayload(
+            f"topic {mqtt_topic[:200]!r} has a '/' in its product key or device name"
+        )
     if (
         len(levels) == 8
         and levels[:2] == ["", "sys"]
@@ -86,8 +95,24 @@ def report_kind_of_topic(mqtt_topic: str) -> tuple[str, str, str]:
             "get",
         ]
     ):
-        return "FIRMWARE_GET", _level(levels[2], "product key"), _level(levels[3], "device name")
+        return "FIRMWARE_GET", _level(levels[2], "product key"), _device_name(levels[3])
     raise MalformedPayload(f"topic {mqtt_topic!r} is not a device OTA report topic")
+
+
+_REPORTS = ("inform", "progress")
+_GET = ["thing", "ota", "firmware", "get"]
+
+
+def _device_name(value: str) -> str:
+    """The platform's rule for device names (4-32 characters: letters, digits and
+    ``_ - @ . :``); anything else would grow the device state without bound."""
+    name = _level(value, "device name")
+    if not DEVICE_NAME.fullmatch(name):
+        raise MalformedPayload(
+            f"device name {name[:40]!r} ({len(name)} characters) in topic breaks the "
+            "platform's rule: 4-32 characters of letters, digits, '_', '-', '@', '.', ':'"
+        )
+    return name
 
 
 def _level(value: str, what: str) -> str:

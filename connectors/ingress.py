@@ -68,10 +68,13 @@ from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS
 
 _log = logging.getLogger("otaflow.ingress")
 
+# '#' and the extra-level filter also bring topics whose device name (or product key)
+# holds a '/', so they reach the dead-letter topic with a reason instead of vanishing.
 TOPIC_FILTERS = (
-    "/ota/device/inform/+/+",
-    "/ota/device/progress/+/+",
+    "/ota/device/inform/#",
+    "/ota/device/progress/#",
     "/sys/+/+/thing/ota/firmware/get",
+    "/sys/+/+/+/thing/ota/firmware/get",
 )
 # Dead letters keep the raw payload whole up to this size (Kafka's default record
 # limit is 1 MiB); a bigger payload is cut and the reason says so.

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from otaflow.codec import DecodeError, codec
@@ -46,6 +49,7 @@ from streams.effects import send_dead_letter
 from streams.partition_scan import scan_partition
 
 CODEC = codec()
+log = logging.getLogger("otaflow.command_agent")
 # Kafka's default message limit is 1 MB; stay well below it with the envelope's overhead.
 ENVELOPE_LIMIT = 700_000
 _AVRO_MARKER = b"\xc3\x01"
@@ -117,7 +121,79 @@ def result_json(outcome: Outcome) -> str:
     return json.dumps({"_otaflow_body": True, "Data": outcome.data, **outcome.top})
 
 
-async def apply_command(command: dict[str, Any]) -> None:
+#: How long a used signature nonce is remembered, by the commands' event time: the API
+#: accepts a request only within 15 minutes of its signed date, so after 30 minutes
+#: a replay fails the date check anyway.
+NONCE_TTL_MS = 30 * 60 * 1000
+NONCE_PREFIX = "nonce/"
+_nonce_purged_at = 0
+
+
+def nonce_key(nonce: str) -> str:
+    """``nonce`` is ``{signed date, 13-digit ms}/{AccessKey}/{nonce}`` (the API's form):
+    keys sort by date, so the expired ones are a prefix of the scan."""
+    return NONCE_PREFIX + nonce
+
+
+def purge_nonces(now: int) -> None:
+    """Forget nonces signed more than ``NONCE_TTL_MS`` before ``now`` (at most once a minute)."""
+    global _nonce_purged_at
+    if now - _nonce_purged_at < 60_000:
+        return
+    _nonce_purged_at = now
+    cutoff = f"{NONCE_PREFIX}{max(now - NONCE_TTL_MS, 0):013d}"
+    stale: list[bytes] = []
+    for raw_key, _ in scan_partition(control_state, 0, NONCE_PREFIX.encode()):
+        if raw_key.decode() >= cutoff or len(stale) >= 100_000:
+            break
+        stale.append(raw_key)
+    for raw_key in stale:
+        del control_state[raw_key]
+
+
+def failure(request_id: str, now: int, code: str, message: str) -> Record:
+    return {
+        "request_id": request_id,
+        "success": False,
+        "code": code,
+        "message": message,
+        "data_json": "null",
+        "event_time": now,
+    }
+
+
+def expired(command: dict[str, Any]) -> bool:
+    """The API told its caller the call failed (503) once ``deadline`` passed; a command
+    applied after that would be a write nobody was told about (and a retry would make
+    it twice). Wall clock on purpose: the deadline is the caller's, not the stream's."""
+    deadline = command.get("deadline")
+    return deadline is not None and time.time() * 1000 > deadline
+
+
+async def apply_command(command: dict[str, Any], raw: bytes = b"", offset: int = -1) -> None:
+    """Apply one command and answer it. Never raises for a command's own content: a
+    command that cannot be applied is answered with an error code, dead-lettered with
+    its reason, and the agent goes on with the next one (issue 16)."""
+    request_id = command["request_id"]
+    now = command["event_time"]
+    try:
+        await _apply_command(command)
+    except Exception as exc:
+        log.exception("command %s (%s) could not be applied", request_id, command.get("action"))
+        reason = f"{command.get('action')} could not be applied: {type(exc).__name__}: {exc}"
+        await send_dead_letter(f"commands/{offset}", reason[:2000], raw, now)
+        result = failure(
+            request_id,
+            now,
+            "iot.system.SystemException",
+            "The command could not be applied and was set aside (dead-letter topic).",
+        )
+        await command_results.send(
+            key=request_id.encode(), value=CODEC.encode("CommandResult", result)
+        )
+
+
+async def _apply_command(command: dict[str, Any]) -> None:
     request_id = command["request_id"]
     done_key = f"request/{request_id}".encode()
     previous = control_state.get(done_key)
@@ -134,6 +210,21 @@ async def apply_command(command: dict[str, Any]) -> None:
         "event_time": now,
     }
     remember = True
+    nonce = command.get("nonce")
+    if nonce is not None:
+        purge_nonces(now)
+        key = nonce_key(nonce).encode()
+        if key in control_state:
+            # The same signed request again, through this or another API process.
+            refused = failure(request_id, now, "SignatureNonceUsed", NONCE_USED_MESSAGE)
+            await command_results.send(
+                key=request_id.encode(), value=CODEC.encode("CommandResult", refused)
+            )
+            return
+        control_state[key] = encode_control_value(nonce_key(nonce), {"items": [request_id]})
+    if expired(command):
+        await answer_expired(command)
+        return
     try:
         # Off the event loop: a million-name list takes seconds to check, and the
         # worker's other agents (and its Kafka heartbeats) must keep running.
@@ -142,31 +233,71 @@ async def apply_command(command: dict[str, Any]) -> None:
         )
     except ApiError as exc:
         result.update(success=False, code=exc.code, message=exc.message)
+        prepared = None
     else:
         remember = not outcome.read_only
-        await apply_outcome(outcome)
         result["data_json"] = result_json(outcome)
+        # Every record is encoded before the first is written: a value the records
+        # cannot hold fails here, with nothing half-applied.
+        prepared = prepare_outcome(outcome)
+    if expired(command):  # checking a large call may have taken a while
+        await answer_expired(command)
+        return
     encoded = CODEC.encode("CommandResult", result)
+    if prepared is not None:
+        await write_outcome(prepared)
     if remember:
         control_state[done_key] = encoded
     await command_results.send(key=request_id.encode(), value=encoded)
 
 
-async def apply_outcome(outcome: Outcome) -> None:
+NONCE_USED_MESSAGE = "Specified signature nonce was used already."
+EXPIRED_CODE = "ServiceUnavailable.Expired"
+
+
+async def answer_expired(command: dict[str, Any]) -> None:
+    request_id, now = command["request_id"], command["event_time"]
+    result = failure(
+        request_id,
+        now,
+        EXPIRED_CODE,
+        "The command reached the command agent after its deadline and was not applied.",
+    )
+    encoded = CODEC.encode("CommandResult", result)
+    # Remembered: a retry with the same request id gets the same answer, never a late write.
+    control_state[f"request/{request_id}".encode()] = encoded
+    await command_results.send(key=request_id.encode(), value=encoded)
+
+
+@dataclass
+class PreparedOutcome:
+    """An outcome's records, all encoded (see ``prepare_outcome``)."""
+
+    table: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    batches: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # (batch id, RateEvent for the rate agent, envelope for every device partition)
+    controls: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    broadcasts: list[bytes] = field(default_factory=list)
+    per_partition: dict[int, list[bytes]] = field(default_factory=dict)
+
+
+def prepare_outcome(outcome: Outcome) -> PreparedOutcome:
+    out = PreparedOutcome()
     for key, record in outcome.writes.items():
-        store.put(key, record)
-    delivered = [
-        await batches_topic.send(key=batch["batch_id"].encode(), value=CODEC.encode("Batch", batch))
-        for batch in outcome.batches
-    ]
-    # Reads follow writes: the API's view finds a batch on this topic, so it is in
-    # Kafka before the answer goes out (see otaflow.api.views).
-    for pending in delivered:
-        await pending
+        value = None if record is None else encode_control_value(key, record)
+        out.table.append((key.encode(), value))
+    for batch in outcome.batches:
+        out.batches.append((batch["batch_id"].encode(), CODEC.encode("Batch", batch)))
     for control in outcome.controls:
-        await broadcast_control(control)
+        rate_event = CODEC.encode("RateEvent", {"body": ("otaflow.BatchControl", control)})
+        envelope = CODEC.encode(
+            "DeviceEventBatch", {"items": [CODEC.encode("BatchControl", control)]}
+        )
+        out.controls.append((control["batch"]["batch_id"].encode(), rate_event, envelope))
     for schema, record in outcome.broadcasts:
-        await broadcast_items([CODEC.encode(schema, record)])
+        out.broadcasts.append(
+            CODEC.encode("DeviceEventBatch", {"items": [CODEC.encode(schema, record)]})
+        )
     per_partition: dict[int, list[bytes]] = defaultdict(list)
     for item in outcome.device_items:
         partition = partition_for(
@@ -187,9 +318,39 @@ async def apply_outcome(outcome: Outcome) -> None:
             per_partition[partition].append(CODEC.encode("BatchTarget", target))
     for partition, schema, record in outcome.partition_items:
         per_partition[partition].append(CODEC.encode(schema, record))
-    for partition, items in sorted(per_partition.items()):
+    out.per_partition = dict(per_partition)
+    return out
+
+
+async def write_outcome(prepared: PreparedOutcome) -> None:
+    for raw_key, value in prepared.table:
+        if value is None:
+            if raw_key in control_state:
+                del control_state[raw_key]
+        else:
+            control_state[raw_key] = value
+    delivered = [
+        await batches_topic.send(key=batch_key, value=value)
+        for batch_key, value in prepared.batches
+    ]
+    # Reads follow writes: the API's view finds a batch on this topic, so it is in
+    # Kafka before the answer goes out (see otaflow.api.views).
+    for pending in delivered:
+        await pending
+    for batch_key, rate_event, envelope in prepared.controls:
+        # The rate agent first, so its meter knows the rate before tasks queue up;
+        # then every device partition (each matches its own devices).
+        await rate_events.send(key=batch_key, value=rate_event)
+        await broadcast_envelope(envelope)
+    for envelope in prepared.broadcasts:
+        await broadcast_envelope(envelope)
+    for partition, items in sorted(prepared.per_partition.items()):
         for envelope in envelopes(items):
             await device_events.send(key=None, partition=partition, value=envelope)
+
+
+async def apply_outcome(outcome: Outcome) -> None:
+    await write_outcome(prepare_outcome(outcome))
 
 
 def envelopes(items: list[bytes], limit: int = ENVELOPE_LIMIT) -> Iterator[bytes]:
@@ -206,20 +367,9 @@ def envelopes(items: list[bytes], limit: int = ENVELOPE_LIMIT) -> Iterator[bytes
         yield CODEC.encode("DeviceEventBatch", {"items": chunk})
 
 
-async def broadcast_items(items: list[bytes]) -> None:
-    envelope = CODEC.encode("DeviceEventBatch", {"items": items})
+async def broadcast_envelope(envelope: bytes) -> None:
     for partition in range(settings.partitions):
         await device_events.send(key=None, partition=partition, value=envelope)
-
-
-async def broadcast_control(control: Record) -> None:
-    """Every device partition must see the batch (each matches its own devices)."""
-    # The rate agent first, so its meter knows the rate before tasks queue up.
-    await rate_events.send(
-        key=control["batch"]["batch_id"].encode(),
-        value=CODEC.encode("RateEvent", {"body": ("otaflow.BatchControl", control)}),
-    )
-    await broadcast_items([CODEC.encode("BatchControl", control)])
 
 
 @app.agent(commands)
@@ -230,4 +380,4 @@ async def command_agent(stream: Any) -> None:
         except DecodeError as exc:
             await send_dead_letter(f"commands/{event.message.offset}", str(exc), event.value, 0)
             continue
-        await apply_command(command)
+        await apply_command(command, event.value, event.message.offset)

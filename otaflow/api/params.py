@@ -27,6 +27,7 @@ requests:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,6 +226,27 @@ class RpcRequest:
         return Params(self.params)
 
 
+#: The SDK's deepest parameters are three levels (``DeviceNameList.N.DeviceName``).
+MAX_JSON_DEPTH = 8
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def _json_depth(body: bytes) -> int:
+    """Deepest nesting of brackets outside strings, without parsing (json.loads recurses
+    once per level and would hit Python's recursion limit on hostile input)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub(b"", body)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def _body_params(content_type: str, body: bytes) -> dict[str, str]:
     media_type = content_type.split(";", 1)[0].strip().lower()
     if not body.strip():
@@ -236,9 +258,14 @@ def _body_params(content_type: str, body: bytes) -> dict[str, str]:
             raise ParamError("InvalidParameter.Format", "Request body is not UTF-8.") from exc
         return dict(parse_qsl(text, keep_blank_values=True))
     if media_type == "application/json":
+        if _json_depth(body) > MAX_JSON_DEPTH:
+            raise ParamError(
+                "InvalidParameter.Format",
+                f"Request body nests deeper than {MAX_JSON_DEPTH} levels.",
+            )
         try:
             decoded = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ParamError("InvalidParameter.Format", "Request body is not valid JSON.") from exc
         if not isinstance(decoded, dict):
             raise ParamError("InvalidParameter.Format", "Request body must be a JSON object.")

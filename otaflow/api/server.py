@@ -5,7 +5,10 @@
 BatchCheckDeviceNames, a form body), exactly as the official SDK
 ``alibabacloud-iot20180120`` sends them. Every request must carry a valid
 ACS3-HMAC-SHA256 signature by one of ``OTAFLOW_ACCESS_KEYS``, a date within 15
-minutes and a nonce not seen before (nonces are remembered in this process).
+minutes and a nonce not seen before (remembered in this process, and for every call
+that becomes a command also by the command agent, so a replay to another API process
+or after a restart is refused too). Limits, timeouts and error codes:
+docs/openapi-ota.md section 12.
 
 Answers: ``{RequestId, Success, Code, ErrorMessage, Data, ...}`` with HTTP 200, also
 for business errors (``Success: false``); gateway errors (signature, unknown action,
@@ -33,15 +36,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from otaflow import config
+from otaflow.api.limits import check_params
 from otaflow.api.params import ParamError, parse_rpc_request
 from otaflow.api.signature import SignatureError, SignatureVerifier
 from otaflow.api.views import VIEW_ACTIONS, TaskView, TaskViewConsumer
@@ -60,6 +67,21 @@ FILE_SUFFIXES = ("bin", "dav", "apk", "tar", "gz", "tar.gz", "zip", "gzip", "tar
 LOCAL_ACTIONS = frozenset({"GenerateOTAUploadURL", "GenerateDeviceNameListURL"})
 #: Actions whose command needs task ids resolved to their devices first.
 TASK_ID_ACTIONS = frozenset({"ConfirmOTATask", "ReupgradeOTATask"})
+#: Answers from the command agent completed from the task view.
+VIEW_ENRICHED = frozenset({"QueryOTAJob", "QueryDeviceDetail"})
+#: Command results that are gateway errors, with their HTTP status.
+GATEWAY_RESULT_CODES = {"SignatureNonceUsed": 400, "ServiceUnavailable.Expired": 503}
+
+# -- limits (docs/openapi-ota.md, "Limits and faults") ---------------------------------
+#: The request line: the longest call the SDK makes within the API's own limits (200
+#: target names of 32 characters, percent-encoded, with tags and versions) is ~40 KB.
+MAX_REQUEST_LINE = 256 * 1024
+MAX_HEADER_FIELD = 16 * 1024
+#: A form body: BatchCheckDeviceNames with 10,000 names and nicknames.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+BODY_TIMEOUT_S = 10.0
+KEEPALIVE_TIMEOUT_S = 75.0
+LINGERING_S = 2.0
 
 
 class Commands(Protocol):
@@ -71,18 +93,161 @@ class Commands(Protocol):
         request_id: str | None = None,
         timeout: float = ...,
         now_ms: int | None = None,
+        nonce: str | None = None,
     ) -> CommandResult: ...
 
 
-def _gateway_error(request_id: str, code: str, message: str, status: int) -> web.Response:
-    body = {
+def _gateway_body(request_id: str, code: str, message: str) -> dict[str, Any]:
+    return {
         "RequestId": request_id,
         "HostId": HOST_ID,
         "Code": code,
         "Message": message,
         "Recommend": "",
     }
-    return web.json_response(body, status=status)
+
+
+def _gateway_error(request_id: str, code: str, message: str, status: int) -> web.Response:
+    return web.json_response(_gateway_body(request_id, code, message), status=status)
+
+
+def _new_request_id() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+#: The gateway code for an HTTP status the server itself answers (not an operation).
+STATUS_CODES: dict[int, tuple[str, str]] = {
+    400: ("InvalidRequest.Malformed", "The request is not a well-formed HTTP request."),
+    404: ("InvalidApi.NotFound", "Specified api is not found, please check your url and method."),
+    405: ("UnsupportedHTTPMethod", "This http method not supported."),
+    408: ("RequestTimeout", "The request was not received in time."),
+    413: ("RequestEntityTooLarge", "The request body is too large."),
+    431: ("InvalidRequest.HeaderTooLarge", "The request line or a header is too large."),
+    500: (
+        "InternalError",
+        "The request processing has failed due to some unknown error, exception or failure.",
+    ),
+    503: ("ServiceUnavailable", "The request has failed due to a temporary failure of the server."),
+    504: ("ServiceTimeout", "The request processing took too long."),
+}
+
+
+def status_error(status: int, detail: str = "") -> web.Response:
+    code, message = STATUS_CODES.get(status, STATUS_CODES[500])
+    if detail:
+        message = f"{message} {detail}"
+    return _gateway_error(_new_request_id(), code, message, status if status >= 400 else 500)
+
+
+@web.middleware
+async def platform_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Whatever goes wrong inside a request is answered in the gateway's JSON shape: the
+    SDK cannot parse aiohttp's plain-text pages (it raises a JSON error instead of a
+    ClientException/ServerException with a code)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return status_error(exc.status, exc.reason if exc.status != 500 else "")
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return status_error(500)
+
+
+class ApiRequestHandler(RequestHandler):
+    """aiohttp's connection handler with the platform's error shape and a read timeout.
+
+    * Errors found before a request reaches the application (a request line or header
+      over the limit, a malformed request) are answered in JSON, not aiohttp's text.
+    * A request whose line and headers are not complete ``header_timeout_s`` after its
+      first byte arrived is answered 408 and the connection closed (a half-sent request
+      is never held open); the body has its own timeout in ``Api.handle``.
+    """
+
+    header_timeout_s: float = 10.0
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 500:
+            log.error("error handling a request", exc_info=exc)
+        detail = ""
+        if exc is not None and status != 500:
+            detail = str(getattr(exc, "message", "") or exc)[:200]
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage)
+            and any(w in detail for w in ("too long", "too large", "when reading"))
+        ):
+            status = 431
+        response = status_error(status, detail)
+        response.force_close()
+        return response
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._partial_since: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages or getattr(self, "_request_in_progress", False):
+            self._partial_since = None
+        elif self._partial_since is None and self.transport is not None:
+            started = self._partial_since = self._loop.time()
+            self._loop.call_later(self.header_timeout_s, self._check_partial, started)
+
+    async def _handle_request(self, request: Any, *args: Any) -> Any:
+        # Bytes that came between the headers and the handler's start were this
+        # request's body, not the start of a half-sent next one.
+        self._partial_since = None
+        return await super()._handle_request(request, *args)
+
+    def _check_partial(self, started: float) -> None:
+        if self._partial_since != started or self._messages or self.transport is None:
+            return
+        if getattr(self, "_request_in_progress", False):
+            return
+        body = json.dumps(
+            _gateway_body(_new_request_id(), *STATUS_CODES[408]), separators=(",", ":")
+        ).encode()
+        head = (
+            "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(Exception):
+            self.transport.write(head.encode() + body)
+        self.transport.close()
+
+
+class _ApiServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return ApiRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections use ``ApiRequestHandler`` and the API's limits
+    on the request line and headers."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("access_log", None)
+        kwargs.setdefault("max_line_size", MAX_REQUEST_LINE)
+        kwargs.setdefault("max_field_size", MAX_HEADER_FIELD)
+        kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT_S)
+        # After an early answer (408, 413) the unread rest of a body is drained for at
+        # most this long, so the client sees the answer, then the connection closes.
+        kwargs.setdefault("lingering_time", LINGERING_S)
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _ApiServer
+        return server
 
 
 def _business_error(request_id: str, code: str, message: str) -> web.Response:
@@ -116,6 +281,8 @@ class Api:
         packages: PackageStore | None = None,
         verifier: SignatureVerifier | None = None,
         command_timeout: float = 30.0,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.settings = settings
         self.commands = control_client
@@ -123,13 +290,62 @@ class Api:
         self.packages = packages or PackageStore(settings)
         self.verifier = verifier or SignatureVerifier(settings.access_keys)
         self.command_timeout = command_timeout
+        self.body_timeout_s = body_timeout_s
+        self.max_body_bytes = max_body_bytes
+
+    async def read_body(self, request: web.Request, request_id: str) -> bytes | web.Response:
+        """The body, once the headers passed every check that needs no body; a body over
+        the limit is refused from its Content-Length (or as soon as it passes the limit)."""
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            return _gateway_error(
+                request_id,
+                STATUS_CODES[413][0],
+                f"The request body is {length:,} bytes; at most {self.max_body_bytes:,}.",
+                413,
+            )
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in request.content.iter_any():
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        return _gateway_error(
+                            request_id,
+                            STATUS_CODES[413][0],
+                            f"The request body is over {self.max_body_bytes:,} bytes.",
+                            413,
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            return _gateway_error(
+                request_id,
+                STATUS_CODES[408][0],
+                f"The request body was not received within {self.body_timeout_s:g} s.",
+                408,
+            )
+        return b"".join(chunks)
 
     async def handle(self, request: web.Request) -> web.Response:
-        request_id = str(uuid.uuid4()).upper()
-        body = await request.read()
+        request_id = _new_request_id()
         query = {k: v for k, v in request.query.items()}
         try:
-            self.verifier.verify(request.method, request.path, query, request.headers, body)
+            self.verifier.precheck(request.headers)
+        except SignatureError as exc:
+            refused = web.json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
+            if request.body_exists:
+                refused.force_close()  # the body is not read: the connection is not reused
+            return refused
+        body = await self.read_body(request, request_id)
+        if isinstance(body, web.Response):
+            # The rest of the body is never read: the connection cannot be reused.
+            body.force_close()
+            return body
+        try:
+            signed = self.verifier.verify_request(
+                request.method, request.path, query, request.headers, body
+            )
         except SignatureError as exc:
             return web.json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
         try:
@@ -142,12 +358,14 @@ class Api:
         data: Any
         top: dict[str, Any] = {}
         try:
+            check_params(action, params)
             if action in LOCAL_ACTIONS:
                 data = self.local(action, params)
             elif action in VIEW_ACTIONS:
-                data, top = self.views.answer(action, rpc.structured())
+                self.views.check_ready()
+                data, top = await asyncio.to_thread(self.views.answer, action, rpc.structured())
             elif ControlPlane.supports(action):
-                data, top = await self.command(action, params, request_id)
+                data, top = await self.command(action, params, request_id, signed.replay_key())
             else:
                 return _gateway_error(
                     request_id,
@@ -171,8 +389,10 @@ class Api:
         return _success(request_id, data, top)
 
     async def command(
-        self, action: str, params: dict[str, str], request_id: str
+        self, action: str, params: dict[str, str], request_id: str, nonce: str | None = None
     ) -> tuple[Any, dict[str, Any]]:
+        if action in TASK_ID_ACTIONS or action in VIEW_ENRICHED:
+            self.views.check_ready()
         if action in TASK_ID_ACTIONS:
             index = 1
             while f"TaskId.{index}" in params:
@@ -184,7 +404,11 @@ class Api:
             params,
             request_id=request_id,
             timeout=self.command_timeout,
+            nonce=nonce,
         )
+        if not result.success and result.code in GATEWAY_RESULT_CODES:
+            status = GATEWAY_RESULT_CODES[result.code]
+            raise ApiError(result.code, result.message or "", status)
         if not result.success:
             raise ApiError(result.code or "iot.system.SystemException", result.message or "")
         data, top = split_result(result.data)
@@ -232,9 +456,10 @@ def create_app(
     *,
     packages: PackageStore | None = None,
     verifier: SignatureVerifier | None = None,
+    **limits: Any,
 ) -> web.Application:
-    api = Api(settings, control_client, views, packages=packages, verifier=verifier)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    api = Api(settings, control_client, views, packages=packages, verifier=verifier, **limits)
+    app = web.Application(client_max_size=api.max_body_bytes, middlewares=[platform_errors])
     app[API_KEY] = api
     app.router.add_route("POST", "/", api.handle)
     app.router.add_route("GET", "/", api.handle)
@@ -258,11 +483,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     feed = await asyncio.to_thread(TaskViewConsumer, settings, VerificationFeed(sender))
     runners = []
     try:
-        for app, port in (
-            (create_app(settings, control, feed.view, packages=packages), settings.api_port),
-            (make_app(packages), settings.package_port),
+        for runner, port in (
+            (
+                ApiRunner(create_app(settings, control, feed.view, packages=packages)),
+                settings.api_port,
+            ),
+            (web.AppRunner(make_app(packages), access_log=None), settings.package_port),
         ):
-            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             # Loopback unless OTAFLOW_BIND opens it: safe by default.
             await web.TCPSite(runner, bind_address(), port).start()
@@ -292,4 +519,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["Api", "create_app", "main", "serve", "split_result"]
+__all__ = ["Api", "ApiRunner", "create_app", "main", "serve", "split_result"]

@@ -53,6 +53,7 @@ __all__ = [
     "AuthorizationHeader",
     "SignatureError",
     "SignatureVerifier",
+    "SignedRequest",
     "canonical_headers",
     "canonical_query_string",
     "canonical_request",
@@ -395,6 +396,29 @@ class _NonceCache:
             return True
 
 
+#: Longest x-acs-signature-nonce accepted (the SDK sends 32 hex characters).
+MAX_NONCE_CHARS = 128
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """Who signed a request, the date it was signed for (ms) and its nonce."""
+
+    auth: AuthorizationHeader
+    signed_at_ms: int
+    nonce: str
+    now: float
+
+    @property
+    def access_key_id(self) -> str:
+        return self.auth.access_key_id
+
+    def replay_key(self) -> str:
+        """The command agent's key for this request's nonce: the same for a replay of the
+        same signed request (same date, AccessKey and nonce), sorted by date."""
+        return f"{self.signed_at_ms:013d}/{self.access_key_id}/{self.nonce}"
+
+
 class SignatureVerifier:
     """Check ACS3-HMAC-SHA256 requests against a table of AccessKey pairs.
 
@@ -423,6 +447,42 @@ class SignatureVerifier:
     def remembered_nonces(self) -> int:
         return len(self._nonces)
 
+    def precheck(
+        self, headers: Mapping[str, str], now: datetime | float | None = None
+    ) -> SignedRequest:
+        """The checks that need only the headers (done before the body is read, so an
+        unsigned or expired request never makes the server read a large body):
+        Authorization well formed, AccessKey known, date within the skew, nonce given.
+        Raises ``SignatureError``."""
+        grouped = _lower_headers(headers)
+        authorization = grouped.get("authorization")
+        if not authorization:
+            raise _missing_authorization()
+        if len(authorization) != 1:
+            raise _incomplete_signature("Authorization header is repeated.")
+        auth = parse_authorization(authorization[0])
+
+        if auth.access_key_id not in self._keys:
+            raise _access_key_not_found()
+
+        date_values = grouped.get("x-acs-date")
+        if not date_values or not date_values[0]:
+            raise _missing_timestamp()
+        signed_at = parse_acs_date(date_values[0])
+        current = _to_datetime(now)
+        if abs((current - signed_at).total_seconds()) > self.max_skew_s:
+            raise _timestamp_expired()
+
+        nonce_values = grouped.get("x-acs-signature-nonce")
+        if not nonce_values or not nonce_values[0]:
+            raise _missing_nonce()
+        nonce = nonce_values[0]
+        if len(nonce) > MAX_NONCE_CHARS or not nonce.isprintable():
+            raise _incomplete_signature(
+                f"x-acs-signature-nonce must be 1-{MAX_NONCE_CHARS} printable characters."
+            )
+        return SignedRequest(auth, int(signed_at.timestamp() * 1000), nonce, current.timestamp())
+
     def verify(
         self,
         method: str,
@@ -438,30 +498,22 @@ class SignatureVerifier:
         parameters only (form-body parameters are covered by the payload hash),
         ``headers`` the received headers (any case), ``body`` the raw body bytes.
         """
+        return self.verify_request(method, path, query, headers, body, now).access_key_id
+
+    def verify_request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+        now: datetime | float | None = None,
+    ) -> SignedRequest:
+        """``verify``, returning who signed it, when, and with which nonce."""
+        signed_request = self.precheck(headers, now)
+        auth = signed_request.auth
+        secret = self._keys[auth.access_key_id]
         grouped = _lower_headers(headers)
-        authorization = grouped.get("authorization")
-        if not authorization:
-            raise _missing_authorization()
-        if len(authorization) != 1:
-            raise _incomplete_signature("Authorization header is repeated.")
-        auth = parse_authorization(authorization[0])
-
-        secret = self._keys.get(auth.access_key_id)
-        if secret is None:
-            raise _access_key_not_found()
-
-        date_values = grouped.get("x-acs-date")
-        if not date_values or not date_values[0]:
-            raise _missing_timestamp()
-        signed_at = parse_acs_date(date_values[0])
-        current = _to_datetime(now)
-        if abs((current - signed_at).total_seconds()) > self.max_skew_s:
-            raise _timestamp_expired()
-
-        nonce_values = grouped.get("x-acs-signature-nonce")
-        if not nonce_values or not nonce_values[0]:
-            raise _missing_nonce()
-        nonce = nonce_values[0]
 
         signed = set(auth.signed_headers)
         for name in REQUIRED_SIGNED_HEADERS:
@@ -500,6 +552,6 @@ class SignatureVerifier:
         if not matched:
             raise _signature_mismatch(server_sts)
 
-        if not self._nonces.add((auth.access_key_id, nonce), current.timestamp()):
+        if not self._nonces.add((auth.access_key_id, signed_request.nonce), signed_request.now):
             raise _nonce_used()
-        return auth.access_key_id
+        return signed_request

@@ -24,18 +24,21 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from otaflow import topics
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
-from otaflow.control.common import drop_none, page, str_list, utc
+from otaflow.control.common import drop_none, opt_str, page, str_list, utc
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.jobs import job_status
 from otaflow.control.registry import iot_id
 
+VIEW_NOT_READY = "ServiceUnavailable.ViewNotReady"
 UNFINISHED = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS")
 STATUSES = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELED")
 STAT_NAMES = {
@@ -64,11 +67,22 @@ class TaskRow:
     created_at: int
 
 
+#: A task's place in ListOTATaskByJob's order: creation time, then task id.
+TaskOrder = tuple[int, str]
+
+
 @dataclass
 class BatchTasks:
+    """One batch's tasks, with the indexes ListOTATaskByJob pages through: all tasks and
+    the tasks of each status in creation order (a page of a 100,000-task batch costs
+    O(log n + page), not a scan and a sort), and the task ids of each device name."""
+
     tasks: dict[str, TaskRow] = field(default_factory=dict)
     by_status: Counter[str] = field(default_factory=Counter)
     by_src: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    order: SortedList = field(default_factory=SortedList)
+    order_by_status: dict[str, SortedList] = field(default_factory=lambda: defaultdict(SortedList))
+    by_device_name: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
 class TaskView:
@@ -76,6 +90,9 @@ class TaskView:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # (records read, records to read) while catching up after a start; None once
+        # caught up. Views built by hand (unit tests) are ready at once.
+        self.catching_up: tuple[int, int] | None = None
         self.batches: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, BatchTasks] = defaultdict(BatchTasks)
         self.task_batch: dict[str, str] = {}
@@ -104,15 +121,22 @@ class TaskView:
             task_id = event["task_id"]
             src = event["src_version"] or ""
             old = job.tasks.get(task_id)
+            status = event["status"]
             if old is not None:
                 job.by_status[old.event["status"]] -= 1
                 job.by_src[old.event["src_version"] or ""][old.event["status"]] -= 1
                 created = old.created_at
+                if old.event["status"] != status:
+                    job.order_by_status[old.event["status"]].discard((created, task_id))
+                    job.order_by_status[status].add((created, task_id))
             else:
                 created = event["event_time"]
+                job.order.add((created, task_id))
+                job.order_by_status[status].add((created, task_id))
+                job.by_device_name[event["device_name"]].add(task_id)
             job.tasks[task_id] = TaskRow(event, created)
-            job.by_status[event["status"]] += 1
-            job.by_src[src][event["status"]] += 1
+            job.by_status[status] += 1
+            job.by_src[src][status] += 1
             self.task_batch[task_id] = batch_id
             key = (event["product_key"], event["device_name"])
             self.device_tasks[key].add(task_id)
@@ -135,6 +159,20 @@ class TaskView:
             self.iot_ids.setdefault(iot_id(product_key, device_name), (product_key, device_name))
 
     # -- lookups used by the server -----------------------------------------------------
+
+    def check_ready(self) -> None:
+        """Refuse (503, ``ServiceUnavailable.ViewNotReady``) while the view has not yet
+        read what its topics held when the API started: until then totals and task
+        lists would be partial, which looks like data loss to the caller."""
+        progress = self.catching_up
+        if progress is not None:
+            done, total = progress
+            raise ApiError(
+                VIEW_NOT_READY,
+                "The task view is still reading the task events after a start "
+                f"({done:,} of {total:,} records); retry in a few seconds.",
+                503,
+            )
 
     def task_ref(self, task_id: str) -> str:
         """``pk/dn/batch`` of a task, or '' when the view has not seen it."""
@@ -170,14 +208,14 @@ class TaskView:
             return dict(self.versions.get((product_key, device_name), {}))
 
     def device_from(self, p: Mapping[str, Any]) -> tuple[str, str]:
-        found = p.get("IotId")
+        found = opt_str(p, "IotId")
         if found:
             with self._lock:
                 known = self.iot_ids.get(found)
             if known is None:
                 raise ApiError("iot.device.DeviceNotExist", "The specified device does not exist.")
             return known
-        product_key, device_name = p.get("ProductKey"), p.get("DeviceName")
+        product_key, device_name = opt_str(p, "ProductKey"), opt_str(p, "DeviceName")
         if not product_key:
             raise missing("ProductKey")
         if not device_name:
@@ -218,40 +256,52 @@ class TaskView:
         return drop_none(info)
 
     def _ListOTATaskByJob(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        job_id = p.get("JobId")
+        job_id = opt_str(p, "JobId")
         if not job_id:
             raise missing("JobId")
         paging = page(p, 100)
         if paging.current * paging.size > 100_000:
             raise invalid("CurrentPage", "CurrentPage x PageSize must not exceed 100,000")
-        status = p.get("TaskStatus")
+        status = opt_str(p, "TaskStatus")
         if status is not None and status not in STATUSES:
             raise invalid("TaskStatus", " | ".join(STATUSES))
         names = set(str_list(p, "DeviceNames"))
         if not self.knows_batch(job_id):
             raise ApiError("iot.ota.JobNotExist", "The specified update batch does not exist.")
         with self._lock:
-            rows = [
-                r
-                for r in self.jobs[job_id].tasks.values()
-                if (status is None or r.event["status"] == status)
-                and (not names or r.event["device_name"] in names)
-            ]
-            rows.sort(key=lambda r: (r.created_at, r.event["task_id"]))
-            infos = [self._task_info(r, module=False) for r in paging.slice(rows)]
-        return {"SimpleOTATaskInfo": infos}, paging.top(len(rows))
+            if job_id not in self.batches and job_id not in self.jobs:
+                raise ApiError("iot.ota.JobNotExist", "The specified update batch does not exist.")
+            job = self.jobs.get(job_id) or BatchTasks()
+            order: Sequence[TaskOrder]
+            if names:  # a few devices: their tasks only
+                picked = [
+                    (job.tasks[t].created_at, t)
+                    for name in names
+                    for t in job.by_device_name.get(name, ())
+                    if status is None or job.tasks[t].event["status"] == status
+                ]
+                order = sorted(picked)
+            elif status is None:
+                order = job.order
+            else:
+                order = job.order_by_status.get(status) or []
+            start = (paging.current - 1) * paging.size
+            page_rows = [job.tasks[t] for _, t in order[start : start + paging.size]]
+            infos = [self._task_info(r, module=False) for r in page_rows]
+            total = len(order)
+        return {"SimpleOTATaskInfo": infos}, paging.top(total)
 
     def _ListOTAUnfinishedTaskByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         product_key, device_name = self.device_from(p)
         wanted = set(str_list(p, "TaskStatusList"))
-        single = p.get("TaskStatus")
+        single = opt_str(p, "TaskStatus")
         if single:
             wanted.add(single)
         for status in wanted:
             if status not in UNFINISHED:
                 raise invalid("TaskStatus", " | ".join(UNFINISHED))
         wanted = wanted or set(UNFINISHED)
-        module = p.get("ModuleName")
+        module = opt_str(p, "ModuleName")
         with self._lock:
             rows = []
             for task_id in self.device_tasks.get((product_key, device_name), ()):
@@ -265,7 +315,7 @@ class TaskView:
         return {"SimpleOTATaskInfo": infos}, {}
 
     def _ListOTAJobByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        firmware_id = p.get("FirmwareId")
+        firmware_id = opt_str(p, "FirmwareId")
         if not firmware_id:
             raise missing("FirmwareId")
         product_key, device_name = self.device_from(p)
@@ -345,6 +395,17 @@ class TaskViewConsumer:
             name = spec.full_name(settings)
             for partition in range(spec.partition_count(settings)):
                 assignments.append(TopicPartition(name, partition, 0))
+        # Where each partition ended when we started: the view answers only once it
+        # has read that far (a restart must not answer 0, then 71,137, ... of 100,000).
+        self._unread_at_start: dict[tuple[str, int], int] = {}
+        for tp in assignments:
+            low, high = self._offsets_of(tp)
+            if high > low:
+                self._unread_at_start[(tp.topic, tp.partition)] = high
+        self._to_read = sum(self._unread_at_start.values())
+        self._read = 0
+        if self._unread_at_start:
+            self.view.catching_up = (0, self._to_read)
         self.consumer.assign(assignments)
         self._names = {
             topics.TASK_EVENTS.full_name(settings): self.view.apply_task_event,
@@ -409,6 +470,36 @@ class TaskViewConsumer:
                             key = (msg.topic() or "", msg.partition() or 0)
                             self._positions[key] = (msg.offset() or 0) + 1
                     self._moved.notify_all()
+            if self._unread_at_start:
+                self._caught_up(len(messages))
+
+    def _offsets_of(self, tp: Any) -> tuple[int, int]:
+        from confluent_kafka import KafkaException
+
+        for attempt in range(50):
+            try:
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+                return int(low), int(high)
+            except KafkaException:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)  # a just-created topic has no leader for a moment
+        raise AssertionError("unreachable")
+
+    def _caught_up(self, just_read: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        self._read += just_read
+        # The consumer's position (not the last offset seen): it moves past
+        # transaction markers and compacted gaps too.
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in self._unread_at_start])
+        for tp in positions:
+            if tp.offset >= self._unread_at_start[(tp.topic, tp.partition)]:
+                del self._unread_at_start[(tp.topic, tp.partition)]
+        if self._unread_at_start:
+            self.view.catching_up = (min(self._read, self._to_read), self._to_read)
+        else:
+            self.view.catching_up = None
 
     def close(self) -> None:
         self._stop.set()

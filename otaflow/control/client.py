@@ -20,9 +20,13 @@ from otaflow import topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 
-# How long a caller waits for the command agent before giving up (the command may
-# still be applied later; the request id makes a retry safe).
+# How long a caller waits for the command agent before giving up. The command
+# carries the deadline (send time + timeout) and the agent never applies it after
+# that; the caller waits DEADLINE_GRACE_S longer for an answer to a command the agent
+# started just before its deadline, so a CommandTimeout means "not applied" as long as
+# the hosts' clocks agree within the grace.
 DEFAULT_TIMEOUT_S = 30.0
+DEADLINE_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,10 @@ class ControlClient:
         request_id: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         now_ms: int | None = None,
+        nonce: str | None = None,
     ) -> CommandResult:
+        """``nonce``: the API's ``{date ms}/{AccessKey}/{nonce}`` of a signed request; the
+        command agent refuses a second command with it (``SignatureNonceUsed``)."""
         request_id = request_id or str(uuid.uuid4()).upper()
         done = threading.Event()
         box: list[CommandResult] = []
@@ -123,6 +130,8 @@ class ControlClient:
                 "action": action,
                 "params": {k: str(v) for k, v in params.items()},
                 "event_time": now_ms if now_ms is not None else int(time.time() * 1000),
+                "nonce": nonce,
+                "deadline": int((time.time() + timeout) * 1000),
             }
             self.producer.produce(
                 self.commands_topic,
@@ -130,7 +139,7 @@ class ControlClient:
                 value=self.codec.encode("Command", command),
             )
             self.producer.flush(10)
-            if not done.wait(timeout):
+            if not done.wait(timeout + DEADLINE_GRACE_S):
                 raise CommandTimeout(f"no outcome for {action} {request_id} within {timeout}s")
             return box[0]
         finally:

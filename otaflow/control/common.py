@@ -30,6 +30,7 @@ SCHEMAS: dict[str, str] = {
     "iotid": "ControlIndex",
     "job-invalid": "ControlIndex",
     "phased": "ControlIndex",
+    "nonce": "ControlIndex",  # a used signature nonce (streams/command_agent.py)
 }
 
 

@@ -345,9 +345,9 @@ def test_ingress_dead_letters_malformed_payloads_and_keeps_going(
     pk = f"pk{uuid.uuid4().hex[:8]}"
     rng = random.Random(1234)
     topics = [
-        f"/ota/device/inform/{pk}/d1",
-        f"/ota/device/progress/{pk}/d2",
-        f"/sys/{pk}/d3/thing/ota/firmware/get",
+        f"/ota/device/inform/{pk}/dev1",
+        f"/ota/device/progress/{pk}/dev2",
+        f"/sys/{pk}/dev3/thing/ota/firmware/get",
     ]
     bad = [(topics[i % 3], malformed_payload(rng, i)) for i in range(10_000)]
     for topic, payload in bad:  # the test's own premise

@@ -1,0 +1,230 @@
+"""ListOTATaskByJob on a 100,000-task batch under 20 concurrent clients (issue 16).
+
+One run::
+
+    1. a task view (``otaflow.api.views.TaskView``) holding one batch of ``--tasks``
+       tasks (statuses mixed as a rollout in progress leaves them);
+    2. the API server (``ApiRunner``, signatures checked) on a free port in this process;
+       control-plane calls are answered at once by a stub, so only the API is measured;
+    3. a client process (so the load generator does not share the server's GIL):
+       ``--clients`` loops of signed ListOTATaskByJob calls (PageSize 100, a random page,
+       half of them filtered by a status) and, at the same time, one loop of an unrelated
+       call (QueryProduct), for ``--seconds``.
+
+Figures: p50/p99 latency of each kind and calls/s. Targets (issue 16): ListOTATaskByJob
+p99 50 ms, the unrelated call's p99 10 ms. Benchmarks print figures; they never fail
+because a machine was slow.
+
+CLI: ``python -m benchmarks.api_view_bench [--tasks 100000] [--clients 20] [--seconds 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import random
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientSession, web
+
+from otaflow import config
+from otaflow.api.server import ApiRunner, create_app
+from otaflow.api.signature import sign_request
+from otaflow.api.views import STATUSES, TaskView
+from otaflow.control.client import CommandResult
+from otaflow.packages import PackageStore
+
+AK, SK = "benchAK", "benchSecret"
+JOB = "bench-job"
+
+
+class InstantCommands:
+    def call(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        *,
+        request_id: str | None = None,
+        timeout: float = 30.0,
+        now_ms: int | None = None,
+        nonce: str | None = None,
+    ) -> CommandResult:
+        return CommandResult(request_id or "", True, None, None, {"ProductKey": "pk"})
+
+
+def big_view(tasks: int) -> TaskView:
+    view = TaskView()
+    rng = random.Random(16)
+    weights = [1, 30, 20, 20, 25, 3, 1]
+    for i in range(tasks):
+        status = rng.choices(STATUSES, weights)[0]
+        view.apply_task_event(
+            {
+                "batch_id": JOB,
+                "task_id": f"task-{i:07d}",
+                "product_key": "pk",
+                "device_name": f"dev-{i:07d}",
+                "module": "default",
+                "src_version": "1.0",
+                "dest_version": "2.0",
+                "status": status,
+                "progress": 0,
+                "desc": None,
+                "event_time": 1_700_000_000_000 + i,
+            }
+        )
+    return view
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def _load(port: int, clients: int, seconds: float, tasks: int) -> dict[str, list[float]]:
+    host = f"127.0.0.1:{port}"
+    latencies: dict[str, list[float]] = {"ListOTATaskByJob": [], "QueryProduct": []}
+    stop_at = time.monotonic() + seconds
+    pages = max(1, min(tasks // 100, 1000))
+
+    async def call(session: ClientSession, action: str, query: dict[str, str]) -> None:
+        headers = sign_request(
+            access_key_id=AK,
+            access_key_secret=SK,
+            method="POST",
+            host=host,
+            query=query,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+            action=action,
+            version="2018-01-20",
+        )
+        started = time.perf_counter()
+        async with session.post(
+            f"http://{host}/", params=query, headers=headers, data=b""
+        ) as response:
+            body = await response.json()
+        elapsed = time.perf_counter() - started
+        if body.get("Success") is not True:
+            raise RuntimeError(f"{action}: {body}")
+        latencies[action].append(elapsed * 1000)
+
+    async def lister(session: ClientSession, seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop_at:
+            query = {"JobId": JOB, "PageSize": "100", "CurrentPage": str(rng.randint(1, pages))}
+            if rng.random() < 0.5:
+                query["TaskStatus"] = rng.choice(("QUEUED", "NOTIFIED", "SUCCEEDED"))
+                query["CurrentPage"] = "1"
+            await call(session, "ListOTATaskByJob", query)
+
+    async def unrelated(session: ClientSession) -> None:
+        while time.monotonic() < stop_at:
+            await call(session, "QueryProduct", {"ProductKey": "pk"})
+
+    async with ClientSession() as session:
+        await asyncio.gather(*(lister(session, i) for i in range(clients)), unrelated(session))
+    return latencies
+
+
+def _client_process(
+    port: int, clients: int, seconds: float, tasks: int, out: Any
+) -> None:  # pragma: no cover - runs in a child process
+    out.put(asyncio.run(_load(port, clients, seconds, tasks)))
+
+
+def run(tasks: int, clients: int, seconds: float) -> dict[str, Any]:
+    built = time.perf_counter()
+    view = big_view(tasks)
+    build_s = time.perf_counter() - built
+    # One answer in-process (no HTTP): what a call costs the view.
+    rng = random.Random(7)
+    answer_ms = []
+    for _ in range(200):
+        params = {"JobId": JOB, "PageSize": "100", "CurrentPage": str(rng.randint(1, 1000))}
+        if rng.random() < 0.5:
+            params["TaskStatus"] = rng.choice(("QUEUED", "SUCCEEDED"))
+            params["CurrentPage"] = "1"
+        started = time.perf_counter()
+        view.answer("ListOTATaskByJob", params)
+        answer_ms.append((time.perf_counter() - started) * 1000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
+    app = create_app(
+        settings,
+        InstantCommands(),
+        view,
+        packages=PackageStore(settings, root=Path(tempfile.mkdtemp())),
+    )
+    context = multiprocessing.get_context("spawn")
+    results: Any = context.Queue()
+
+    async def serve() -> dict[str, list[float]]:
+        runner = ApiRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        child = context.Process(
+            target=_client_process, args=(port, clients, seconds, tasks, results)
+        )
+        child.start()
+        try:
+            latencies: dict[str, list[float]] = await asyncio.to_thread(
+                results.get, True, seconds + 120
+            )
+        finally:
+            await asyncio.to_thread(child.join, 30)
+            await runner.cleanup()
+        return latencies
+
+    latencies = asyncio.run(serve())
+    figures: dict[str, Any] = {
+        "tasks": tasks,
+        "clients": clients,
+        "view_build_s": build_s,
+        "answer_p50_ms": statistics.median(answer_ms),
+        "answer_p99_ms": percentile(answer_ms, 0.99),
+    }
+    for action, values in latencies.items():
+        figures[action] = {
+            "calls": len(values),
+            "per_s": len(values) / seconds,
+            "p50_ms": statistics.median(values) if values else float("nan"),
+            "p99_ms": percentile(values, 0.99),
+        }
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    figures = run(args.tasks, args.clients, args.seconds)
+    print(
+        f"task view: {figures['tasks']:,} tasks in one batch (built in "
+        f"{figures['view_build_s']:.1f} s), {figures['clients']} concurrent clients"
+    )
+    print(
+        f"  one ListOTATaskByJob answer in-process: p50 {figures['answer_p50_ms']:.2f} ms"
+        f"  p99 {figures['answer_p99_ms']:.2f} ms"
+    )
+    for action, target in (("ListOTATaskByJob", 50), ("QueryProduct", 10)):
+        f = figures[action]
+        print(
+            f"  {action:<17} {f['calls']:>6} calls ({f['per_s']:.0f}/s)  p50 {f['p50_ms']:.1f} ms"
+            f"  p99 {f['p99_ms']:.1f} ms  (target p99 {target} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
