@@ -65,6 +65,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
+from connectors.mqtt_login import tls_context
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
 from connectors.process import start_process
 from otaflow.codec import DecodeError, codec
@@ -155,8 +156,15 @@ class EgressConnector:
 
     def run(self, stop: threading.Event) -> None:
         """Publish notifications until ``stop`` is set, then drain, commit and close."""
+        mqtt = self.settings.mqtt
         client = QoS1Publisher(
-            self.client_id, self.settings.mqtt.host, self.settings.mqtt.port, keepalive=KEEPALIVE_S
+            self.client_id,
+            mqtt.host,
+            mqtt.port,
+            keepalive=KEEPALIVE_S,
+            username=mqtt.username,
+            password=mqtt.password,
+            ssl_context=tls_context(mqtt),
         )
         client.on_ack = self._on_ack
         client.on_connect = self._on_connect

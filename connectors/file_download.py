@@ -72,6 +72,7 @@ from connectors.device_payloads import (
     uses_mqtt_download,
 )
 from connectors.ingress import producer_config
+from connectors.mqtt_login import configure_paho
 from connectors.process import start_process
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
@@ -212,6 +213,7 @@ class FileDownloadResponder:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        configure_paho(client, self.settings.mqtt)
         _log.info(
             "file download %s: %s on %s", self.client_id, self.subscription, self.settings.mqtt.url
         )

@@ -99,7 +99,7 @@ def read_name_list(url: str) -> str:
 
 
 store = TableControlStore()
-plane = ControlPlane(store, file_path_of_url, read_name_list)
+plane = ControlPlane(store, file_path_of_url, read_name_list, device_key=settings.device_key)
 
 
 def result_json(outcome: Outcome) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from otaflow.api.params import ParamError, unflatten
+from otaflow.config import DEV_DEVICE_KEY
 from otaflow.control.common import ControlStore, Outcome, Record
 from otaflow.control.errors import ApiError
 from otaflow.control.firmware import FirmwareOps
@@ -57,8 +58,10 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         store: ControlStore,
         file_path_of: Callable[[str], str],
         read_name_list: Callable[[str], str] = _no_name_lists,
+        device_key: str = DEV_DEVICE_KEY,
     ) -> None:
         self.store = store
+        self.device_key = device_key
         # Maps a FirmwareUrl given to CreateOTAFirmware to a path in the package store.
         self.file_path_of = file_path_of
         # Reads a device-name list file (DnListFileUrl) from the package store.

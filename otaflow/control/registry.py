@@ -35,6 +35,7 @@ from otaflow.control.common import (
 )
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.ids import derived_id
+from otaflow.edge.credentials import device_secret
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_\-@.:]{4,32}$")
 _PRODUCT_NAME = re.compile(r"^[\w\u4e00-\u9fa5]{4,30}$")
@@ -74,6 +75,11 @@ def _secret(request_id: str, salt: str) -> str:
 
 
 class RegistryOps(OpsBase):
+    # The deployment's server key: a DeviceSecret is derived from it and the device's
+    # name, so the broker's auth plugin checks devices without a database
+    # (otaflow.edge.credentials).
+    device_key: str
+
     # -- products ---------------------------------------------------------------------
 
     def _CreateProduct(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
@@ -160,7 +166,7 @@ class RegistryOps(OpsBase):
             "product_key": product_key,
             "device_name": name,
             "iot_id": device_id,
-            "device_secret": _secret(f"{request_id}|{name}", "device-secret"),
+            "device_secret": device_secret(self.device_key, product_key, name),
             "nickname": nickname,
             "province": province,
             "city": city,
