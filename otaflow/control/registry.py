@@ -240,6 +240,23 @@ class RegistryOps(OpsBase):
             )
         )
 
+    def _DeleteDevice(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
+        """Removes the device: its tasks are canceled, and the broker refuses it from
+        then on (its name leaves the broker's device list, otaflow.edge.registry_sync)."""
+        record = self.device_of(p)
+        product_key, name = record["product_key"], record["device_name"]
+        outcome = Outcome(
+            writes={f"device/{product_key}/{name}": None, f"iotid/{record['iot_id']}": None},
+            device_items=[device_registration(record, "DELETE", now)],
+        )
+        for gid in record["groups"]:
+            group = self.store.get(f"group/{gid}")
+            if group is not None:
+                outcome.writes[f"group/{gid}"] = dict(
+                    group, device_count=max(0, group["device_count"] - 1)
+                )
+        return outcome
+
     # -- bulk registration ----------------------------------------------------------------
 
     def _BatchCheckDeviceNames(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:

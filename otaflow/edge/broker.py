@@ -10,11 +10,14 @@ Mosquitto itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,9 @@ class PluginBuildError(RuntimeError):
 
 
 def _install_missing() -> None:
-    missing = sorted({pkg for header, pkg in _BUILD_DEPENDENCIES.items() if not Path(header).exists()})
+    missing = sorted(
+        {pkg for header, pkg in _BUILD_DEPENDENCIES.items() if not Path(header).exists()}
+    )
     if shutil.which("gcc") is None:
         missing.append("gcc")
     if not missing:
@@ -89,7 +94,9 @@ class AuthSettings:
     device_key: str
     service_user: str
     service_password: str
-    revoked_file: Path
+    # Registered devices, one "pk&dn" a line (otaflow.edge.registry_sync); None lets
+    # in every device whose signature is right.
+    devices_file: Path | None
     presence: bool = True
 
 
@@ -107,7 +114,7 @@ plugin {plugin}
 plugin_opt_device_key {auth.device_key}
 plugin_opt_service_user {auth.service_user}
 plugin_opt_service_password {auth.service_password}
-plugin_opt_revoked_file {auth.revoked_file}
+{f"plugin_opt_devices_file {auth.devices_file}" if auth.devices_file else ""}
 plugin_opt_presence {"true" if auth.presence else "false"}
 persistence false
 max_queued_messages 100000
@@ -117,3 +124,37 @@ log_type error
 log_type warning
 log_type notice
 """
+
+
+def wait_for_listener(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until the port takes connections (or the broker exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {proc.returncode} while starting")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mosquitto did not listen on {host}:{port} in {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def start_broker(
+    workdir: Path, host: str, port: int, auth: AuthSettings, timeout: float = 10.0
+) -> subprocess.Popen[bytes]:
+    """An authenticating Mosquitto of its own (config and log in ``workdir``)."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(broker_conf(host, port, auth))
+    conf.chmod(0o600)  # it holds the device key and the service password
+    log = (workdir / "mosquitto.log").open("ab")
+    proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=log, cwd=workdir)
+    log.close()
+    try:
+        wait_for_listener(host, port, proc, timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc

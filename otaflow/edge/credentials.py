@@ -6,16 +6,17 @@ cut to 32 characters, where ``device_key`` is the deployment's server key
 (``otaflow/edge/otaflow_auth.c``) recomputes it from the user name, so the broker
 needs no database of devices.
 
-Revocation: a deleted device's ``pk&dn`` is written to the broker's revocation file
-(``otaflow.edge.revocations``), which refuses it; registering the same name again
-removes the line, and the device gets the same secret back (it is a function of
-the name). Rotating ``OTAFLOW_DEVICE_KEY`` revokes every secret at once.
+Revocation: the broker lets in only the devices of the registry
+(``otaflow.edge.registry_sync`` keeps its list of ``pk&dn``), so deleting a device
+revokes its secret. Registering the same name again gives the same secret back (it
+is a function of the name); rotating ``OTAFLOW_DEVICE_KEY`` revokes every secret.
 
 The MQTT login a device makes (what ``aliyun-iot-linkkit`` sends unchanged)::
 
     client id  {pk}&{dn}|securemode=3,signmethod=hmacsha1,timestamp=T|
     user name  {dn}&{pk}
-    password   hex(HMAC-<signmethod>(secret, "clientId{pk}&{dn}deviceName{dn}productKey{pk}timestamp{T}"))
+    password   hex(HMAC-<signmethod>(secret,
+                   "clientId{pk}&{dn}deviceName{dn}productKey{pk}timestamp{T}"))
 """
 
 from __future__ import annotations
@@ -57,9 +58,7 @@ def device_login(
     digest = SIGN_METHODS[sign_method]
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     signed_id = f"{product_key}&{device_name}"
-    content = (
-        f"clientId{signed_id}deviceName{device_name}productKey{product_key}timestamp{stamp}"
-    )
+    content = f"clientId{signed_id}deviceName{device_name}productKey{product_key}timestamp{stamp}"
     password = hmac.new(secret.encode(), content.encode(), digest).hexdigest()
     client_id = f"{signed_id}|securemode={secure_mode},signmethod={sign_method},timestamp={stamp}|"
     return MqttLogin(client_id, f"{device_name}&{product_key}", password)

@@ -8,8 +8,10 @@
  *   user name "{dn}&{pk}" and password hex(HMAC-M(secret,
  *   "clientId{id}deviceName{dn}productKey{pk}timestamp{T}")), M one of hmacsha1,
  *   hmacsha256, hmacmd5 (the official device SDK sends exactly this).
- * - A deleted device is refused: its "pk&dn" line is in the revocation file
- *   (plugin_opt_revoked_file), re-read when its modification time changes.
+ * - Only registered devices get in: with plugin_opt_devices_file, a device must be
+ *   listed there ("pk&dn" per line; otaflow.edge.registry_sync keeps it from the
+ *   registry), re-read when its modification time changes. Deleting a device
+ *   removes its line, which revokes its secret.
  * - otaflow's own connectors log in as the service user (plugin_opt_service_user /
  *   plugin_opt_service_password) and may use every topic; a device may only use its
  *   own topics: /ota/device/<any>/{pk}/{dn} and /sys/{pk}/{dn}/...
@@ -46,21 +48,21 @@ struct connection {
 	struct connection *next;
 };
 
-struct revoked {
-	char *name;
-	struct revoked *next;
+struct name {
+	char *text;
+	struct name *next;
 };
 
 static mosquitto_plugin_id_t *plugin_id;
 static char *device_key;
 static char *service_user;
 static char *service_password;
-static char *revoked_file;
+static char *devices_file;
 static bool presence = true;
 static struct connection *connections[BUCKETS];
-static struct revoked *revoked_list;
-static time_t revoked_mtime;
-static long revoked_mtime_ns;
+static struct name **registered; /* BUCKETS chains, NULL until a devices file was read */
+static time_t devices_mtime;
+static long devices_mtime_ns;
 
 static unsigned long hash(const char *s)
 {
@@ -111,52 +113,62 @@ static bool split_user(const char *user, char *dn, char *pk)
 	return true;
 }
 
-static void free_revoked(void)
+static void free_registered(struct name **set)
 {
-	while(revoked_list) {
-		struct revoked *next = revoked_list->next;
-		free(revoked_list->name);
-		free(revoked_list);
-		revoked_list = next;
+	if(!set) return;
+	for(int i = 0; i < BUCKETS; i++) {
+		while(set[i]) {
+			struct name *next = set[i]->next;
+			free(set[i]->text);
+			free(set[i]);
+			set[i] = next;
+		}
 	}
+	free(set);
 }
 
-static void load_revoked(void)
+/* Re-read the registered devices ("pk&dn" per line) when the file changed. A file
+ * that cannot be read keeps the last list: never everyone let in, nor everyone out. */
+static void load_registered(void)
 {
 	struct stat st;
-	if(!revoked_file) return;
-	if(stat(revoked_file, &st) != 0) {
-		if(revoked_mtime != 0 || revoked_mtime_ns != 0) free_revoked();
-		revoked_mtime = 0;
-		revoked_mtime_ns = 0;
+	if(!devices_file || stat(devices_file, &st) != 0) return;
+	if(registered && st.st_mtim.tv_sec == devices_mtime && st.st_mtim.tv_nsec == devices_mtime_ns) return;
+	FILE *f = fopen(devices_file, "r");
+	if(!f) return;
+	struct name **set = calloc(BUCKETS, sizeof(*set));
+	if(!set) {
+		fclose(f);
 		return;
 	}
-	if(st.st_mtim.tv_sec == revoked_mtime && st.st_mtim.tv_nsec == revoked_mtime_ns) return;
-	FILE *f = fopen(revoked_file, "r");
-	if(!f) return; /* keep the last list we read rather than letting everyone in */
-	free_revoked();
 	char line[2 * MAX_FIELD + 4];
 	while(fgets(line, sizeof(line), f)) {
 		line[strcspn(line, "\r\n")] = '\0';
 		if(!line[0]) continue;
-		struct revoked *r = malloc(sizeof(*r));
-		if(!r) break;
-		r->name = strdup(line);
-		r->next = revoked_list;
-		revoked_list = r;
+		struct name *n = malloc(sizeof(*n));
+		if(!n) break;
+		n->text = strdup(line);
+		unsigned long h = hash(line);
+		n->next = set[h];
+		set[h] = n;
 	}
 	fclose(f);
-	revoked_mtime = st.st_mtim.tv_sec;
-	revoked_mtime_ns = st.st_mtim.tv_nsec;
+	free_registered(registered);
+	registered = set;
+	devices_mtime = st.st_mtim.tv_sec;
+	devices_mtime_ns = st.st_mtim.tv_nsec;
 }
 
-static bool is_revoked(const char *pk, const char *dn)
+/* Without a devices file every device with a valid signature is let in. */
+static bool is_registered(const char *pk, const char *dn)
 {
-	char name[2 * MAX_FIELD + 2];
-	snprintf(name, sizeof(name), "%s&%s", pk, dn);
-	load_revoked();
-	for(struct revoked *r = revoked_list; r; r = r->next) {
-		if(!strcmp(r->name, name)) return true;
+	char text[2 * MAX_FIELD + 2];
+	if(!devices_file) return true;
+	load_registered();
+	if(!registered) return false;
+	snprintf(text, sizeof(text), "%s&%s", pk, dn);
+	for(struct name *n = registered[hash(text)]; n; n = n->next) {
+		if(!strcmp(n->text, text)) return true;
 	}
 	return false;
 }
@@ -274,7 +286,7 @@ static bool device_signature_ok(const char *client_id, const char *user, const c
 	if(n < 0 || (size_t)n >= sizeof(content)) return false;
 	if(!hmac_hex(md, secret_hex, content, expected)) return false;
 	if(!equal_ct(expected, password)) return false;
-	return !is_revoked(pk, dn);
+	return is_registered(pk, dn);
 }
 
 static int on_basic_auth(int event, void *event_data, void *userdata)
@@ -371,7 +383,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 		if(!strcmp(opts[i].key, "device_key")) device_key = strdup(opts[i].value);
 		else if(!strcmp(opts[i].key, "service_user")) service_user = strdup(opts[i].value);
 		else if(!strcmp(opts[i].key, "service_password")) service_password = strdup(opts[i].value);
-		else if(!strcmp(opts[i].key, "revoked_file")) revoked_file = strdup(opts[i].value);
+		else if(!strcmp(opts[i].key, "devices_file")) devices_file = strdup(opts[i].value);
 		else if(!strcmp(opts[i].key, "presence")) presence = strcmp(opts[i].value, "false") != 0;
 	}
 	if(!device_key || !device_key[0]) {
@@ -400,10 +412,11 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 			connections[i] = next;
 		}
 	}
-	free_revoked();
+	free_registered(registered);
+	registered = NULL;
 	free(device_key);
 	free(service_user);
 	free(service_password);
-	free(revoked_file);
+	free(devices_file);
 	return MOSQ_ERR_SUCCESS;
 }
