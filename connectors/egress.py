@@ -70,6 +70,7 @@ from connectors.mqtt_publisher import QoS1Publisher, check_topic
 from connectors.process import start_process
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from otaflow.topics import DEAD_LETTERS, NOTIFICATIONS
 
 _log = logging.getLogger("otaflow.egress")
@@ -173,7 +174,7 @@ class EgressConnector:
         producer = Producer(producer_config(self.settings, self.client_id))
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **kafka_client_config(self.settings.kafka_bootstrap),
                 "group.id": self.group_id,
                 "client.id": self.client_id,
                 "enable.auto.commit": False,

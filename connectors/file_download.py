@@ -76,6 +76,7 @@ from connectors.mqtt_login import configure_paho
 from connectors.process import start_process
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS
 
@@ -187,7 +188,7 @@ class FileDownloadResponder:
         self._producer = producer
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **kafka_client_config(self.settings.kafka_bootstrap),
                 "group.id": f"{self.client_id}-{uuid.uuid4().hex[:8]}",  # never commits
                 "client.id": self.client_id,
                 "enable.auto.commit": False,

@@ -65,6 +65,7 @@ from connectors.presence import STATUS_TOPIC_FILTER, is_status_topic, parse_stat
 from connectors.process import start_process
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS
 
@@ -95,7 +96,7 @@ def default_client_id(settings: Settings) -> str:
 
 def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafka_client_config(settings.kafka_bootstrap),
         "client.id": client_id,
         "enable.idempotence": True,
         "linger.ms": 5,

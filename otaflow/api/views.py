@@ -30,6 +30,7 @@ from otaflow.config import Settings
 from otaflow.control.common import drop_none, page, str_list, utc
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.registry import iot_id
+from otaflow.kafka_security import kafka_client_config
 
 UNFINISHED = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS")
 STATUSES = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELED")
@@ -314,7 +315,7 @@ class TaskViewConsumer:
         self.codec = codec()
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "group.id": f"otaflow-api-view-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

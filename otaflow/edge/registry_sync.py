@@ -25,6 +25,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 
 _log = logging.getLogger("otaflow.registry_sync")
 
@@ -80,7 +81,7 @@ class RegistrySync:
         topic = changelog_topic(self.settings)
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **kafka_client_config(self.settings.kafka_bootstrap),
                 "group.id": f"{self.settings.app_id}-registry-sync-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
