@@ -158,3 +158,50 @@ def start_broker(
         proc.wait()
         raise
     return proc
+
+
+# --------------------------------------------------------------------------- dev stack
+
+# The dev stack's broker has a second, authenticating listener next to the anonymous
+# one (which the tests and simulated devices keep using): devices log in with their
+# DeviceSecret there, otaflow's processes as the service user (``otaflow up --edge``).
+DEV_AUTH_PORT = 11884
+
+
+def dev_auth_port() -> int:
+    return int(os.environ.get("OTAFLOW_MQTT_AUTH_PORT", DEV_AUTH_PORT))
+DEV_SERVICE_USER = "otaflow-service"
+DEV_SERVICE_PASSWORD = "otaflow-dev-service-password"
+
+
+def dev_auth_settings(devices_file: Path) -> AuthSettings:
+    """The dev stack's listener: OTAFLOW_DEVICE_KEY and OTAFLOW_MQTT_SERVICE_USER /
+    OTAFLOW_MQTT_SERVICE_PASSWORD, or the dev defaults."""
+    from otaflow.config import DEV_DEVICE_KEY
+
+    return AuthSettings(
+        os.environ.get("OTAFLOW_DEVICE_KEY", DEV_DEVICE_KEY),
+        os.environ.get("OTAFLOW_MQTT_SERVICE_USER", DEV_SERVICE_USER),
+        os.environ.get("OTAFLOW_MQTT_SERVICE_PASSWORD", DEV_SERVICE_PASSWORD),
+        devices_file,
+    )
+
+
+def dev_listener_conf(host: str, port: int, auth: AuthSettings, plugin: Path) -> str:
+    """The authenticating listener, for a config with ``per_listener_settings true``."""
+    return f"""listener {port} {host}
+allow_anonymous false
+plugin {plugin}
+plugin_opt_device_key {auth.device_key}
+plugin_opt_service_user {auth.service_user}
+plugin_opt_service_password {auth.service_password}
+plugin_opt_devices_file {auth.devices_file}
+plugin_opt_presence {"true" if auth.presence else "false"}
+"""
+
+
+def service_url(host: str, port: int, auth: AuthSettings) -> str:
+    from urllib.parse import quote
+
+    user, password = quote(auth.service_user, safe=""), quote(auth.service_password, safe="")
+    return f"mqtt://{user}:{password}@{host}:{port}"
