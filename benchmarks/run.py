@@ -36,6 +36,8 @@ SMOKE = {
     "egress_runs": 1,
 }
 SCENARIOS = ("ingest", "fan-out", "state", "recovery", "rollout", "latency", "egress", "scale-out")
+# Run only when named (not in all/smoke): it starts a broker of its own.
+EXTRA_SCENARIOS = ("presence",)
 
 
 def run(
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scenario", choices=("all", "smoke", *SCENARIOS))
+    parser.add_argument("scenario", choices=("all", "smoke", *SCENARIOS, *EXTRA_SCENARIOS))
     parser.add_argument("--devices", type=int, help="fleet size for ingest/fan-out/state/recovery")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -139,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes["rollout"] = min(sizes["rollout"], args.devices)
     names = list(SCENARIOS) if args.scenario in ("all", "smoke") else [args.scenario]
     out = args.out / "smoke" if args.scenario == "smoke" and args.out == RESULTS_DIR else args.out
+    if args.scenario == "presence":
+        from benchmarks.presence_bench import presence
+
+        result = presence(args.devices or 10_000)
+        json_path, _ = save(result, out)
+        print_summary([result], Console())
+        print(f"saved {json_path}")
+        return 0
     run(names, sizes, out)
     return 0
 

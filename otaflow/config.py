@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 # Loopback ports of the dev stack. Off the usual 9092/1883 so a developer's own
 # Kafka or Mosquitto never collides with the one otaflow provisions.
@@ -84,6 +84,15 @@ class MqttAddress:
             tls,
             ca_file or None,
         )
+
+    @property
+    def connect_url(self) -> str:
+        """The whole address, credentials included (to hand to another process)."""
+        if self.username is None:
+            return self.url
+        user = quote(self.username, safe="")
+        secret = f":{quote(self.password, safe='')}" if self.password is not None else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{secret}@{self.host}:{self.port}"
 
     @property
     def url(self) -> str:

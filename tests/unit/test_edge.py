@@ -77,6 +77,8 @@ def test_mqtt_url_keeps_user_password_and_tls() -> None:
     assert MqttAddress.parse("mqtts://broker.example").port == 8883
     assert "p@ss" not in secure.url and "p%40ss" not in secure.url and "***" in secure.url
     assert "p@ss" not in repr(secure)
+    assert MqttAddress.parse(secure.connect_url, ca_file="/ca.pem") == secure
+    assert plain.connect_url == "mqtt://127.0.0.1:11883"
 
 
 @pytest.mark.parametrize(
