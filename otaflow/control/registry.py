@@ -224,7 +224,11 @@ class RegistryOps(OpsBase):
                     "ProductKey": record["product_key"],
                     "ProductName": self.product_name(record["product_key"]),
                     "DeviceName": record["device_name"],
-                    "DeviceSecret": record["device_secret"],
+                    # Derived, not the stored copy: what the broker checks, also for a
+                    # device registered before secrets were derived.
+                    "DeviceSecret": device_secret(
+                        self.device_key, record["product_key"], record["device_name"]
+                    ),
                     "IotId": record["iot_id"],
                     "Nickname": record["nickname"],
                     "NodeType": 0,
@@ -398,7 +402,7 @@ class RegistryOps(OpsBase):
         rows = [
             {
                 "DeviceName": r["device_name"],
-                "DeviceSecret": r["device_secret"],
+                "DeviceSecret": device_secret(self.device_key, r["product_key"], r["device_name"]),
                 "IotId": r["iot_id"],
             }
             for r in paging.slice(devices)

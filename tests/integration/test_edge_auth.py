@@ -110,8 +110,10 @@ def edge(stack: devstack.DevStack, tmp_path: Path) -> Iterator[Edge]:
 class PahoDevice:
     """A device logging in the platform's way with paho (MQTT 5, to see reason codes)."""
 
-    def __init__(self, port: int, pk: str, dn: str, secret: str) -> None:
-        login = device_login(pk, dn, secret)
+    def __init__(
+        self, port: int, pk: str, dn: str, secret: str, timestamp: int | None = None
+    ) -> None:
+        login = device_login(pk, dn, secret, timestamp=timestamp)
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=login.client_id, protocol=mqtt.MQTTv5
         )
@@ -122,6 +124,8 @@ class PahoDevice:
         self._event = threading.Condition()
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
+        self.disconnects = 0
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.client.connect(HOST, port)
         self.client.loop_start()
@@ -133,6 +137,16 @@ class PahoDevice:
             self._event.notify_all()
         if rc.is_failure:
             c.disconnect()  # no retrying with the same refused credentials
+
+    def _on_disconnect(self, c: Any, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
+        with self._event:
+            self.disconnects += 1
+            self._event.notify_all()
+
+    def wait_kicked(self) -> None:
+        """Until the broker closed this connection; then no reconnecting."""
+        self._wait(lambda: self.disconnects > 0, "disconnect")
+        self.client.loop_stop()
 
     def _on_subscribe(self, c: Any, u: Any, mid: int, rcs: list[ReasonCode], p: Any) -> None:
         with self._event:
@@ -345,3 +359,24 @@ def test_a_device_that_drops_while_notified_gets_the_offer_again(edge: Edge) -> 
     assert again["version"] == first["version"] == "2.0"
     statuses = [e["status"] for e in edge.otaflow.task_events().values() if e["device_name"] == dn]
     assert statuses == ["QUEUED", "NOTIFIED"], "the re-offer is not a new task or status"
+
+
+def test_a_connection_taken_over_by_the_same_device_does_not_make_it_offline(
+    edge: Edge,
+) -> None:
+    dn = "paho-takeover"
+    secret = edge.register(dn)
+    pk = edge.product_key
+    stamp = int(time.time())
+    first = PahoDevice(edge.port, pk, dn, secret, timestamp=stamp)
+    assert not first.subscribe(f"/ota/device/upgrade/{pk}/{dn}").is_failure
+    wait_presence(edge, dn, ["ONLINE"])
+    # The same client id again (a device back before the broker saw it go): the broker
+    # kicks the old connection, whose end must not count as the device going offline.
+    second = PahoDevice(edge.port, pk, dn, secret, timestamp=stamp)
+    first.wait_kicked()
+    assert not second.subscribe(f"/ota/device/upgrade/{pk}/{dn}").is_failure
+    wait_presence(edge, dn, ["ONLINE", "ONLINE"])
+    second.close()
+    wait_presence(edge, dn, ["ONLINE", "ONLINE", "OFFLINE"])
+    assert presence_of(edge, dn) == ["ONLINE", "ONLINE", "OFFLINE"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import replace
 
 import pytest
 
 from connectors.device_payloads import MalformedPayload
+from connectors.ingress import IngressConnector
 from connectors.presence import parse_status
-from otaflow.config import MqttAddress
+from otaflow.config import MqttAddress, Settings
 from otaflow.control.common import DictStore
 from otaflow.control.plane import ControlPlane
 from otaflow.edge.credentials import device_login, device_secret
@@ -142,3 +144,12 @@ def test_registry_sync_follows_registrations_and_deletions(tmp_path: object) -> 
     assert not sync.apply(b"iotid/xyz", b"\xc3\x01record")
     assert sync.apply(b"device/a1pk/dev1", None)  # tombstone: deleted
     assert sync.devices == set()
+
+
+def test_ingress_subscribes_to_status_messages_only_with_presence() -> None:
+    off = IngressConnector(Settings(), client_id="x")
+    on = IngressConnector(replace(Settings(), presence=True), client_id="x")
+    assert not any("/as/mqtt/status/" in s for s in off.subscriptions)
+    assert [s for s in on.subscriptions if s not in off.subscriptions] == [
+        "$share/otaflow-ingress//as/mqtt/status/+/+"
+    ]
