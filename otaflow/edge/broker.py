@@ -167,11 +167,12 @@ def start_broker(
 # DeviceSecret there, otaflow's processes as the service user (``otaflow up --edge``).
 DEV_AUTH_PORT = 11884
 
+DEV_SERVICE_USER = "otaflow-service"
+DEV_SERVICE_PASSWORD = "otaflow-dev-service-password"
+
 
 def dev_auth_port() -> int:
     return int(os.environ.get("OTAFLOW_MQTT_AUTH_PORT", DEV_AUTH_PORT))
-DEV_SERVICE_USER = "otaflow-service"
-DEV_SERVICE_PASSWORD = "otaflow-dev-service-password"
 
 
 def dev_auth_settings(devices_file: Path) -> AuthSettings:
