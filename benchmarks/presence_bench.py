@@ -131,9 +131,11 @@ def presence(n: int, concurrency: int = 200) -> ScenarioResult:
         result.add("worker behind the broker after the last SUBACK", lag_s, "s")
         return result
     finally:
-        for writer in writers:
-            writer.close()
-        loop.close()
-        d.close()
-        broker.terminate()
-        broker.wait(10)
+        try:
+            for writer in writers:
+                writer.close()
+            loop.close()
+            d.close()
+        finally:
+            broker.terminate()  # ours: never left behind, whatever failed above
+            broker.wait(10)
