@@ -286,9 +286,10 @@ def test_device_b_cannot_change_a_or_read_its_offers(edge: Edge) -> None:
         for stolen in (f"/ota/device/upgrade/{pk}/device-a", "#", f"/ota/device/+/{pk}/+"):
             assert str(b.subscribe(stolen)) == "Not authorized", stolen
         assert not a.subscribe(f"/ota/device/upgrade/{pk}/device-a").is_failure
-        # B reports a version and progress for A: dropped by the broker.
+        # B reports a version, progress and presence for A: dropped by the broker.
         b.publish(f"/ota/device/inform/{pk}/device-a", {"id": "1", "params": {"version": "1.0"}})
         b.publish(f"/ota/device/progress/{pk}/device-a", {"id": "2", "params": {"step": "100"}})
+        b.publish(f"/as/mqtt/status/{pk}/device-a", {"status": "offline"})  # forged presence
         b.publish(f"/ota/device/inform/{pk}/device-b", {"id": "3", "params": {"version": "0.9"}})
         reports = edge.reports().wait_for(
             lambda v: any(r["device_name"] == "device-b" and r["kind"] == "VERSION" for r in v),
