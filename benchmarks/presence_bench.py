@@ -19,15 +19,18 @@ Python threads, not the broker), ``--concurrency`` connecting at once.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 from benchmarks.deployment import BenchDeployment
 from benchmarks.results import ScenarioResult
 from benchmarks.scenarios import states_written, wait_progress, warm_up
 from connectors.mqtt_publisher import connect_packet, encode_length
-from otaflow.edge.broker import AuthSettings, service_url, start_broker
+from otaflow.edge.broker import AuthSettings, service_url, start_broker, wait_for_listener
 from otaflow.edge.credentials import device_login, device_secret
 
 PRODUCT_KEY = "pkPresence"
@@ -75,6 +78,31 @@ def _free_port() -> int:
 
 
 PROBES = 60
+
+
+def anonymous_connects(workdir: Path, names: list[str], concurrency: int) -> float:
+    """Connects/s of the same clients to a Mosquitto without the plugin: what the
+    plugin costs, measured beside it on the same machine at the same time."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    conf = workdir / "anonymous.conf"
+    conf.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n")
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    loop = asyncio.new_event_loop()
+    try:
+        wait_for_listener(HOST, port, proc, 10)
+        accepted, seconds, writers = loop.run_until_complete(
+            _connect_all(port, "any", names, concurrency)
+        )
+        for writer in writers:
+            writer.close()
+        loop.run_until_complete(asyncio.sleep(0.5))
+        return accepted / seconds
+    finally:
+        loop.close()
+        proc.terminate()
+        proc.wait(10)
 
 
 def presence(n: int, concurrency: int = 200) -> ScenarioResult:
@@ -129,6 +157,16 @@ def presence(n: int, concurrency: int = 200) -> ScenarioResult:
             "presence records applied/s (first CONNECT..last state)", n / (connect_s + lag_s), "/s"
         )
         result.add("worker behind the broker after the last SUBACK", lag_s, "s")
+        # The fleet goes first: both at once would need twice the file descriptors.
+        for writer in writers:
+            writer.close()
+        writers.clear()
+        loop.run_until_complete(asyncio.sleep(1))
+        result.add(
+            "connects/s to the same broker without the plugin (same clients)",
+            anonymous_connects(d.root / "anonymous", names, concurrency),
+            "/s",
+        )
         return result
     finally:
         try:
