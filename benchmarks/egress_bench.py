@@ -144,6 +144,7 @@ class Subscriber:
                 settings.mqtt.host,
                 "-p",
                 str(settings.mqtt.port),
+                *_login(settings),
                 "-i",
                 f"{settings.app_id}-sub",
                 "-q",
@@ -184,6 +185,7 @@ class Subscriber:
                     self.settings.mqtt.host,
                     "-p",
                     str(self.settings.mqtt.port),
+                    *_login(self.settings),
                     "-t",
                     f"/ota/device/upgrade/{self.pk}/{PROBE_DEVICE}",
                     "-m",
@@ -254,6 +256,14 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _login(settings: Settings) -> list[str]:
+    """mosquitto_sub/pub options for a broker that wants a login (the service user)."""
+    mqtt = settings.mqtt
+    if mqtt.username is None:
+        return []
+    return ["-u", mqtt.username, *(["-P", mqtt.password] if mqtt.password is not None else [])]
+
+
 def broker_pid(settings: Settings) -> int | None:
     """The Mosquitto serving ``settings.mqtt`` (found by the port in its config), if local."""
     for entry in Path("/proc").iterdir():
@@ -282,7 +292,7 @@ def start_egress(
         **os.environ,
         "PYTHONPATH": str(repo),
         "OTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "OTAFLOW_MQTT_URL": settings.mqtt.url,
+        "OTAFLOW_MQTT_URL": settings.mqtt.connect_url,
         "OTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
         "OTAFLOW_APP_ID": settings.app_id,
     }

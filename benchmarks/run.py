@@ -47,8 +47,9 @@ SCENARIOS = (
     "egress",
     "scale-out",
 )
-# Run on their own (`otaflow bench ingest-json --devices 100000`), not by `all`.
-EXTRA_SCENARIOS = ("ingest-json",)
+# Run only when named, not by `all` or `smoke`: `otaflow bench ingest-json --devices 100000`,
+# and `otaflow bench presence`, which starts a broker of its own.
+EXTRA_SCENARIOS = ("ingest-json", "presence")
 
 
 class ScenariosFailed(RuntimeError):
@@ -202,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes["rollout"] = min(sizes["rollout"], args.devices)
     names = list(SCENARIOS) if args.scenario in ("all", "smoke") else [args.scenario]
     out = args.out / "smoke" if args.scenario == "smoke" and args.out == RESULTS_DIR else args.out
+    if args.scenario == "presence":
+        from benchmarks.presence_bench import presence
+
+        result = presence(args.devices or 10_000)
+        json_path, _ = save(result, out)
+        print_summary([result], Console())
+        print(f"saved {json_path}")
+        return 0
     try:
         run(names, sizes, out)
     except ScenariosFailed:

@@ -65,11 +65,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
+from connectors.mqtt_login import tls_context
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
 from connectors.process import start_process
 from otaflow import membership
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from otaflow.topics import DEAD_LETTERS, NOTIFICATIONS
 
 _log = logging.getLogger("otaflow.egress")
@@ -156,8 +158,15 @@ class EgressConnector:
 
     def run(self, stop: threading.Event) -> None:
         """Publish notifications until ``stop`` is set, then drain, commit and close."""
+        mqtt = self.settings.mqtt
         client = QoS1Publisher(
-            self.client_id, self.settings.mqtt.host, self.settings.mqtt.port, keepalive=KEEPALIVE_S
+            self.client_id,
+            mqtt.host,
+            mqtt.port,
+            keepalive=KEEPALIVE_S,
+            username=mqtt.username,
+            password=mqtt.password,
+            ssl_context=tls_context(mqtt),
         )
         client.on_ack = self._on_ack
         client.on_connect = self._on_connect
@@ -166,7 +175,7 @@ class EgressConnector:
         producer = Producer(producer_config(self.settings, self.client_id))
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **kafka_client_config(self.settings.kafka_bootstrap),
                 "group.id": self.group_id,
                 "client.id": self.client_id,
                 "enable.auto.commit": False,

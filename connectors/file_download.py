@@ -72,9 +72,11 @@ from connectors.device_payloads import (
     uses_mqtt_download,
 )
 from connectors.ingress import producer_config
+from connectors.mqtt_login import configure_paho
 from connectors.process import start_process
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS
 
@@ -186,7 +188,7 @@ class FileDownloadResponder:
         self._producer = producer
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **kafka_client_config(self.settings.kafka_bootstrap),
                 "group.id": f"{self.client_id}-{uuid.uuid4().hex[:8]}",  # never commits
                 "client.id": self.client_id,
                 "enable.auto.commit": False,
@@ -212,6 +214,7 @@ class FileDownloadResponder:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        configure_paho(client, self.settings.mqtt)
         _log.info(
             "file download %s: %s on %s", self.client_id, self.subscription, self.settings.mqtt.url
         )

@@ -60,9 +60,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connectors.device_payloads import MAX_PAYLOAD_BYTES, MalformedPayload, parse_report
+from connectors.mqtt_login import configure_paho
+from connectors.presence import STATUS_TOPIC_FILTER, is_status_topic, parse_status
 from connectors.process import start_process
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS
 
@@ -96,7 +99,7 @@ def default_client_id(settings: Settings) -> str:
 
 def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafka_client_config(settings.kafka_bootstrap),
         "client.id": client_id,
         "enable.idempotence": True,
         "linger.ms": 5,
@@ -162,7 +165,8 @@ class IngressConnector:
 
     @property
     def subscriptions(self) -> list[str]:
-        return [f"$share/{self.share_group}/{f}" for f in TOPIC_FILTERS]
+        filters = (*TOPIC_FILTERS, STATUS_TOPIC_FILTER) if self.settings.presence else TOPIC_FILTERS
+        return [f"$share/{self.share_group}/{f}" for f in filters]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,6 +185,7 @@ class IngressConnector:
         client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        configure_paho(client, self.settings.mqtt)
         self._producer, self._client = producer, client
         connect_props = Properties(PacketTypes.CONNECT)
         connect_props.SessionExpiryInterval = self.session_expiry_s
@@ -195,6 +200,13 @@ class IngressConnector:
         client.loop_start()
         _log.info(
             "ingress %s: %s -> %s", self.client_id, self.settings.mqtt.url, self.reports_topic
+        )
+        _log.info(
+            "ingress %s: presence %s",
+            self.client_id,
+            f"on (device status messages on {STATUS_TOPIC_FILTER})"
+            if self.settings.presence
+            else "off (OTAFLOW_PRESENCE unset): a device counts as online from its last message",
         )
         try:
             while not stop.is_set():
@@ -346,7 +358,10 @@ class IngressConnector:
         payload = bytes(msg.payload)
         now_ms = int(time.time() * 1000)
         try:
-            record = parse_report(mqtt_topic, payload, now_ms)
+            if is_status_topic(mqtt_topic):
+                record = parse_status(mqtt_topic, payload, now_ms)
+            else:
+                record = parse_report(mqtt_topic, payload, now_ms)
             job = _Job(
                 generation,
                 msg.mid,

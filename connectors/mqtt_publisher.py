@@ -14,8 +14,8 @@ batches, and PUBACKs are parsed from one ``recv`` of up to 256 KiB.
 
 Scope, deliberately small: CONNECT (clean session, no will, optional username and
 password), CONNACK, PUBLISH at QoS 1, PUBACK, PINGREQ/PINGRESP, DISCONNECT. No
-subscriptions, no QoS 0/2, no MQTT 5, no TLS (the egress talks to its broker on a
-trusted network; use paho where any of those is needed). Like paho, it keeps every
+subscriptions, no QoS 0/2, no MQTT 5 (use paho where any of those is needed). TLS
+with an ``ssl_context``: the handshake is blocking, in :meth:`connect`. Like paho, it keeps every
 unacknowledged message and publishes it again (DUP set) after a reconnect, so
 delivery is at least once.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -125,12 +126,14 @@ class QoS1Publisher:
         username: str | None = None,
         password: str | None = None,
         connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.client_id = client_id
         self.host, self.port = host, port
         self.keepalive = keepalive
         self.username, self.password = username, password
         self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
         self.on_ack: Callable[[int], Any] | None = None
         self.on_connect: Callable[[], Any] | None = None
         self.on_disconnect: Callable[[str], Any] | None = None
@@ -163,6 +166,12 @@ class QoS1Publisher:
         the CONNACK is read by :meth:`read`. Raises ``OSError`` if the broker is away."""
         self.close()
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        if self.ssl_context is not None:
+            try:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+            except OSError:
+                sock.close()
+                raise
         sock.setblocking(False)
         self._sock = sock
         self._rbuf.clear()
@@ -211,7 +220,7 @@ class QoS1Publisher:
             return
         try:
             sent = sock.send(self._wbuf)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
             self.close(f"write failed: {exc}")
@@ -227,7 +236,7 @@ class QoS1Publisher:
         while sock is not None:
             try:
                 chunk = sock.recv(RECV_BYTES)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
             except OSError as exc:
                 self.close(f"read failed: {exc}")
@@ -241,7 +250,9 @@ class QoS1Publisher:
             except ProtocolError as exc:
                 self.close(f"protocol error: {exc}")
                 return
-            if len(chunk) < RECV_BYTES:
+            # TLS hands out one record per recv: decrypted bytes may wait in the
+            # SSL object with nothing left on the socket for select to see.
+            if len(chunk) < RECV_BYTES and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 return
             sock = self._sock
 

@@ -29,10 +29,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = devstack.up()
     settings = config.load()
     env = {"OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "OTAFLOW_MQTT_URL": stack.mqtt_url}
+    if args.edge:
+        # Devices log in with their DeviceSecret on the authenticating listener, which
+        # reports their presence; otaflow's processes log in there as the service.
+        if stack.mqtt_auth_url is None:
+            print(
+                "otaflow up --edge: the dev broker has no authenticating listener (it was "
+                "started before there was one): `otaflow devstack down` and try again",
+                file=sys.stderr,
+            )
+            return 2
+        env.update({"OTAFLOW_MQTT_URL": stack.mqtt_auth_url, "OTAFLOW_PRESENCE": "1"})
     topics.ensure_topics(stack.kafka_bootstrap, settings)
+    mqtt = config.MqttAddress.parse(env["OTAFLOW_MQTT_URL"]).url
+    presence = (
+        "on"
+        if args.edge or settings.presence
+        else "off (a device counts as online from its last message)"
+    )
     print(
-        f"otaflow up · Kafka {stack.kafka_bootstrap} · MQTT {stack.mqtt_url} · "
-        f"API http://127.0.0.1:{settings.api_port} · packages {settings.package_base_url}"
+        f"otaflow up · Kafka {stack.kafka_bootstrap} · MQTT {mqtt} · "
+        f"API http://127.0.0.1:{settings.api_port} · packages {settings.package_base_url} · "
+        f"presence {presence}"
     )
     print("Ctrl-C stops everything.", flush=True)
     stopping = False
@@ -46,7 +64,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     with ProcessGroup(env) as group:
         # A component that exits is started again on its own (with backoff), never
         # taking the others down with it (otaflow.supervision).
-        supervisor = Supervisor(group, list(COMPONENTS))
+        commands = {}
+        names = list(COMPONENTS)
+        if args.edge:
+            names.append("registry-sync")
+            commands["registry-sync"] = [
+                "-m",
+                "otaflow.edge.registry_sync",
+                "--file",
+                str(devstack.edge_devices_file()),
+            ]
+        supervisor = Supervisor(group, names, commands=commands)
         supervisor.start_all()
         while not stopping:
             supervisor.check()
@@ -77,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otaflow", description="OTA update batches over Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the dev stack and every otaflow process (foreground)")
+    up.add_argument(
+        "--edge",
+        action="store_true",
+        help="connect through the dev broker's authenticating listener (devices log in "
+        "with their DeviceSecret; presence on)",
+    )
     up.set_defaults(func=cmd_up)
     for name in COMPONENTS:
         component = sub.add_parser(name, help=f"run the {name} process")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 # Loopback ports of the dev stack. Off the usual 9092/1883 so a developer's own
 # Kafka or Mosquitto never collides with the one otaflow provisions.
@@ -34,19 +34,84 @@ def data_dir() -> Path:
     return Path(os.environ.get("OTAFLOW_DATA", cache_dir() / "worker-data"))
 
 
+# The dev stack's server key for device secrets (otaflow.edge.credentials); a
+# deployment sets its own OTAFLOW_DEVICE_KEY.
+DEV_DEVICE_KEY = "otaflow-dev-device-key"
+
+_MQTT_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
+
+
 @dataclass(frozen=True)
 class MqttAddress:
+    """Where otaflow's MQTT connectors connect, and as whom.
+
+    ``mqtt://host:port`` or ``mqtts://user:password@host:8883`` (TLS; ``ca_file``
+    from OTAFLOW_MQTT_CA_FILE, else the system's CAs). A URL part otaflow cannot use
+    (a path, a query, an unknown scheme) is refused, never silently dropped.
+    """
+
     host: str
     port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> MqttAddress:
+    def parse(cls, url: str, ca_file: str | None = None) -> MqttAddress:
         parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-        return cls(parsed.hostname or "127.0.0.1", parsed.port or 1883)
+        scheme = parsed.scheme.lower()
+        if scheme not in _MQTT_SCHEMES:
+            raise ValueError(
+                f"MQTT URL {_redacted(url)!r}: scheme must be one of {sorted(_MQTT_SCHEMES)}"
+            )
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.params:
+            raise ValueError(
+                f"MQTT URL {_redacted(url)!r}: otaflow uses no path, query or fragment"
+            )
+        try:
+            port = parsed.port or _MQTT_SCHEMES[scheme]
+        except ValueError as exc:
+            raise ValueError(f"MQTT URL {_redacted(url)!r}: {exc}") from None
+        tls = scheme in ("mqtts", "ssl")
+        if ca_file and not tls:
+            raise ValueError("OTAFLOW_MQTT_CA_FILE is set but the MQTT URL is not mqtts://")
+        return cls(
+            parsed.hostname or "127.0.0.1",
+            port,
+            unquote(parsed.username) if parsed.username is not None else None,
+            unquote(parsed.password) if parsed.password is not None else None,
+            tls,
+            ca_file or None,
+        )
+
+    @property
+    def connect_url(self) -> str:
+        """The whole address, credentials included (to hand to another process)."""
+        if self.username is None:
+            return self.url
+        user = quote(self.username, safe="")
+        secret = f":{quote(self.password, safe='')}" if self.password is not None else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{secret}@{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """The address for logs: the password is never shown."""
+        user = (
+            f"{self.username}:***@"
+            if self.password
+            else f"{self.username}@"
+            if self.username
+            else ""
+        )
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def _redacted(url: str) -> str:
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.password is None:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@", 1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +136,10 @@ class Settings:
     # a JSON copy (``<topic>.json``) for tools that cannot read Avro.
     report_sources: str = ""
     public_json: bool = False
+    # Server key device secrets are derived from (otaflow.edge.credentials).
+    device_key: str = DEV_DEVICE_KEY
+    # Whether the broker reports connects and disconnects (otaflow.edge.presence).
+    presence: bool = False
 
     @property
     def kafka_from_env(self) -> bool:
@@ -97,7 +166,8 @@ def load() -> Settings:
     return Settings(
         kafka_bootstrap=env.get("OTAFLOW_KAFKA_BOOTSTRAP", f"127.0.0.1:{DEFAULT_KAFKA_PORT}"),
         mqtt=MqttAddress.parse(
-            env.get("OTAFLOW_MQTT_URL", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}")
+            env.get("OTAFLOW_MQTT_URL", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}"),
+            env.get("OTAFLOW_MQTT_CA_FILE"),
         ),
         partitions=int(env.get("OTAFLOW_PARTITIONS", DEFAULT_PARTITIONS)),
         topic_prefix=env.get("OTAFLOW_TOPIC_PREFIX", ""),
@@ -110,4 +180,6 @@ def load() -> Settings:
         app_id=env.get("OTAFLOW_APP_ID", "otaflow"),
         report_sources=env.get("OTAFLOW_REPORT_SOURCES", ""),
         public_json=env.get("OTAFLOW_PUBLIC_JSON", "") not in ("", "0", "false", "no"),
+        device_key=env.get("OTAFLOW_DEVICE_KEY", DEV_DEVICE_KEY),
+        presence=env.get("OTAFLOW_PRESENCE", "").lower() in ("1", "true", "on", "yes"),
     )

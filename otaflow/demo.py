@@ -30,6 +30,7 @@ from benchmarks.fleet import SimulatedFleet
 from otaflow import config, devstack, topics
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
+from otaflow.kafka_security import kafka_client_config
 from otaflow.packages import PackageStore, package_dir
 from otaflow.processes import ProcessGroup
 
@@ -48,7 +49,7 @@ class TaskBoard:
         name = topics.TASK_EVENTS.full_name(settings)
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "group.id": f"demo-{uuid.uuid4()}",
                 "enable.auto.commit": False,
             }

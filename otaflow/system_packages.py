@@ -29,7 +29,8 @@ class SystemPackageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Program:
-    """A program found on PATH (or at one of ``paths``), installed by Debian ``package``."""
+    """A program found on PATH (or a file at one of ``paths``, such as a header), installed
+    by Debian ``package``."""
 
     name: str
     package: str
@@ -48,17 +49,29 @@ PROGRAMS: tuple[Program, ...] = (
     Program("kcat", "kcat"),
 )
 
+# What building the broker's device-authentication plugin takes (otaflow.edge.broker):
+# the compiler, and header files, found by path.
+PLUGIN_BUILD: tuple[Program, ...] = (
+    Program("gcc", "gcc"),
+    Program("mosquitto_broker.h", "mosquitto-dev", ("/usr/include/mosquitto_broker.h",)),
+    Program("mosquitto.h", "libmosquitto-dev", ("/usr/include/mosquitto.h",)),
+    Program("openssl/hmac.h", "libssl-dev", ("/usr/include/openssl/hmac.h",)),
+)
+
+# Everything `make setup` installs (otaflow devstack up builds the plugin too).
+EVERYTHING: tuple[Program, ...] = PROGRAMS + PLUGIN_BUILD
+
 # Programs the README asks of the machine itself (Debian 12 with JDK 17 and Maven): not
 # installed by otaflow, checked with a clear message where they are used.
 MACHINE_PROGRAMS: frozenset[str] = frozenset({"java", "mvn", "apt-get", "git"})
 
 
 def find(name: str) -> str | None:
-    """The path of program ``name`` (one of :data:`PROGRAMS`, or any on PATH), or None."""
+    """The path of program ``name`` (one of :data:`EVERYTHING`, or any on PATH), or None."""
     found = shutil.which(name)
     if found:
         return found
-    for program in PROGRAMS:
+    for program in EVERYTHING:
         if program.name == name:
             for candidate in program.paths:
                 if os.access(candidate, os.X_OK):
@@ -66,11 +79,11 @@ def find(name: str) -> str | None:
     return None
 
 
-def missing(programs: Iterable[Program] = PROGRAMS) -> list[Program]:
+def missing(programs: Iterable[Program] = EVERYTHING) -> list[Program]:
     return [program for program in programs if find(program.name) is None]
 
 
-def ensure(programs: Iterable[Program] = PROGRAMS) -> list[str]:
+def ensure(programs: Iterable[Program] = EVERYTHING) -> list[str]:
     """Install the Debian packages of every missing program, in one apt-get run.
 
     Returns the packages installed (empty when nothing was missing).

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def create_topics(bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str
     race to another process is fine."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_client_config(bootstrap))
     existing = set(admin.list_topics(timeout=30).topics)
     new = [
         NewTopic(name, partitions, 1, config=config)
@@ -207,7 +208,7 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -
     pending = list(names)
     if not pending:
         return 0
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_client_config(bootstrap))
     deleted = 0
     # The controller takes large requests in its stride, but one failure should not
     # void thousands of deletions, so go in chunks.
@@ -230,7 +231,7 @@ def delete_topics_where(
     """Delete every topic on the broker whose name ``wanted`` accepts; return how many."""
     from confluent_kafka.admin import AdminClient
 
-    existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout).topics
+    existing = AdminClient(kafka_client_config(bootstrap)).list_topics(timeout=timeout).topics
     return delete_topics(bootstrap, sorted(n for n in existing if wanted(n)), timeout)
 
 

@@ -13,6 +13,7 @@ import faust
 from mode import CrashingSupervisor
 
 from otaflow import config, membership, topics
+from otaflow.kafka_security import KafkaSecurity
 from streams import fetch_tuning
 
 fetch_tuning.apply()
@@ -23,6 +24,8 @@ _datadir.parent.mkdir(parents=True, exist_ok=True)
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
+    # SASL/TLS from OTAFLOW_KAFKA_* (otaflow.kafka_security); None for PLAINTEXT.
+    broker_credentials=KafkaSecurity.from_env().faust_credentials(),
     # RocksDB through rocksdict: one database per partition, so a partition's devices
     # can be scanned on their own when a batch starts.
     store="rocksdb://",

@@ -44,6 +44,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from otaflow import membership, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from otaflow.partitioning import partition_for
 from otaflow.public_json import to_json
 from otaflow.report_sources import (
@@ -155,7 +156,7 @@ class ReportBatcher:
         self.partitions = topics.DEVICE_EVENTS.partition_count(settings)
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "group.id": group_id or f"{settings.app_id}-batcher",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -173,7 +174,7 @@ class ReportBatcher:
         )
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "enable.idempotence": True,
                 "linger.ms": 2,
                 "message.max.bytes": 1_000_000,

@@ -111,6 +111,7 @@ plane = ControlPlane(
     read_name_list,
     stored_file=_packages.facts,
     device_partitions=settings.partitions,
+    device_key=settings.device_key,
 )
 
 

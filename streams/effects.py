@@ -18,6 +18,7 @@ from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.domain.engine import Effects
 from otaflow.hot_codec import encode_task_event, encode_tasks_queued
+from otaflow.kafka_security import kafka_client_config
 from otaflow.partitioning import CONFLUENT_PARTITIONER
 from otaflow.public_json import to_json
 from streams.app import dead_letters, settings, topic
@@ -47,7 +48,7 @@ class EffectSender:
         self.dead_letters_json = topics.json_copy(topics.DEAD_LETTERS).full_name(settings)
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 # Keyed records land where Kafka's default partitioner (and Faust) put them.
                 "partitioner": CONFLUENT_PARTITIONER,
                 "enable.idempotence": True,

@@ -26,6 +26,7 @@ from confluent_kafka import KafkaException, Producer
 from faust.types import TP
 
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 from streams.produce import produce_all
 
 log = logging.getLogger("otaflow.table_writer")
@@ -58,7 +59,7 @@ class TableWriter:
         self.topic = table.changelog_topic.get_topic_name()
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "enable.idempotence": True,
                 "linger.ms": 1,
                 "batch.size": 1_000_000,

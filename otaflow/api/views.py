@@ -37,6 +37,7 @@ from otaflow.control.common import drop_none, opt_str, page, str_list, utc
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.jobs import job_status
 from otaflow.control.registry import iot_id
+from otaflow.kafka_security import kafka_client_config
 
 VIEW_NOT_READY = "ServiceUnavailable.ViewNotReady"
 UNFINISHED = ("CONFIRM", "QUEUED", "NOTIFIED", "IN_PROGRESS")
@@ -383,7 +384,7 @@ class TaskViewConsumer:
         self.codec = codec()
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "group.id": f"otaflow-api-view-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from otaflow import topics
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.kafka_security import kafka_client_config
 
 # How long a caller waits for the command agent before giving up. The command
 # carries the deadline (send time + timeout) and the agent never applies it after
@@ -52,14 +53,14 @@ class ControlClient:
         results_topic = topics.COMMAND_RESULTS.full_name(settings)
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "enable.idempotence": True,
                 "linger.ms": 0,
             }
         )
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings.kafka_bootstrap),
                 "group.id": f"cc-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,

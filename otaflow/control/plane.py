@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from otaflow.api.params import ParamError, unflatten
+from otaflow.config import DEV_DEVICE_KEY
 from otaflow.control.common import ControlStore, Outcome, Record
 from otaflow.control.errors import ApiError
 from otaflow.control.firmware import FirmwareOps, StoredFile
@@ -68,10 +69,13 @@ class ControlPlane(FirmwareOps, JobOps, RegistryOps):
         read_name_list: Callable[[str], str] = _no_name_lists,
         stored_file: Callable[[str], StoredFile | None] | None = None,
         device_partitions: int = 1,
+        device_key: str = DEV_DEVICE_KEY,
     ) -> None:
         self.store = store
         # How many device partitions report a phased batch's counts.
         self.device_partitions = device_partitions
+        # The server key device secrets are derived from (otaflow.edge.credentials).
+        self.device_key = device_key
         # Maps a FirmwareUrl given to CreateOTAFirmware to a path in the package store.
         self.file_path_of = file_path_of
         # Reads a device-name list file (DnListFileUrl) from the package store.

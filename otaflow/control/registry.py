@@ -44,6 +44,7 @@ from otaflow.domain.groups import (
     parse_expression,
     pinned_products,
 )
+from otaflow.edge.credentials import device_secret
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_\-@.:]{4,32}$")
 _PRODUCT_NAME = re.compile(r"^[\w\u4e00-\u9fa5]{4,30}$")
@@ -115,6 +116,11 @@ def _apply_id(request_id: str) -> int:
 
 
 class RegistryOps(OpsBase):
+    # The deployment's server key: a DeviceSecret is derived from it and the device's
+    # name, so the broker's auth plugin checks devices without a database
+    # (otaflow.edge.credentials).
+    device_key: str
+
     # -- products ---------------------------------------------------------------------
 
     def _CreateProduct(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
@@ -201,7 +207,7 @@ class RegistryOps(OpsBase):
             "product_key": product_key,
             "device_name": name,
             "iot_id": device_id,
-            "device_secret": _secret(f"{request_id}|{name}", "device-secret"),
+            "device_secret": device_secret(self.device_key, product_key, name),
             "nickname": nickname,
             "province": province,
             "city": city,
@@ -259,7 +265,11 @@ class RegistryOps(OpsBase):
                     "ProductKey": record["product_key"],
                     "ProductName": self.product_name(record["product_key"]),
                     "DeviceName": record["device_name"],
-                    "DeviceSecret": record["device_secret"],
+                    # Derived, not the stored copy: what the broker checks, also for a
+                    # device registered before secrets were derived.
+                    "DeviceSecret": device_secret(
+                        self.device_key, record["product_key"], record["device_name"]
+                    ),
                     "IotId": record["iot_id"],
                     "Nickname": record["nickname"],
                     "NodeType": 0,
@@ -278,7 +288,8 @@ class RegistryOps(OpsBase):
     def _DeleteDevice(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
         """Removes the device from the registry and from matching: its partition drops
         its state and cancels its unfinished tasks (desc ``device deleted``); finished
-        tasks stay readable."""
+        tasks stay readable. The broker refuses it from then on (its name leaves the
+        broker's device list, otaflow.edge.registry_sync)."""
         record = self.device_of(p)
         product_key, name = record["product_key"], record["device_name"]
         writes: dict[str, Record | None] = {
@@ -461,7 +472,7 @@ class RegistryOps(OpsBase):
         rows = [
             {
                 "DeviceName": r["device_name"],
-                "DeviceSecret": r["device_secret"],
+                "DeviceSecret": device_secret(self.device_key, r["product_key"], r["device_name"]),
                 "IotId": r["iot_id"],
             }
             for r in paging.slice(devices)

@@ -17,8 +17,21 @@ Task lifecycle (statuses in ``otaflow.domain.tasks``):
 - QUEUED tasks of a batch that pushes are queued for a push slot while the device is
   online and the batch's schedule has started; the rate agent's release makes them
   NOTIFIED (a PUSH notification). A device that asks (firmware/get) gets its pending
-  task at once, unmetered (QUEUED -> NOTIFIED); one that comes online gets its
-  queued tasks queued and its pushed ones pushed again;
+  task at once, unmetered (QUEUED -> NOTIFIED);
+- an offer can be lost (the device SDK connects with a clean session, a broker can
+  restart), so a pushed task is offered again, through the rate agent like a first
+  push (a re-offer waits for a push slot: ``in_push_queue`` on a NOTIFIED task), when
+  the device connects (an ONLINE record, ``otaflow.edge.presence``), when it speaks
+  after it was offline, and when it reports a version of the module while the task
+  is NOTIFIED (it evidently runs without the update). Its status stays NOTIFIED;
+- what ends a NOTIFIED task: progress (IN_PROGRESS, or FAILED for a step -1..-4),
+  the destination version (SUCCEEDED), the end of its batch's schedule, a cancel
+  (CancelOTATaskByJob with CancelNotifiedTask, CancelOTATaskByDevice), a newer batch
+  that overrides it, the device's deletion. No timer does: the console starts the
+  timeout at the first progress, so a device that never comes back keeps its task
+  NOTIFIED until one of these (docs/edge.md);
+- an OFFLINE record older than the last thing heard from the device is stale (two
+  ingress instances may reorder them) and ignored; a device offline gets no push;
 - progress 1..100 makes it IN_PROGRESS; the first progress report starts the
   timeout, which neither re-pushes nor retries reset; a step -1..-4 fails it with the
   platform's reason in ``desc``; a failure is retried after the batch's interval, up
@@ -63,6 +76,9 @@ Record = dict[str, Any]
 _PROGRESS_FROM = frozenset({TaskStatus.QUEUED, TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS})
 _PULLABLE = _PROGRESS_FROM
 _REPUSHED = frozenset({TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS})
+_REOFFERED_ON_VERSION = frozenset({TaskStatus.NOTIFIED})
+# A release pushes a QUEUED task (-> NOTIFIED) or offers a pushed one again.
+_RELEASABLE = frozenset({TaskStatus.QUEUED}) | _REPUSHED
 _CANCELABLE_BY_DEVICE = frozenset({TaskStatus.QUEUED, TaskStatus.NOTIFIED, TaskStatus.IN_PROGRESS})
 _REUPGRADABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELED})
 
@@ -269,10 +285,12 @@ class DeviceEngine:
         self.advance(state, now, fx)
         fx.touch(state)
         was_online = state.online
-        state.last_seen = max(state.last_seen, now)
         if kind == "OFFLINE":
-            state.online = False
+            if now >= state.last_seen:
+                state.online = False
+            state.last_seen = max(state.last_seen, now)
             return state
+        state.last_seen = max(state.last_seen, now)
         state.online = True
         module = report.get("module") or "default"
         if kind == "VERSION":
@@ -281,8 +299,12 @@ class DeviceEngine:
             self._on_progress(state, module, report.get("step"), report.get("desc") or "", now, fx)
         elif kind == "FIRMWARE_GET":
             self._on_firmware_get(state, module, report.get("message_id"), now, fx)
-        if not was_online and kind in ("ONLINE", "VERSION"):
-            self._push_again(state, now, fx)
+        if kind == "ONLINE" or (not was_online and kind == "VERSION"):
+            # A new connection: what was pushed on an earlier one may be lost.
+            self._offer_again(state, now, fx, _REPUSHED)
+        elif kind == "VERSION":
+            # Still on its old version with an offer out: the offer did not arrive.
+            self._offer_again(state, now, fx, _REOFFERED_ON_VERSION, module=module)
         self.advance(state, now, fx)
         state.prune(self.keep_finished)
         return state
@@ -354,14 +376,23 @@ class DeviceEngine:
                 return task
         return None
 
-    def _push_again(self, state: DeviceState, now: int, fx: Effects) -> None:
-        """A device back online gets its pushed tasks pushed again (timeouts keep running)."""
+    def _offer_again(
+        self,
+        state: DeviceState,
+        now: int,
+        fx: Effects,
+        statuses: frozenset[TaskStatus],
+        module: str | None = None,
+    ) -> None:
+        """Queue the device's pushed tasks for another push slot (timeouts keep running)."""
         for task in state.tasks:
-            if task.status not in _REPUSHED:
+            if task.status not in statuses or task.in_push_queue:
+                continue
+            if module is not None and task.module != module:
                 continue
             batch = self.batches.get(task.batch_id)
             if batch is not None and batch.need_push and has_started(batch, now):
-                fx.notify(state, now, kind="PUSH", task=task, batch=batch)
+                fx.queue_push(state, task)
 
     # -- the rate agent's permission to push -------------------------------------------
 
@@ -372,7 +403,7 @@ class DeviceEngine:
             return
         self.advance(state, now, fx)
         task = state.task(release["task_id"])
-        if task is None or task.status is not TaskStatus.QUEUED or not task.in_push_queue:
+        if task is None or not task.in_push_queue or task.status not in _RELEASABLE:
             # canceled, pulled or already pushed meanwhile: nothing to send
             fx.unsent[(release["batch_id"], now)] += 1
             return
@@ -381,8 +412,9 @@ class DeviceEngine:
         batch = self.batches.get(task.batch_id)
         if not state.online or batch is None or not has_started(batch, now):
             fx.unsent[(release["batch_id"], now)] += 1
-            return  # stays QUEUED; queued again when the device is back
-        self._move(state, task, TaskStatus.NOTIFIED, now, fx)
+            return  # stays as it is; queued again when the device is back
+        if task.status is TaskStatus.QUEUED:
+            self._move(state, task, TaskStatus.NOTIFIED, now, fx)
         fx.notify(state, now, kind="PUSH", task=task, batch=batch)
 
     # -- static batches ----------------------------------------------------------------

@@ -140,9 +140,10 @@ def test_timeout_counts_from_the_first_progress_and_is_not_reset_by_re_pushes() 
     assert p.tasks("d1") == [("V", "NOTIFIED")]
     first = T + 60 * MINUTE
     p.progress("d1", 5, first)
-    for i in range(3):  # flapping connection: pushed again each time it is back
+    for i in range(3):  # flapping connection: offered again (metered) each time it is back
         p.offline("d1", first + (i * 2 + 1) * MINUTE)
         p.online("d1", first + (i * 2 + 2) * MINUTE)
+        p.release(first + (i * 2 + 2) * MINUTE)
     assert len(p.pushes("d1")) == 4
     p.progress("d1", 60, first + 20 * MINUTE)
     p.tick(first + 30 * MINUTE - 1)

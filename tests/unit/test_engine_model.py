@@ -154,6 +154,7 @@ class MTask:
 class MDevice:
     name: str
     online: bool = False
+    last_seen: int = 0
     modules: dict[str, str] = field(default_factory=dict)
     tasks: list[MTask] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -422,8 +423,11 @@ class Model:
         self.advance(dev, now)
         was_online = dev.online
         if kind == "OFFLINE":
-            dev.online = False
+            if now >= dev.last_seen:  # an older OFFLINE is stale
+                dev.online = False
+            dev.last_seen = max(dev.last_seen, now)
             return
+        dev.last_seen = max(dev.last_seen, now)
         dev.online = True
         if kind == "VERSION":
             version = f["version"]
@@ -465,13 +469,23 @@ class Model:
                 if asked.status == "QUEUED":
                     self.move(dev, asked, "NOTIFIED", now)
                 self.notes.append((name, "PULL_REPLY", asked.task_id))
-        if not was_online and kind in ("ONLINE", "VERSION"):
-            for t in dev.tasks:
-                of = self.batches.get(t.batch_id)
-                pushed = t.status in ("NOTIFIED", "IN_PROGRESS")
-                if pushed and of is not None and of.need_push and self.started(of, now):
-                    self.notes.append((name, "PUSH", t.task_id))
+        if kind == "ONLINE" or (not was_online and kind == "VERSION"):
+            self.offer_again(dev, now, ("NOTIFIED", "IN_PROGRESS"), None)
+        elif kind == "VERSION":
+            self.offer_again(dev, now, ("NOTIFIED",), module)
         self.advance(dev, now)
+
+    def offer_again(
+        self, dev: MDevice, now: int, statuses: tuple[str, ...], module: str | None
+    ) -> None:
+        """Pushed tasks wait for a push slot again (metered like a first push)."""
+        for t in dev.tasks:
+            of = self.batches.get(t.batch_id)
+            if t.status not in statuses or t.in_queue or (module and t.module != module):
+                continue
+            if of is not None and of.need_push and self.started(of, now):
+                t.in_queue = True
+                self.queue.append((t.batch_id, t.task_id, dev.name))
 
     def release(self, name: str, now: int) -> None:
         mine = sorted((q for q in self.queue if q[2] == name), key=lambda q: q[0])
@@ -482,13 +496,15 @@ class Model:
                 continue
             self.advance(dev, now)
             t = next((t for t in dev.tasks if t.task_id == task_id), None)
-            if t is None or t.status != "QUEUED" or not t.in_queue:
+            releasable = ("QUEUED", "NOTIFIED", "IN_PROGRESS")
+            if t is None or t.status not in releasable or not t.in_queue:
                 continue
             t.in_queue = False
             b = self.batches.get(t.batch_id)
             if not dev.online or b is None or not self.started(b, now):
                 continue
-            self.move(dev, t, "NOTIFIED", now)
+            if t.status == "QUEUED":
+                self.move(dev, t, "NOTIFIED", now)
             self.notes.append((name, "PUSH", t.task_id))
 
     def tick(self, now: int) -> None:
