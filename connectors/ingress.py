@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connectors.device_payloads import MAX_PAYLOAD_BYTES, MalformedPayload, parse_report
 from connectors.process import start_process
+from otaflow import instances
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
@@ -87,8 +87,9 @@ DRAIN_QUIET_S = 0.3
 
 
 def default_client_id(settings: Settings) -> str:
-    """Stable per host, so a restarted connector resumes its MQTT session."""
-    return f"{settings.app_id}-ingress-{socket.gethostname()}"
+    """Unique per copy on a host (the broker drops a connection whose client id another
+    takes) and stable across a restart, so a restarted connector resumes its MQTT session."""
+    return instances.instance_name(settings, "ingress")
 
 
 def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         "--client-id",
         help="MQTT client id; stable across restarts so the "
         "broker session (and its unacknowledged messages) is resumed; "
-        "distinct per replica (default: <app id>-ingress-<hostname>)",
+        "distinct per replica (default: <deployment>-ingress-<hostname>-<slot>)",
     )
     parser.add_argument(
         "--share-group", help="MQTT shared-subscription group (default: <app id>-ingress)"

@@ -12,12 +12,15 @@ from typing import Any
 import faust
 from mode import CrashingSupervisor
 
-from otaflow import config, topics
+from otaflow import config, instances, topics
 from streams import fetch_tuning
 
 fetch_tuning.apply()
 settings = config.load()
-_datadir = config.data_dir() / settings.app_id
+# One state directory per copy of the worker on this host (two cannot open one RocksDB
+# database), the same one again after a restart so its state need not be replayed.
+_instance = instances.instance_name(settings, "worker")
+_datadir = config.data_dir() / settings.app_id / f"worker-{instances.slot(settings, 'worker')}"
 _datadir.parent.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
@@ -27,6 +30,7 @@ app = faust.App(
     # can be scanned on their own when a batch starts.
     store="rocksdb://",
     datadir=str(_datadir),
+    broker_client_id=_instance,
     topic_partitions=settings.partitions,
     # Topics are created by otaflow.topics.ensure_topics with their real settings.
     topic_allow_declare=True,

@@ -315,7 +315,7 @@ class TaskViewConsumer:
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"otaflow-api-view-{uuid.uuid4()}",
+                "group.id": f"{settings.app_id}-api-view-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 20,

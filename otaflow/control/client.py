@@ -56,7 +56,7 @@ class ControlClient:
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"cc-{uuid.uuid4()}",
+                "group.id": f"{settings.app_id}-control-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
             }
