@@ -59,8 +59,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connectors.device_payloads import MAX_PAYLOAD_BYTES, MalformedPayload, parse_report
-from connectors.process import start_process
-from otaflow import instances
+from connectors.process import serve_metrics, start_process
+from otaflow import instances, metrics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
@@ -274,6 +274,7 @@ class IngressConnector:
         _log.info(
             "ingress %s: connected (session present: %s)", self.client_id, flags.session_present
         )
+        metrics.mqtt_connected("ingress")
         client.subscribe([(s, SubscribeOptions(qos=1)) for s in self.subscriptions])
 
     def _on_disconnect(
@@ -287,6 +288,7 @@ class IngressConnector:
         with self._lock:
             self._generation += 1
         self.ready.clear()
+        metrics.mqtt_disconnected("ingress", self._stopping)
         if not self._stopping:
             _log.warning(
                 "ingress %s: disconnected (%s); paho reconnects", self.client_id, reason_code
@@ -479,14 +481,26 @@ def main(argv: list[str] | None = None) -> None:
         "keeping the session for a restart",
     )
     args = parser.parse_args(argv)
-    settings, stop = start_process([DEVICE_REPORTS, DEAD_LETTERS])
-    IngressConnector(
+    settings, stop = start_process([DEVICE_REPORTS, DEAD_LETTERS], "ingress")
+    connector = IngressConnector(
         settings,
         client_id=args.client_id,
         share_group=args.share_group,
         max_in_flight=args.max_in_flight,
         leave_on_stop=args.leave,
-    ).run(stop)
+    )
+    counts = {
+        "otaflow_ingress_forwarded": (
+            "Device messages forwarded to Kafka",
+            lambda: connector.forwarded,
+        ),
+        "otaflow_ingress_dead_lettered": (
+            "Device messages dead-lettered",
+            lambda: connector.dead_lettered,
+        ),
+    }
+    serve_metrics(settings, "ingress", connector.ready.is_set, counts)
+    connector.run(stop)
 
 
 if __name__ == "__main__":

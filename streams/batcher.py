@@ -211,9 +211,9 @@ class ReportBatcher:
 
 
 def main() -> int:
-    from otaflow import config
+    from otaflow import config, logs, metrics
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s batcher %(message)s")
+    logs.setup("batcher")
     settings = config.load()
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     from streams import gc_tuning
@@ -222,7 +222,14 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ReportBatcher(settings).run(stop)
+    batcher = ReportBatcher(settings)
+    metrics.expose_counts(
+        "batcher",
+        {"otaflow_batcher_forwarded": ("Reports put in envelopes", lambda: batcher.forwarded)},
+    )
+    metrics.ready_when(lambda: True)
+    metrics.serve(settings, "batcher")
+    batcher.run(stop)
     return 0
 
 

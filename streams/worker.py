@@ -5,12 +5,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import logging
 import signal
 import subprocess
 import sys
 
-from otaflow import config, topics
+from otaflow import config, logs, topics
 from streams import gc_tuning
 
 
@@ -36,6 +35,7 @@ def start_batcher() -> subprocess.Popen[bytes]:
 
 
 def main(with_batcher: bool = True) -> int:
+    level = logs.setup("worker")
     settings = config.load()
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     if with_batcher:
@@ -46,23 +46,18 @@ def main(with_batcher: bool = True) -> int:
     import streams.device_agent
     import streams.rate_agent
     import streams.ticker  # noqa: F401  (registers agents and timers)
+    from streams import observe
     from streams.app import app, declare_changelogs
 
     declare_changelogs()
     gc_tuning.apply()
 
-    level = config_log_level()
-    worker = Worker(app, loglevel=level, quiet=True)
+    observe.serve()
+    # otaflow.logs configured logging (level, format, quiet libraries): Faust keeps it.
+    worker = Worker(app, loglevel=level, quiet=True, override_logging=False)
     worker.execute_from_commandline()
     return 0
 
 
-def config_log_level() -> str:
-    import os
-
-    return os.environ.get("OTAFLOW_LOG_LEVEL", "warning")
-
-
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     raise SystemExit(main())

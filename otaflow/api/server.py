@@ -40,7 +40,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from otaflow import config
+from otaflow import config, logs
+from otaflow.api import observe
 from otaflow.api.params import ParamError, parse_rpc_request
 from otaflow.api.signature import SignatureError, SignatureVerifier
 from otaflow.api.views import VIEW_ACTIONS, TaskView, TaskViewConsumer
@@ -234,7 +235,10 @@ def create_app(
     verifier: SignatureVerifier | None = None,
 ) -> web.Application:
     api = Api(settings, control_client, views, packages=packages, verifier=verifier)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    known = lambda a: a in LOCAL_ACTIONS or a in VIEW_ACTIONS or ControlPlane.supports(a)  # noqa: E731
+    app = web.Application(
+        client_max_size=64 * 1024 * 1024, middlewares=[observe.request_metrics(known)]
+    )
     app[API_KEY] = api
     app.router.add_route("POST", "/", api.handle)
     app.router.add_route("GET", "/", api.handle)
@@ -264,6 +268,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await web.TCPSite(runner, "0.0.0.0", port).start()
             runners.append(runner)
         log.info("API on :%d, packages on :%d", settings.api_port, settings.package_port)
+        observe.serve_metrics(settings, feed.view)
         await (stop or asyncio.Event()).wait()
     finally:
         for runner in runners:
@@ -273,7 +278,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.setup("api")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config.load()))
 

@@ -64,6 +64,8 @@ class BatchTasks:
     tasks: dict[str, TaskRow] = field(default_factory=dict)
     by_status: Counter[str] = field(default_factory=Counter)
     by_src: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    # NOTIFIED events seen: the batch's pushes so far (otaflow.metrics).
+    pushes: int = 0
 
 
 class TaskView:
@@ -96,6 +98,8 @@ class TaskView:
             job.tasks[task_id] = TaskRow(event, created)
             job.by_status[event["status"]] += 1
             job.by_src[src][event["status"]] += 1
+            if event["status"] == "NOTIFIED":
+                job.pushes += 1
             self.task_batch[task_id] = batch_id
             key = (event["product_key"], event["device_name"])
             self.device_tasks[key].add(task_id)
