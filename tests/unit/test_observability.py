@@ -147,3 +147,21 @@ def test_the_log_level_quiets_libraries_unless_debugging(monkeypatch: pytest.Mon
         root.setLevel(saved[1])
         for name in logs.LIBRARIES:
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_the_dashboard_charts_only_series_otaflow_exports() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((repo / "dashboards" / "otaflow.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    charted = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"\b(otaflow_[a-z_]+)", expr)
+    }
+    sources = "".join(
+        path.read_text()
+        for d in ("otaflow", "streams", "connectors")
+        for path in (repo / d).rglob("*.py")
+    )
+    exported = set(re.findall(r'"(otaflow_[a-z_]+)"', sources))
+    assert charted and charted <= exported, charted - exported
