@@ -3,7 +3,7 @@
 otaflow up                 dev stack (unless URLs are given) + every process, foreground
 otaflow demo               the main job: a rollout to 1,000 simulated devices, live
 otaflow devstack up|down|status|prune
-otaflow worker|ingress|egress|api   run one component (scale out by running more)
+otaflow worker|ingress|egress|api|console   run one component (scale out by running more)
 otaflow plan ...           what-if push schedule for a rate configuration
 otaflow firmware|batch|task|device|group ...   operate through the OpenAPI
 """
@@ -22,6 +22,8 @@ from otaflow.processes import COMPONENTS, ProcessGroup
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from otaflow.web.console import console_port
+
     stack = devstack.up()
     settings = config.load()
     env = {"OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "OTAFLOW_MQTT_URL": stack.mqtt_url}
@@ -29,6 +31,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"otaflow up · Kafka {stack.kafka_bootstrap} · MQTT {stack.mqtt_url} · "
         f"API http://127.0.0.1:{settings.api_port} · packages {settings.package_base_url}"
+        f" · console http://127.0.0.1:{console_port()}"
     )
     print("Ctrl-C stops everything.", flush=True)
     stopping = False

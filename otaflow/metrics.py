@@ -5,7 +5,7 @@ answers: 200) and ``/readyz`` (200 once the process does its job: the worker has
 partitions, a connector its MQTT subscription, the API its listeners; 503 before) on a
 port of its own: ``OTAFLOW_METRICS_PORT`` where set (0: any free port), else the
 component's default (worker 9401, batcher 9402, ingress 9403, egress 9404,
-file-download 9405, api 9406) plus 10 per further copy on the host; a taken port falls
+file-download 9405, api 9406, console 9407) plus 10 per further copy on the host; a taken port falls
 back to a free one. The address is logged and written to
 ``OTAFLOW_CACHE/instances/<deployment>-<component>-<slot>.metrics`` for discovery.
 
@@ -45,6 +45,7 @@ DEFAULT_PORTS = {
     "egress": 9404,
     "file-download": 9405,
     "api": 9406,
+    "console": 9407,
 }
 
 # -- the series ---------------------------------------------------------------------------
