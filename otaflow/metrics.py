@@ -15,6 +15,7 @@ Hot paths count per envelope or per poll, never per record: a labelled counter's
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -158,6 +159,9 @@ def serve(settings: Settings, component: str) -> int:
     url = f"http://127.0.0.1:{port}"
     note = config.cache_dir() / "instances" / f"{settings.deployment}-{component}-{slot}.metrics"
     note.write_text(url + "\n")
+    # Gone with the process (a note left by a killed one names a port someone may reuse:
+    # the next copy in its slot overwrites it).
+    atexit.register(lambda: note.unlink(missing_ok=True))
     _log.info("%s: metrics on %s/metrics, health on /healthz and /readyz", component, url)
     return port
 

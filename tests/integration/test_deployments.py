@@ -19,7 +19,7 @@ import pytest
 from otaflow import topics
 from tests.integration.conftest import REPO, Otaflow
 from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import dynamic_batch
+from tests.integration.test_rollout_kafka import create_package, dynamic_batch
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +179,72 @@ def test_two_deployments_on_one_broker_and_host_do_not_see_each_other(
     green.task_events().wait_for(
         lambda v: any(e["device_name"] == "green-late" for e in v), what="green's late task"
     )
+
+
+def test_the_scaled_shape_rolls_out_with_a_worker_killed_midway(
+    make_otaflow: Callable[..., Otaflow],
+) -> None:
+    """3 workers, 2 ingresses, 2 egresses and one API as processes on this host (each
+    copy in its own slot: client ids, state directories), simulated devices over MQTT,
+    and a worker killed while pushes go out: every device still ends SUCCEEDED."""
+    from benchmarks.fleet import SimulatedFleet
+
+    deployment = make_otaflow(deployment=_name(), partitions=6, tick_interval_s=1.0)
+    for i in (1, 2, 3):
+        deployment.start(f"worker-{i}", "-m", "streams.worker")
+    for name in ("ingress-1", "ingress-2"):
+        deployment.start(name, "-m", "connectors.ingress", "--leave")
+    for name in ("egress-1", "egress-2"):
+        deployment.start(name, "-m", "connectors.egress")
+    deployment.start("api", "-m", "otaflow.api_main")
+    pk = "pkScaled"
+    firmware_id = create_package(deployment, pk)
+    job_id = str(
+        deployment.call(
+            "CreateOTADynamicUpgradeJob",
+            int(time.time() * 1000),
+            FirmwareId=firmware_id,
+            ProductKey=pk,
+            MaximumPerMinute=600,
+            **{"SrcVersion.1": "1.0"},
+        )["JobId"]
+    )
+    names = [f"s{i:03d}" for i in range(150)]
+    settings = deployment.settings
+    fleet = SimulatedFleet(settings.mqtt.host, settings.mqtt.port, pk, names)
+    fleet.start()
+    events = deployment.task_events()
+    try:
+        # Every copy of the ingress must hold its share before the devices speak.
+        _wait(
+            "both ingresses connected",
+            lambda: (
+                bool(_connected_ids(deployment, "ingress-1"))
+                and bool(_connected_ids(deployment, "ingress-2"))
+            ),
+        )
+        fleet.report_versions()
+        events.wait_for(
+            lambda v: sum(e["status"] == "NOTIFIED" for e in v) >= 30,
+            timeout=180,
+            what="pushes under way",
+        )
+        deployment.stop("worker-2", kill=True)
+        final = events.wait_for(
+            lambda v: (
+                len({e["device_name"] for e in v if e["status"] == "SUCCEEDED"}) == len(names)
+            ),
+            timeout=300,
+            what="every device succeeded",
+        )
+    finally:
+        fleet.stop()
+    assert {e["batch_id"] for e in final} == {job_id}
+    tasks_per_device: dict[str, set[str]] = {}
+    for e in final:
+        tasks_per_device.setdefault(e["device_name"], set()).add(e["task_id"])
+    assert all(len(t) == 1 for t in tasks_per_device.values())  # none doubled by the move
+    ids = _connected_ids(deployment, "ingress-1") + _connected_ids(deployment, "ingress-2")
+    assert len(set(ids)) == 2, ids
+    data = deployment.tmp / "data" / settings.deployment
+    assert {p.name for p in data.iterdir()} >= {"worker-0", "worker-1", "worker-2"}
