@@ -68,6 +68,9 @@ class Settings:
     # and write ticks themselves so a day of retries passes in a second.
     tick_interval_s: float = 1.0
     app_id: str = "otaflow"
+    # Copies of each partition otaflow creates: 1 on the one-broker dev stack, 3 on a
+    # cluster, so a broker lost loses no record (and no state: changelogs are topics).
+    replication: int = 1
 
     @property
     def deployment(self) -> str:
@@ -153,4 +156,5 @@ def load() -> Settings:
         access_keys=_parse_access_keys(env.get("OTAFLOW_ACCESS_KEYS", "")),
         tick_interval_s=float(env.get("OTAFLOW_TICK_INTERVAL", "1.0")),
         app_id=app_id,
+        replication=int(env.get("OTAFLOW_REPLICATION", "1")),
     )

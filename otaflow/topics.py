@@ -126,10 +126,13 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
             )
             for spec in specs
         ],
+        settings.replication,
     )
 
 
-def create_topics(bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str]]]) -> None:
+def create_topics(
+    bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str]]], replication: int = 1
+) -> None:
     """Create each (name, partitions, config) that does not exist yet; losing a creation
     race to another process is fine."""
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -137,7 +140,7 @@ def create_topics(bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=30).topics)
     new = [
-        NewTopic(name, partitions, 1, config=config)
+        NewTopic(name, partitions, replication, config=config)
         for name, partitions, config in wanted
         if name not in existing
     ]

@@ -37,6 +37,7 @@ app = faust.App(
     topic_disable_leader=True,
     # One broker on loopback: standbys would double every changelog read for nothing.
     table_standby_replicas=0,
+    topic_replication_factor=settings.replication,
     consumer_auto_offset_reset="earliest",
     # Commit often: a restart replays at most this much (replays are idempotent).
     broker_commit_every=1000,
@@ -123,4 +124,5 @@ def declare_changelogs() -> None:
             )
             for table in app.tables.values()
         ],
+        settings.replication,
     )
