@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,8 @@ from streams.app import (
 )
 from streams.effects import send_dead_letter
 from streams.partition_scan import scan_partition
+
+log = logging.getLogger("otaflow.worker")
 
 CODEC = codec()
 # Kafka's default message limit is 1 MB; stay well below it with the envelope's overhead.
@@ -150,6 +153,14 @@ async def apply_outcome(outcome: Outcome) -> None:
     for batch in outcome.batches:
         await batches_topic.send(key=batch["batch_id"].encode(), value=CODEC.encode("Batch", batch))
     for control in outcome.controls:
+        batch = control["batch"]
+        log.info(
+            "worker: batch %s %s (%s, status %s)",
+            batch["batch_id"],
+            control["action"],
+            batch["kind"],
+            batch["status"],
+        )
         await broadcast_control(control)
     for schema, record in outcome.broadcasts:
         await broadcast_items([CODEC.encode(schema, record)])

@@ -155,4 +155,6 @@ def test_every_process_serves_metrics_and_health_during_a_rollout(otaflow: Otafl
     # One log line per request: operation, code, milliseconds.
     assert re.search(r"api QueryOTAJob Success \d+ ms", otaflow.log("api")), otaflow.log("api")
     assert re.search(rf"api QueryOTAFirmware {re.escape(code)} \d+ ms", otaflow.log("api"))
-    assert "worker: assigned" in otaflow.log("worker")
+    worker_log = otaflow.log("worker")
+    assert "worker: assigned" in worker_log
+    assert f"worker: batch {job_id} START (DYNAMIC" in worker_log, worker_log
