@@ -55,6 +55,7 @@ def main(with_batcher: bool = True) -> int:
     observe.serve()
     # otaflow.logs configured logging (level, format, quiet libraries): Faust keeps it.
     worker = Worker(app, loglevel=level, quiet=True, override_logging=False)
+    worker.spinner = None  # its terminal escape codes (cursor on/off) end up in log files
     worker.execute_from_commandline()
     return 0
 
