@@ -172,6 +172,28 @@ def test_an_operator_runs_a_rollout_from_the_console(otaflow: Otaflow, browser: 
     expect(page.locator("#history")).to_contain_text("SUCCEEDED")
     shot(page, "05-device-history")
 
+    # A batch that needs confirmation, for the device that failed (the only one left on
+    # 1.0): confirm its task, then cancel it.
+    page.goto(package_url)
+    page.fill("#src_versions", "1.0")
+    page.fill("#rate", "100")
+    page.check("#need_confirm")
+    page.click("#create")
+    expect(page.locator("#count-Confirm")).to_have_text("1")
+    second = page.url.rsplit("/", 1)[-1]
+    assert second != job_id
+    page.goto(f"{console}/batches/{second}")
+    page.click("#tasks button:has-text('Confirm')")
+    expect(page.locator("#notice")).to_have_text("task confirmed")
+    expect(page.locator("#count-Confirm")).to_have_text("0")
+    page.goto(f"{console}/batches/{second}")
+    page.check("#cancel-form input[name=CancelQueuedTask]")
+    page.check("#cancel-form input[name=CancelNotifiedTask]")
+    page.click("#cancel")
+    expect(page.locator("#notice")).to_have_text("tasks canceled")
+    expect(page.locator("#count-Canceled")).to_have_text("1")
+    shot(page, "06-confirmed-then-canceled")
+
     page.click("text=Sign out")
     expect(page).to_have_url(console + "/login")
     page.goto(f"{console}/batches/{job_id}")
