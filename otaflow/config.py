@@ -104,8 +104,10 @@ def _parse_access_keys(raw: str) -> dict[str, str]:
 # "." nor "-", so no deployment's names are a prefix of another's and `otaflow devstack
 # prune --deployment NAME` can tell its topics and groups apart from everyone else's.
 DEPLOYMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,47}$")
-# Not a deployment name: the prefix of the throwaway deployments (otaflow.topics).
-RESERVED_DEPLOYMENTS = frozenset({"scratch"})
+# Not deployment names: the prefix of the throwaway deployments (otaflow.topics), and the
+# names whose "NAME." would take in the unnamed deployment's topics (ota.*, otaflow.*)
+# and "otaflow", its app id and consumer group.
+RESERVED_DEPLOYMENTS = frozenset({"scratch", "ota", "otaflow"})
 
 
 def check_deployment_name(name: str) -> str:

@@ -49,7 +49,9 @@ def test_a_topic_prefix_alone_no_longer_shares_the_default_app_id(
     assert explicit.app_id == "legacy"
 
 
-@pytest.mark.parametrize("name", ["a.b", "a-b", "", "Blue", "scratch", "x" * 49, "_a"])
+@pytest.mark.parametrize(
+    "name", ["a.b", "a-b", "", "Blue", "scratch", "ota", "otaflow", "x" * 49, "_a"]
+)
 def test_names_that_could_be_confused_are_refused(
     monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
