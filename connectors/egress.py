@@ -67,8 +67,8 @@ from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
 from connectors.mqtt_login import tls_context
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
-from connectors.process import start_process
-from otaflow import membership
+from connectors.process import serve_metrics, start_process
+from otaflow import membership, metrics
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
 from otaflow.kafka_security import kafka_client_config
@@ -458,11 +458,13 @@ class EgressConnector:
 
     def _on_connect(self) -> None:
         _log.info("egress %s: connected", self.client_id)
+        metrics.mqtt_connected("egress")
         self._reconnect_delay = RECONNECT_MIN_S
         self.ready.set()
 
     def _on_disconnect(self, reason: str) -> None:
         self.ready.clear()
+        metrics.mqtt_disconnected("egress", self._stopping)
         self._reconnect_at = time.monotonic() + self._reconnect_delay
         if not self._stopping:
             _log.warning(
@@ -514,13 +516,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client-id", help="MQTT client id (default: unique per process)")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
     args = parser.parse_args(argv)
-    settings, stop = start_process([NOTIFICATIONS, DEAD_LETTERS])
-    EgressConnector(
+    settings, stop = start_process([NOTIFICATIONS, DEAD_LETTERS], "egress")
+    connector = EgressConnector(
         settings,
         url_signer_for(settings),
         client_id=args.client_id,
         max_in_flight=args.max_in_flight,
-    ).run(stop)
+    )
+    counts = {
+        "otaflow_mqtt_published": (
+            "Update offers the broker acknowledged",
+            lambda: connector.published,
+        ),
+        "otaflow_egress_dead_lettered": (
+            "Notifications sent to dead letters",
+            lambda: connector.dead_lettered,
+        ),
+    }
+    serve_metrics(settings, "egress", connector.ready.is_set, counts, lag_of=connector.group_id)
+    connector.run(stop)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ from connectors.device_payloads import (
 )
 from connectors.ingress import producer_config
 from connectors.mqtt_login import configure_paho
-from connectors.process import start_process
+from connectors.process import serve_metrics, start_process
+from otaflow import metrics
 from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
 from otaflow.kafka_security import kafka_client_config
@@ -271,6 +272,7 @@ class FileDownloadResponder:
         if reason_code.is_failure:
             _log.error("file download: broker refused the connection: %s", reason_code)
             return
+        metrics.mqtt_connected("file-download")
         client.subscribe(self.subscription, qos=1)
 
     def _on_subscribe(
@@ -295,6 +297,7 @@ class FileDownloadResponder:
         properties: Properties | None,
     ) -> None:
         self.ready.clear()
+        metrics.mqtt_disconnected("file-download")
         with self._lock:  # QoS 0 replies not written are gone with the connection
             self._pending_bytes.clear()
             self._pending_total = 0
@@ -462,10 +465,19 @@ def main(argv: list[str] | None = None) -> None:
         "--share-group", help="MQTT shared-subscription group (default: <app id>-file-download)"
     )
     args = parser.parse_args(argv)
-    settings, stop = start_process([BATCHES, DEAD_LETTERS])
-    FileDownloadResponder(
+    settings, stop = start_process([BATCHES, DEAD_LETTERS], "file-download")
+    responder = FileDownloadResponder(
         settings, PackageStore(settings), client_id=args.client_id, share_group=args.share_group
-    ).run(stop)
+    )
+    counts = {
+        "otaflow_file_blocks_sent": ("File blocks sent to devices", lambda: responder.blocks_sent),
+        "otaflow_file_errors_sent": (
+            "Error replies sent to devices",
+            lambda: responder.errors_sent,
+        ),
+    }
+    serve_metrics(settings, "file-download", responder.ready.is_set, counts)
+    responder.run(stop)
 
 
 if __name__ == "__main__":

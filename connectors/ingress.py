@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -62,7 +61,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from connectors.device_payloads import MAX_PAYLOAD_BYTES, MalformedPayload, parse_report
 from connectors.mqtt_login import configure_paho
 from connectors.presence import STATUS_TOPIC_FILTER, is_status_topic, parse_status
-from connectors.process import start_process
+from connectors.process import serve_metrics, start_process
+from otaflow import instances, metrics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.kafka_security import kafka_client_config
@@ -93,8 +93,9 @@ DRAIN_QUIET_S = 0.3
 
 
 def default_client_id(settings: Settings) -> str:
-    """Stable per host, so a restarted connector resumes its MQTT session."""
-    return f"{settings.app_id}-ingress-{socket.gethostname()}"
+    """Unique per copy on a host (the broker drops a connection whose client id another
+    takes) and stable across a restart, so a restarted connector resumes its MQTT session."""
+    return instances.instance_name(settings, "ingress")
 
 
 def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
@@ -288,6 +289,7 @@ class IngressConnector:
         _log.info(
             "ingress %s: connected (session present: %s)", self.client_id, flags.session_present
         )
+        metrics.mqtt_connected("ingress")
         client.subscribe([(s, SubscribeOptions(qos=1)) for s in self.subscriptions])
 
     def _on_disconnect(
@@ -301,6 +303,7 @@ class IngressConnector:
         with self._lock:
             self._generation += 1
         self.ready.clear()
+        metrics.mqtt_disconnected("ingress", self._stopping)
         if not self._stopping:
             _log.warning(
                 "ingress %s: disconnected (%s); paho reconnects", self.client_id, reason_code
@@ -482,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         "--client-id",
         help="MQTT client id; stable across restarts so the "
         "broker session (and its unacknowledged messages) is resumed; "
-        "distinct per replica (default: <app id>-ingress-<hostname>)",
+        "distinct per replica (default: <deployment>-ingress-<hostname>-<slot>)",
     )
     parser.add_argument(
         "--share-group", help="MQTT shared-subscription group (default: <app id>-ingress)"
@@ -496,14 +499,26 @@ def main(argv: list[str] | None = None) -> None:
         "keeping the session for a restart",
     )
     args = parser.parse_args(argv)
-    settings, stop = start_process([DEVICE_REPORTS, DEAD_LETTERS])
-    IngressConnector(
+    settings, stop = start_process([DEVICE_REPORTS, DEAD_LETTERS], "ingress")
+    connector = IngressConnector(
         settings,
         client_id=args.client_id,
         share_group=args.share_group,
         max_in_flight=args.max_in_flight,
         leave_on_stop=args.leave,
-    ).run(stop)
+    )
+    counts = {
+        "otaflow_ingress_forwarded": (
+            "Device messages forwarded to Kafka",
+            lambda: connector.forwarded,
+        ),
+        "otaflow_ingress_dead_lettered": (
+            "Device messages dead-lettered",
+            lambda: connector.dead_lettered,
+        ),
+    }
+    serve_metrics(settings, "ingress", connector.ready.is_set, counts)
+    connector.run(stop)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 otaflow up                 dev stack (unless URLs are given) + every process, foreground
 otaflow demo               the main job: a rollout to 1,000 simulated devices, live
 otaflow devstack up|down|status|prune
-otaflow worker|ingress|egress|api   run one component (scale out by running more)
+otaflow worker|ingress|egress|api|console   run one component (scale out by running more)
 otaflow plan ...           what-if push schedule for a rate configuration
 otaflow source check|try|peek FILE   a telemetry topic mapped onto version reports
 otaflow firmware|batch|task|device|group ...   operate through the OpenAPI
@@ -25,6 +25,8 @@ from otaflow.supervision import Supervisor
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from otaflow.web.console import console_port
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s otaflow up: %(message)s")
     stack = devstack.up()
     settings = config.load()
@@ -50,7 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"otaflow up · Kafka {stack.kafka_bootstrap} · MQTT {mqtt} · "
         f"API http://127.0.0.1:{settings.api_port} · packages {settings.package_base_url} · "
-        f"presence {presence}"
+        f"console http://127.0.0.1:{console_port()} · presence {presence}"
     )
     print("Ctrl-C stops everything.", flush=True)
     stopping = False

@@ -7,7 +7,9 @@ newcomer never has to hunt for a stray ``os.environ`` lookup.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -140,6 +142,14 @@ class Settings:
     device_key: str = DEV_DEVICE_KEY
     # Whether the broker reports connects and disconnects (otaflow.edge.presence).
     presence: bool = False
+    # Copies of each partition otaflow creates: 1 on the one-broker dev stack, 3 on a
+    # cluster, so a broker lost loses no record (and no state: changelogs are topics).
+    replication: int = 1
+
+    @property
+    def deployment(self) -> str:
+        """The deployment's name: what every Kafka, MQTT and state name starts with."""
+        return self.app_id
 
     @property
     def kafka_from_env(self) -> bool:
@@ -159,8 +169,53 @@ def _parse_access_keys(raw: str) -> dict[str, str]:
     return keys
 
 
+# -- deployments ---------------------------------------------------------------------------
+#
+# OTAFLOW_DEPLOYMENT=NAME is the one setting that keeps deployments on one Kafka, one
+# Mosquitto and one host apart: topics are NAME.<topic>, the Faust app id (consumer
+# group, changelogs NAME-<table>-changelog, state directory) and every other group,
+# client id and MQTT shared-subscription group start with NAME-. A name has neither
+# "." nor "-", so no deployment's names are a prefix of another's and `otaflow devstack
+# prune --deployment NAME` can tell its topics and groups apart from everyone else's.
+DEPLOYMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,47}$")
+# Not deployment names: the prefix of the throwaway deployments (otaflow.topics), and the
+# names whose "NAME." would take in the unnamed deployment's topics (ota.*, otaflow.*)
+# and "otaflow", its app id and consumer group.
+RESERVED_DEPLOYMENTS = frozenset({"scratch", "ota", "otaflow"})
+
+
+def check_deployment_name(name: str) -> str:
+    if not DEPLOYMENT_NAME.match(name) or name in RESERVED_DEPLOYMENTS:
+        raise ValueError(
+            f"deployment name {name!r}: use 1-48 lower-case letters, digits or '_' "
+            f"(no '.' or '-', not {', '.join(sorted(RESERVED_DEPLOYMENTS))})"
+        )
+    return name
+
+
+def deployment_settings(base: Settings, name: str) -> Settings:
+    """``base`` as the deployment ``name`` (topic prefix ``name.``, app id ``name``)."""
+    return replace(base, topic_prefix=check_deployment_name(name) + ".", app_id=name)
+
+
+def _deployment_names(env: Mapping[str, str]) -> tuple[str, str]:
+    """(topic prefix, app id). OTAFLOW_TOPIC_PREFIX and OTAFLOW_APP_ID, the older
+    settings, still win where set; a topic prefix alone no longer shares the default app
+    id (and with it consumer groups, changelogs and state) with every other deployment."""
+    name = env.get("OTAFLOW_DEPLOYMENT", "")
+    if name:
+        check_deployment_name(name)
+        prefix, app_id = name + ".", name
+    else:
+        prefix, app_id = "", "otaflow"
+    prefix = env.get("OTAFLOW_TOPIC_PREFIX", prefix)
+    default_app_id = prefix.rstrip(".-_") if prefix and not name else app_id
+    return prefix, env.get("OTAFLOW_APP_ID", default_app_id)
+
+
 def load() -> Settings:
     env = os.environ
+    topic_prefix, app_id = _deployment_names(env)
     api_port = int(env.get("OTAFLOW_API_PORT", DEFAULT_API_PORT))
     package_port = int(env.get("OTAFLOW_PACKAGE_PORT", DEFAULT_PACKAGE_PORT))
     return Settings(
@@ -170,16 +225,17 @@ def load() -> Settings:
             env.get("OTAFLOW_MQTT_CA_FILE"),
         ),
         partitions=int(env.get("OTAFLOW_PARTITIONS", DEFAULT_PARTITIONS)),
-        topic_prefix=env.get("OTAFLOW_TOPIC_PREFIX", ""),
+        topic_prefix=topic_prefix,
         api_port=api_port,
         package_port=package_port,
         package_base_url=env.get("OTAFLOW_PACKAGE_BASE_URL", f"http://127.0.0.1:{package_port}"),
         url_signing_key=env.get("OTAFLOW_URL_SIGNING_KEY", "otaflow-dev-url-key"),
         access_keys=_parse_access_keys(env.get("OTAFLOW_ACCESS_KEYS", "")),
         tick_interval_s=float(env.get("OTAFLOW_TICK_INTERVAL", "1.0")),
-        app_id=env.get("OTAFLOW_APP_ID", "otaflow"),
+        app_id=app_id,
         report_sources=env.get("OTAFLOW_REPORT_SOURCES", ""),
         public_json=env.get("OTAFLOW_PUBLIC_JSON", "") not in ("", "0", "false", "no"),
         device_key=env.get("OTAFLOW_DEVICE_KEY", DEV_DEVICE_KEY),
         presence=env.get("OTAFLOW_PRESENCE", "").lower() in ("1", "true", "on", "yes"),
+        replication=int(env.get("OTAFLOW_REPLICATION", "1")),
     )

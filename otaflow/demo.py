@@ -50,7 +50,7 @@ class TaskBoard:
         self.consumer = Consumer(
             {
                 **kafka_client_config(settings.kafka_bootstrap),
-                "group.id": f"demo-{uuid.uuid4()}",
+                "group.id": f"{settings.app_id}-demo-{uuid.uuid4()}",
                 "enable.auto.commit": False,
             }
         )

@@ -13,7 +13,7 @@ Python API::
     down()              # stops only what up() started
     prune()             # deletes what throwaway deployments left (tests, benchmarks)
 
-CLI: ``python -m otaflow.devstack up|down|status|prune``.
+CLI: ``python -m otaflow.devstack up|down|status|prune [--deployment NAME]``.
 
 Setting ``OTAFLOW_KAFKA_BOOTSTRAP`` / ``OTAFLOW_MQTT_URL`` points otaflow at
 services someone else runs; ``up()`` then only checks they answer.
@@ -791,7 +791,23 @@ def prune() -> int:
     settings = config.load()
     with _locked():
         bootstrap = _up_kafka(settings)
-        return topics.prune_scratch_topics(bootstrap)
+        deleted = topics.prune_scratch_topics(bootstrap)
+        topics.delete_groups_where(bootstrap, topics.is_scratch)
+        return deleted
+
+
+def prune_deployment(name: str) -> tuple[int, list[str], list[str]]:
+    """Delete one deployment's topics and consumer groups and nothing else; return (topics
+    deleted, groups deleted, groups still in use). Stop its processes first: a group with
+    live members stays."""
+    settings = config.deployment_settings(config.load(), name)
+    bootstrap = settings.kafka_bootstrap
+    if not settings.kafka_from_env:
+        with _locked():
+            bootstrap = _up_kafka(settings)
+    deleted_topics = topics.delete_deployment_topics(bootstrap, settings)
+    groups, busy = topics.delete_groups_where(bootstrap, topics.group_owner_of(settings))
+    return deleted_topics, groups, busy
 
 
 def status() -> dict[str, dict[str, object]]:
@@ -833,7 +849,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=("up", "down", "status", "prune"))
     parser.add_argument("--json", action="store_true", help="print machine-readable output")
+    parser.add_argument(
+        "--deployment",
+        metavar="NAME",
+        help="prune: delete this deployment's topics and consumer groups (OTAFLOW_DEPLOYMENT)",
+    )
     args = parser.parse_args(argv)
+    if args.deployment and args.command != "prune":
+        parser.error("--deployment goes with prune")
     try:
         if args.command == "up":
             started = time.monotonic()
@@ -859,6 +882,19 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print("dev stack stopped")
             return 0
+        if args.command == "prune" and args.deployment:
+            try:
+                count, groups, busy = prune_deployment(args.deployment)
+            except ValueError as exc:
+                print(f"devstack: {exc}", file=sys.stderr)
+                return 2
+            if args.json:
+                print(json.dumps({"deleted_topics": count, "deleted_groups": groups, "busy": busy}))
+            else:
+                print(f"deployment {args.deployment}: deleted {count} topics, {len(groups)} groups")
+                for group in busy:
+                    print(f"group {group} still has members: stop its processes and prune again")
+            return 1 if busy else 0
         if args.command == "prune":
             deleted = prune()
             print(

@@ -22,6 +22,7 @@ Examples::
     otaflow batch create FIRMWARE_ID --product a1Prod --scope SPECIFIC --devices dev001,dev002
     otaflow batch create FIRMWARE_ID --product a1Prod --dynamic --src-version 1.0 --rate 500
     otaflow batch list FIRMWARE_ID
+    otaflow batch watch JOB_ID                         # live board until it completes
     otaflow batch edit JOB_ID --rate 1000 --tag wave=2
     otaflow batch cancel JOB_ID --queued --notified
     otaflow task list JOB_ID --status FAILED
@@ -47,7 +48,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from otaflow import config
+from otaflow import config, watch_cli
 from otaflow.api.params import API_VERSION, flatten
 from otaflow.api.signature import sign_request
 
@@ -610,6 +611,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--strategy", action="store_true", help="stop a dynamic batch matching")
     for flag in ("queued", "notified", "in-progress", "unconfirmed", "scheduled"):
         p.add_argument(f"--{flag}", action="store_true", help=f"cancel {flag} tasks")
+    p = _command(batch, "watch", watch_cli.batch_watch, "a batch's live board until it completes")
+    watch_cli.add_arguments(p)
     p = _command(batch, "edit", batch_edit, "change a running batch")
     p.add_argument("job_id")
     p.add_argument("--rate", type=int)

@@ -28,6 +28,7 @@ COMPONENTS: dict[str, list[str]] = {
     "egress": ["-m", "connectors.egress"],
     "file-download": ["-m", "connectors.file_download"],
     "api": ["-m", "otaflow.api_main"],
+    "console": ["-m", "otaflow.web.console"],
 }
 
 

@@ -47,6 +47,9 @@ PROGRAMS: tuple[Program, ...] = (
     # A real third-party Kafka client: the integration tests read the public JSON topics
     # with it, as a team's own tools would (docs/kafka-integration.md).
     Program("kcat", "kcat"),
+    # The web console's browser test drives Debian's Chromium headless with Playwright
+    # (Playwright's own browser download cannot work here).
+    Program("chromium", "chromium", ("/usr/bin/chromium",)),
 )
 
 # What building the broker's device-authentication plugin takes (otaflow.edge.broker):

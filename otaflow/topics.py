@@ -140,10 +140,13 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
             )
             for spec in specs
         ],
+        settings.replication,
     )
 
 
-def create_topics(bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str]]]) -> None:
+def create_topics(
+    bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str]]], replication: int = 1
+) -> None:
     """Create each (name, partitions, config) that does not exist yet; losing a creation
     race to another process is fine."""
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -151,7 +154,7 @@ def create_topics(bootstrap: str, wanted: Iterable[tuple[str, int, dict[str, str
     admin = AdminClient(kafka_client_config(bootstrap))
     existing = set(admin.list_topics(timeout=30).topics)
     new = [
-        NewTopic(name, partitions, 1, config=config)
+        NewTopic(name, partitions, replication, config=config)
         for name, partitions, config in wanted
         if name not in existing
     ]
@@ -199,6 +202,52 @@ def owner_of(settings: Settings) -> Callable[[str], bool]:
         raise ValueError("a deployment without a topic prefix does not own its topic names")
     prefix, app = settings.topic_prefix, settings.app_id + "-"
     return lambda name: name.startswith(prefix) or name.startswith(app)
+
+
+def group_owner_of(settings: Settings) -> Callable[[str], bool]:
+    """Whether a consumer group belongs to the deployment: the Faust app id itself and
+    every group named after it (batcher, egress, API views, control clients)."""
+    if not settings.topic_prefix:
+        raise ValueError("a deployment without a topic prefix does not own its group names")
+    app = settings.app_id
+    return lambda name: name == app or name.startswith(app + "-")
+
+
+def delete_groups_where(
+    bootstrap: str, wanted: Callable[[str], bool], timeout: float = 60.0
+) -> tuple[list[str], list[str]]:
+    """Delete every consumer group whose name ``wanted`` accepts; return (deleted, busy):
+    a group with live members cannot be deleted (stop its processes first)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    listed = admin.list_consumer_groups(request_timeout=timeout).result()
+    names = sorted(g.group_id for g in listed.valid if wanted(g.group_id))
+    deleted: list[str] = []
+    busy: list[str] = []
+    if not names:
+        return deleted, busy
+    for name, future in admin.delete_consumer_groups(names, request_timeout=timeout).items():
+        try:
+            future.result()
+            deleted.append(name)
+        except Exception as exc:
+            if "NON_EMPTY_GROUP" in str(exc):
+                busy.append(name)
+            elif "GROUP_ID_NOT_FOUND" not in str(exc):
+                raise RuntimeError(f"could not delete consumer group {name}: {exc}") from exc
+    return sorted(deleted), sorted(busy)
+
+
+def consumer_groups_where(
+    bootstrap: str, wanted: Callable[[str], bool], timeout: float = 30.0
+) -> list[str]:
+    """The consumer groups on the broker whose name ``wanted`` accepts."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    listed = admin.list_consumer_groups(request_timeout=timeout).result()
+    return sorted(g.group_id for g in listed.valid if wanted(g.group_id))
 
 
 def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -> int:

@@ -12,13 +12,16 @@ from typing import Any
 import faust
 from mode import CrashingSupervisor
 
-from otaflow import config, membership, topics
+from otaflow import config, instances, membership, topics
 from otaflow.kafka_security import KafkaSecurity
 from streams import fetch_tuning
 
 fetch_tuning.apply()
 settings = config.load()
-_datadir = config.data_dir() / settings.app_id
+# One state directory per copy of the worker on this host (two cannot open one RocksDB
+# database), the same one again after a restart so its state need not be replayed.
+_instance = instances.instance_name(settings, "worker")
+_datadir = instances.worker_state_dir(settings)
 _datadir.parent.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
@@ -30,12 +33,14 @@ app = faust.App(
     # can be scanned on their own when a batch starts.
     store="rocksdb://",
     datadir=str(_datadir),
+    broker_client_id=_instance,
     topic_partitions=settings.partitions,
     # Topics are created by otaflow.topics.ensure_topics with their real settings.
     topic_allow_declare=True,
     topic_disable_leader=True,
     # One broker on loopback: standbys would double every changelog read for nothing.
     table_standby_replicas=0,
+    topic_replication_factor=settings.replication,
     consumer_auto_offset_reset="earliest",
     # Commit often: a restart replays at most this much (replays are idempotent).
     broker_commit_every=1000,
@@ -130,4 +135,5 @@ def declare_changelogs() -> None:
             )
             for table in app.tables.values()
         ],
+        settings.replication,
     )

@@ -32,6 +32,7 @@ Commit order: produce envelopes -> flush (all acknowledged) -> commit source off
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -41,7 +42,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from otaflow import membership, topics
+from otaflow import instances, membership, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.kafka_security import kafka_client_config
@@ -306,9 +307,9 @@ class ReportBatcher:
 
 
 def main() -> int:
-    from otaflow import config
+    from otaflow import config, logs, metrics
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s batcher %(message)s")
+    logs.setup("batcher")
     settings = config.load()
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     from streams import gc_tuning
@@ -317,7 +318,16 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ReportBatcher(settings, state_dir=config.data_dir() / settings.app_id).run(stop)
+    # Beside a worker: its state directory keeps the batcher's group member id.
+    state_dir = os.environ.get(instances.BATCHER_STATE_ENV)
+    batcher = ReportBatcher(settings, state_dir=Path(state_dir) if state_dir else None)
+    metrics.expose_counts(
+        "batcher",
+        {"otaflow_batcher_forwarded": ("Reports put in envelopes", lambda: batcher.forwarded)},
+    )
+    metrics.ready_when(lambda: True)
+    metrics.serve(settings, "batcher")
+    batcher.run(stop)
     return 0
 
 

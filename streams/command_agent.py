@@ -48,6 +48,8 @@ from streams.app import (
 from streams.effects import send_dead_letter
 from streams.partition_scan import scan_partition
 
+log = logging.getLogger("otaflow.worker")
+
 CODEC = codec()
 log = logging.getLogger("otaflow.command_agent")
 # Kafka's default message limit is 1 MB; stay well below it with the envelope's overhead.
@@ -280,6 +282,8 @@ class PreparedOutcome:
     controls: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     broadcasts: list[bytes] = field(default_factory=list)
     per_partition: dict[int, list[bytes]] = field(default_factory=dict)
+    # INFO lines for the operator, written once the outcome is applied.
+    logged: list[str] = field(default_factory=list)
 
 
 def prepare_outcome(outcome: Outcome) -> PreparedOutcome:
@@ -290,11 +294,16 @@ def prepare_outcome(outcome: Outcome) -> PreparedOutcome:
     for batch in outcome.batches:
         out.batches.append((batch["batch_id"].encode(), CODEC.encode("Batch", batch)))
     for control in outcome.controls:
+        batch = control["batch"]
         rate_event = CODEC.encode("RateEvent", {"body": ("otaflow.BatchControl", control)})
         envelope = CODEC.encode(
             "DeviceEventBatch", {"items": [CODEC.encode("BatchControl", control)]}
         )
-        out.controls.append((control["batch"]["batch_id"].encode(), rate_event, envelope))
+        out.controls.append((batch["batch_id"].encode(), rate_event, envelope))
+        out.logged.append(
+            f"worker: batch {batch['batch_id']} {control['action']} "
+            f"({batch['kind']}, status {batch['status']})"
+        )
     for schema, record in outcome.broadcasts:
         out.broadcasts.append(
             CODEC.encode("DeviceEventBatch", {"items": [CODEC.encode(schema, record)]})
@@ -348,6 +357,8 @@ async def write_outcome(prepared: PreparedOutcome) -> None:
     for partition, items in sorted(prepared.per_partition.items()):
         for envelope in envelopes(items):
             await device_events.send(key=None, partition=partition, value=envelope)
+    for line in prepared.logged:
+        log.info(line)
 
 
 async def apply_outcome(outcome: Outcome) -> None:

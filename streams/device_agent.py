@@ -27,6 +27,7 @@ from otaflow.domain.groups import Group, GroupRegistry
 from otaflow.domain.partition import DeadlineHeap, PartitionEngine
 from otaflow.plain_reports import VersionReport, read_version_report
 from streams import app as streams_app
+from streams import observe
 from streams.app import app, device_events, devices, partition_meta, settings
 from streams.effects import EffectSender
 from streams.envelope_store import EnvelopeStore
@@ -285,6 +286,7 @@ async def process_envelope(partition: int, value: bytes) -> None:
     offsets = envelope["source_offsets"]
     applied = view.source_offsets
     apply = run.apply
+    reports = 0
     for i, item in enumerate(envelope["items"]):
         if sources and (source_partition := sources[i]) >= 0:
             # Reports the batcher re-sent after a restart are skipped, not applied twice.
@@ -294,10 +296,12 @@ async def process_envelope(partition: int, value: bytes) -> None:
             applied[source_partition] = offset
             run.meta_dirty = True
             apply(item, source_partition, offset)
+            reports += 1
         else:
             apply(item, -1, -1)
     await run.finish()
     run.release()
+    observe.applied(1, reports)  # per envelope: a metric per report would cost as much
 
 
 @app.agent(device_events)

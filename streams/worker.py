@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import logging
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from otaflow import config, topics
+from otaflow import config, instances, logs, topics
+from otaflow.instances import BATCHER_STATE_ENV
 from otaflow.packages import UnsafeSettings, require_private_signing_key
 from streams import gc_tuning
 
@@ -21,8 +23,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
-def start_batcher() -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "streams.batcher"], preexec_fn=_die_with_parent)
+def start_batcher(state_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    # The batcher keeps its consumer-group member id in its worker's state directory, so
+    # a restarted worker's batcher is the same static member (otaflow.membership).
+    env = dict(os.environ)
+    if state_dir is not None:
+        env[BATCHER_STATE_ENV] = str(state_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.batcher"], env=env, preexec_fn=_die_with_parent
+    )
 
     def stop() -> None:
         if proc.poll() is None:
@@ -37,6 +46,7 @@ def start_batcher() -> subprocess.Popen[bytes]:
 
 
 def main(with_batcher: bool = True) -> int:
+    level = logs.setup("worker")
     settings = config.load()
     try:  # before touching Kafka: a published URL key off loopback never runs
         require_private_signing_key(settings)
@@ -45,33 +55,26 @@ def main(with_batcher: bool = True) -> int:
         return 2
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     if with_batcher:
-        start_batcher()
+        start_batcher(instances.worker_state_dir(settings))
     from faust.worker import Worker
 
     import streams.command_agent
     import streams.device_agent
     import streams.rate_agent
     import streams.ticker  # noqa: F401  (registers agents and timers)
+    from streams import observe
     from streams.app import app, declare_changelogs
 
     declare_changelogs()
     gc_tuning.apply()
 
-    level = config_log_level()
-    worker = Worker(app, loglevel=level, quiet=True)
-    if not sys.stdout.isatty():
-        # Faust's start-up spinner writes cursor escape codes even into a log file.
-        worker.spinner = None
+    observe.serve()
+    # otaflow.logs configured logging (level, format, quiet libraries): Faust keeps it.
+    worker = Worker(app, loglevel=level, quiet=True, override_logging=False)
+    worker.spinner = None  # its terminal escape codes (cursor on/off) end up in log files
     worker.execute_from_commandline()
     return 0
 
 
-def config_log_level() -> str:
-    import os
-
-    return os.environ.get("OTAFLOW_LOG_LEVEL", "warning")
-
-
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     raise SystemExit(main())

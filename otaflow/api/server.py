@@ -47,7 +47,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from otaflow import config
+from otaflow import config, logs
+from otaflow.api import observe
 from otaflow.api.limits import check_params
 from otaflow.api.params import ParamError, parse_rpc_request
 from otaflow.api.signature import SignatureError, SignatureVerifier
@@ -459,7 +460,12 @@ def create_app(
     **limits: Any,
 ) -> web.Application:
     api = Api(settings, control_client, views, packages=packages, verifier=verifier, **limits)
-    app = web.Application(client_max_size=api.max_body_bytes, middlewares=[platform_errors])
+    known = lambda a: a in LOCAL_ACTIONS or a in VIEW_ACTIONS or ControlPlane.supports(a)  # noqa: E731
+    # Metrics outermost: they count the answer platform_errors made of any failure.
+    app = web.Application(
+        client_max_size=api.max_body_bytes,
+        middlewares=[observe.request_metrics(known), platform_errors],
+    )
     app[API_KEY] = api
     app.router.add_route("POST", "/", api.handle)
     app.router.add_route("GET", "/", api.handle)
@@ -496,6 +502,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             runners.append(runner)
         host = bind_address()
         log.info("API on %s:%d, packages on :%d", host, settings.api_port, settings.package_port)
+        observe.serve_metrics(settings, feed.view)
         await (stop or asyncio.Event()).wait()
     finally:
         for runner in runners:
@@ -506,7 +513,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.setup("api")
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(config.load()))

@@ -84,6 +84,8 @@ class BatchTasks:
     order: SortedList = field(default_factory=SortedList)
     order_by_status: dict[str, SortedList] = field(default_factory=lambda: defaultdict(SortedList))
     by_device_name: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # NOTIFIED events seen: the batch's pushes so far (otaflow.metrics).
+    pushes: int = 0
 
 
 class TaskView:
@@ -138,6 +140,8 @@ class TaskView:
             job.tasks[task_id] = TaskRow(event, created)
             job.by_status[status] += 1
             job.by_src[src][status] += 1
+            if status == "NOTIFIED":
+                job.pushes += 1
             self.task_batch[task_id] = batch_id
             key = (event["product_key"], event["device_name"])
             self.device_tasks[key].add(task_id)
@@ -385,7 +389,7 @@ class TaskViewConsumer:
         self.consumer = Consumer(
             {
                 **kafka_client_config(settings.kafka_bootstrap),
-                "group.id": f"otaflow-api-view-{uuid.uuid4()}",
+                "group.id": f"{settings.app_id}-api-view-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 20,

@@ -61,7 +61,7 @@ class ControlClient:
         self.consumer = Consumer(
             {
                 **kafka_client_config(settings.kafka_bootstrap),
-                "group.id": f"cc-{uuid.uuid4()}",
+                "group.id": f"{settings.app_id}-control-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
             }

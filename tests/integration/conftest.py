@@ -65,11 +65,20 @@ class Otaflow:
     """An isolated otaflow deployment under test (its own topics, state and processes)."""
 
     def __init__(
-        self, stack: devstack.DevStack, tmp: Path, partitions: int = 4, tick_interval_s: float = 0
+        self,
+        stack: devstack.DevStack,
+        tmp: Path,
+        partitions: int = 4,
+        tick_interval_s: float = 0,
+        deployment: str | None = None,
     ) -> None:
+        """``deployment``: named as an operator would (OTAFLOW_DEPLOYMENT alone), not by
+        the scratch topic prefix and app id."""
         api_port, package_port = free_port(), free_port()
+        base = config.load()
+        named = config.deployment_settings(base, deployment) if deployment else scratch(base)
         self.settings: Settings = replace(
-            scratch(config.load()),
+            named,
             kafka_bootstrap=stack.kafka_bootstrap,
             mqtt=config.MqttAddress.parse(stack.mqtt_url),
             partitions=partitions,
@@ -85,8 +94,14 @@ class Otaflow:
             "OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
             "OTAFLOW_MQTT_URL": stack.mqtt_url,
             "OTAFLOW_PARTITIONS": str(partitions),
-            "OTAFLOW_TOPIC_PREFIX": self.settings.topic_prefix,
-            "OTAFLOW_APP_ID": self.settings.app_id,
+            **(
+                {"OTAFLOW_DEPLOYMENT": deployment}
+                if deployment
+                else {
+                    "OTAFLOW_TOPIC_PREFIX": self.settings.topic_prefix,
+                    "OTAFLOW_APP_ID": self.settings.app_id,
+                }
+            ),
             "OTAFLOW_TICK_INTERVAL": str(tick_interval_s),
             "OTAFLOW_API_PORT": str(api_port),
             "OTAFLOW_PACKAGE_PORT": str(package_port),
