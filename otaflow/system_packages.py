@@ -69,21 +69,22 @@ EVERYTHING: tuple[Program, ...] = PROGRAMS + PLUGIN_BUILD
 MACHINE_PROGRAMS: frozenset[str] = frozenset({"java", "mvn", "apt-get", "git"})
 
 
-def find(name: str) -> str | None:
-    """The path of program ``name`` (one of :data:`EVERYTHING`, or any on PATH), or None."""
-    found = shutil.which(name)
+def locate(program: Program) -> str | None:
+    """Where ``program`` is: on PATH, or the first of its ``paths`` that exists."""
+    found = shutil.which(program.name)
     if found:
         return found
-    for program in EVERYTHING:
-        if program.name == name:
-            for candidate in program.paths:
-                if os.access(candidate, os.X_OK):
-                    return candidate
-    return None
+    return next((path for path in program.paths if os.path.exists(path)), None)
+
+
+def find(name: str) -> str | None:
+    """The path of program ``name`` (one of :data:`EVERYTHING`, or any on PATH), or None."""
+    known = next((program for program in EVERYTHING if program.name == name), None)
+    return locate(known) if known is not None else shutil.which(name)
 
 
 def missing(programs: Iterable[Program] = EVERYTHING) -> list[Program]:
-    return [program for program in programs if find(program.name) is None]
+    return [program for program in programs if locate(program) is None]
 
 
 def ensure(programs: Iterable[Program] = EVERYTHING) -> list[str]:

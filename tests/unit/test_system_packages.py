@@ -8,6 +8,7 @@ This reads the tree for the ways otaflow finds a program and checks each name ag
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -63,3 +64,11 @@ def test_missing_lists_a_program_that_is_not_there() -> None:
 def test_ensure_installs_nothing_when_nothing_is_missing() -> None:
     present = system_packages.Program("python3", "python3")
     assert system_packages.ensure([present]) == []
+
+
+def test_a_header_file_counts_as_found_by_its_path() -> None:
+    # Headers are not executable; a file that exists at a listed path is there.
+    header = next(p for p in system_packages.PLUGIN_BUILD if p.paths)
+    if all(os.path.exists(path) for path in header.paths):
+        assert system_packages.find(header.name) == header.paths[0]
+    assert system_packages.missing([system_packages.Program("x.h", "pkg", (__file__,))]) == []
