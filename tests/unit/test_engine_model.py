@@ -174,6 +174,8 @@ class MDevice:
     province: str | None = None
     city: str | None = None
     groups: list[str] = field(default_factory=list)
+    last_seen: int = 0
+    registered: bool = False
 
 
 class Model:
@@ -429,6 +431,7 @@ class Model:
         dev = self.devices.setdefault(name, MDevice(name))
         self.advance(dev, now)
         was_online = dev.online
+        dev.last_seen = max(dev.last_seen, now)
         if kind == "OFFLINE":
             dev.online = False
             return
@@ -557,6 +560,7 @@ class Model:
     def register(self, name: str, now: int, province: str | None, groups: list[str]) -> None:
         dev = self.devices.setdefault(name, MDevice(name))
         self.advance(dev, now)
+        dev.registered = True
         dev.province = province
         dev.city = "hz" if province == "zj" else None
         dev.groups = list(groups)
@@ -737,11 +741,11 @@ class EnvelopePartition(Partition):
         self.deadlines = engine.deadlines
         started = [CODEC.decode_as("TaskEvent", e["value"]) for e in store.task_events]
         self.byte_paths["start"] += len(started)
-        for key, raw in store.writes():
+        for written, raw in store.writes():
             if raw is None:
-                self.table.pop(key, None)
+                self.table.pop(written, None)
             else:
-                self.table[key] = raw
+                self.table[written] = raw
         store.clear()
         self.events += started
         self.events.extend(e for _, e in fx.task_events)
@@ -934,15 +938,22 @@ class Both:
             )
             model_queue = sorted(((b, t) for b, t, dn in m.queue if dn == name), key=lambda q: q[0])
             assert engine_queue == model_queue, f"{where}: push queue of {name} differs"
+        # Each device's stored state too: the byte paths write it without the engine.
+        self.check_states(where)
 
-    def check_states(self) -> None:
+    def check_states(self, where: str = "at the end") -> None:
         for name in DEVICES:
             dev = self.model.devices.get(name)
             if dev is None:
                 assert not self.engine.has_device(name)
                 continue
             state = self.engine.state(name)
-            assert state.online == dev.online
+            assert state.online == dev.online, f"{where}: presence of {name} differs"
+            assert state.modules == dev.modules, f"{where}: modules of {name} differ"
+            assert state.last_seen == dev.last_seen, f"{where}: last_seen of {name} differs"
+            assert state.registered == dev.registered, f"{where}: registration of {name} differs"
+            assert (state.province, state.city) == (dev.province, dev.city), where
+            assert state.groups == dev.groups, f"{where}: groups of {name} differ"
             engine_tasks = [
                 (
                     t.task_id,
@@ -969,7 +980,7 @@ class Both:
                 )
                 for t in dev.tasks
             ]
-            assert engine_tasks == model_tasks, f"tasks of {name} differ"
+            assert engine_tasks == model_tasks, f"{where}: tasks of {name} differ"
             assert state.match_counts == dev.counts
             assert set(state.group_matches) <= set(dev.matched) | set(state.group_matches)
 
@@ -1009,7 +1020,7 @@ PLAIN_FLEET = st.lists(
         st.sampled_from(["1.0", "1.1"]),
         st.none(),
         st.none(),
-        st.just([]),
+        st.just(list[str]()),
         st.sampled_from([True, True, False]),
     ),
     min_size=len(DEVICES),
