@@ -28,7 +28,6 @@ parses the same files in the schema test.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 
 import cavro
 from fastavro.schema import expand_schema, fingerprint, load_schema, to_parsing_canonical_form
+
+from otaflow import config
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 # One folder per release, each with that release's schema files as they were.
@@ -142,12 +143,10 @@ def fingerprint_of(parsed: Any) -> bytes:
 
 
 def released_dirs() -> list[Path]:
-    """Every released schema set: ``schemas/released/<version>/``, then the folders in
-    ``OTAFLOW_SCHEMA_RELEASES`` (``os.pathsep``-separated), for state an unreleased
-    build wrote (a fork, a pre-release) that must be read after moving to this one."""
+    """Every released schema set, ``schemas/released/<version>/``, then the folders an
+    operator named for state an unreleased build wrote (``config.extra_schema_releases``)."""
     dirs = sorted(p for p in RELEASED_DIR.glob("*") if p.is_dir()) if RELEASED_DIR.is_dir() else []
-    extra = os.environ.get("OTAFLOW_SCHEMA_RELEASES", "")
-    return dirs + [Path(p) for p in extra.split(os.pathsep) if p]
+    return dirs + config.extra_schema_releases()
 
 
 class Codec:
