@@ -7,6 +7,16 @@ service: a consumer looks the fingerprint up among the schemas in ``schemas/`` a
 refuses anything else with a clear reason (which the connectors send to the
 dead-letter topic).
 
+Records outlive the code that wrote them (a changelogged table keeps a device's state
+for years), so the codec also reads every *released* schema: each release's schemas
+are kept, as they were, in ``schemas/released/<version>/``. A record whose fingerprint
+is one of those is resolved from its writer's schema to today's by Avro's schema
+resolution (new fields take their defaults, promoted types are widened), so after an
+upgrade it decodes to exactly what today's schema would have given. The released sets
+are read on the first record that needs them, not at start. Which changes keep old
+records readable, and the check that enforces it: ``docs/schema-evolution.md`` and
+``otaflow/schema_releases.py``.
+
 Two libraries, each for what it does best (measured in ``benchmarks/codec_bench.py``):
 fastavro loads the ``.avsc`` files (resolving named types across files) and computes
 fingerprints; cavro (Cython) encodes and decodes, byte for byte the same as fastavro
@@ -18,7 +28,7 @@ parses the same files in the schema test.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,11 @@ from typing import Any
 import cavro
 from fastavro.schema import expand_schema, fingerprint, load_schema, to_parsing_canonical_form
 
+from otaflow import config
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# One folder per release, each with that release's schema files as they were.
+RELEASED_DIR = SCHEMA_DIR / "released"
 NAMESPACE = "otaflow"
 MARKER = b"\xc3\x01"
 HEADER_LEN = len(MARKER) + 8
@@ -91,23 +105,66 @@ class Schema:
         self.name = name
         self.parsed = parsed
         self.coder = cavro.Schema(json.dumps(definition(parsed)), options=CAVRO_OPTIONS)
-        fp = int(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"), 16)
-        self.fingerprint = fp.to_bytes(8, "little")
+        self.fingerprint = fingerprint_of(parsed)
         self.header = MARKER + self.fingerprint
+
+
+class ReleasedSchema:
+    """A record type as an earlier release wrote it, read as today's schema of that name.
+
+    ``coder`` decodes the writer's bytes into the reader's shape (cavro's resolution);
+    it is never used to encode: the codec writes only today's schemas.
+    """
+
+    __slots__ = ("coder", "fingerprint", "name", "release")
+
+    def __init__(self, name: str, release: str, fingerprint: bytes, coder: Any) -> None:
+        self.name = name
+        self.release = release
+        self.fingerprint = fingerprint
+        self.coder = coder
+
+
+def record_schemas(schema_dir: Path) -> dict[str, Any]:
+    """The record types of one schema folder, by short name, parsed (named types from
+    the other files of the same folder)."""
+    out: dict[str, Any] = {}
+    for path in sorted(schema_dir.glob(f"{NAMESPACE}.*.avsc")):
+        parsed = load_schema(str(path), _write_hint=False)
+        if isinstance(parsed, dict) and parsed.get("type") == "record":
+            out[path.stem.split(".", 1)[1]] = parsed
+    return out
+
+
+def fingerprint_of(parsed: Any) -> bytes:
+    """The 8-byte CRC-64-AVRO fingerprint of a parsed schema, as the header carries it."""
+    fp = int(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"), 16)
+    return fp.to_bytes(8, "little")
+
+
+def released_dirs() -> list[Path]:
+    """Every released schema set, ``schemas/released/<version>/``, then the folders an
+    operator named for state an unreleased build wrote (``config.extra_schema_releases``)."""
+    dirs = sorted(p for p in RELEASED_DIR.glob("*") if p.is_dir()) if RELEASED_DIR.is_dir() else []
+    return dirs + config.extra_schema_releases()
 
 
 class Codec:
     """Encodes and decodes every otaflow record type by its short name (``DeviceReport``)."""
 
-    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+    def __init__(
+        self, schema_dir: Path = SCHEMA_DIR, released: Sequence[Path] | None = None
+    ) -> None:
         self._by_name: dict[str, Schema] = {}
-        self._by_fingerprint: dict[bytes, Schema] = {}
-        for path in sorted(schema_dir.glob(f"{NAMESPACE}.*.avsc")):
-            parsed = load_schema(str(path), _write_hint=False)
-            if isinstance(parsed, dict) and parsed.get("type") == "record":
-                schema = Schema(path.stem.split(".", 1)[1], parsed)
-                self._by_name[schema.name] = schema
-                self._by_fingerprint[schema.fingerprint] = schema
+        self._by_fingerprint: dict[bytes, Schema | ReleasedSchema] = {}
+        for name, parsed in record_schemas(schema_dir).items():
+            schema = Schema(name, parsed)
+            self._by_name[schema.name] = schema
+            self._by_fingerprint[schema.fingerprint] = schema
+        self._released_dirs = released
+        # Fingerprint -> (release, name, parsed writer schema) of every released record
+        # type; built on the first fingerprint that is not today's.
+        self._released: dict[bytes, tuple[str, str, Any]] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -126,16 +183,41 @@ class Codec:
         header, encode = schema.header, schema.coder.binary_encode
         return [header + encode(record) for record in records]
 
-    def schema_of(self, data: bytes | None) -> Schema:
+    def schema_of(self, data: bytes | None) -> Schema | ReleasedSchema:
         # Consumers hand over a Kafka message's value as it is: None is a tombstone.
         if data is None:
             raise DecodeError("null value (a tombstone), not a record")
         if len(data) < HEADER_LEN or data[:2] != MARKER:
             raise DecodeError("not an Avro single-object record (missing C3 01 marker)")
-        schema = self._by_fingerprint.get(bytes(data[2:HEADER_LEN]))
+        fp = bytes(data[2:HEADER_LEN])
+        schema = self._by_fingerprint.get(fp)
         if schema is None:
-            raise DecodeError(f"unknown schema fingerprint {bytes(data[2:HEADER_LEN]).hex()}")
+            schema = self._by_fingerprint[fp] = self._released_schema(fp)
         return schema
+
+    def _released_schema(self, fp: bytes) -> ReleasedSchema:
+        """The reader for a record an earlier release wrote (DecodeError if none did)."""
+        if self._released is None:
+            self._released = {}
+            dirs = released_dirs() if self._released_dirs is None else self._released_dirs
+            for folder in dirs:
+                for name, parsed in record_schemas(folder).items():
+                    self._released.setdefault(fingerprint_of(parsed), (folder.name, name, parsed))
+        found = self._released.get(fp)
+        if found is None:
+            raise DecodeError(f"unknown schema fingerprint {fp.hex()}")
+        release, name, parsed = found
+        reader = self._by_name.get(name)
+        if reader is None:
+            raise DecodeError(f"{name} (schema of release {release}) is no longer a record type")
+        writer = cavro.Schema(json.dumps(definition(parsed)), options=CAVRO_OPTIONS)
+        try:
+            coder = reader.coder.reader_for_writer(writer)
+        except cavro.CannotPromoteError as exc:  # prevented by tests/unit/test_schema_releases.py
+            raise DecodeError(
+                f"{name} of release {release} cannot be read as today's: {exc}"
+            ) from exc
+        return ReleasedSchema(name, release, fp, coder)
 
     def decode(self, data: bytes | None) -> tuple[str, Record]:
         """Return ``(schema name, record)`` for any otaflow record."""
@@ -152,7 +234,7 @@ class Codec:
         return self._read(schema, data)
 
     @staticmethod
-    def _read(schema: Schema, data: bytes) -> Record:
+    def _read(schema: Schema | ReleasedSchema, data: bytes) -> Record:
         try:
             record = schema.coder.binary_decode(data[HEADER_LEN:])
         except Exception as exc:  # cavro raises several types for truncated input

@@ -36,6 +36,15 @@ def data_dir() -> Path:
     return Path(os.environ.get("OTAFLOW_DATA", cache_dir() / "worker-data"))
 
 
+def extra_schema_releases() -> list[Path]:
+    """Schema folders whose records must be read besides the released ones in
+    ``schemas/released/`` (``OTAFLOW_SCHEMA_RELEASES``, ``os.pathsep``-separated): the
+    schemas of an unreleased build (a fork, a pre-release) whose state this one takes
+    over. See docs/schema-evolution.md."""
+    raw = os.environ.get("OTAFLOW_SCHEMA_RELEASES", "")
+    return [Path(p) for p in raw.split(os.pathsep) if p]
+
+
 # The dev stack's server key for device secrets (otaflow.edge.credentials); a
 # deployment sets its own OTAFLOW_DEVICE_KEY.
 DEV_DEVICE_KEY = "otaflow-dev-device-key"

@@ -14,6 +14,10 @@ The output is byte for byte what cavro writes from the schema (``codec().encode`
 start reads every device of the fleet and a returning device is read on each report;
 the plain state is parsed here (~3 vs ~5 us through cavro and ``from_record``), any
 other shape or anything unexpected goes through cavro, which also gives the errors.
+A state an earlier release wrote carries that release's fingerprint, which is never
+this header: it is read by the codec's resolving path (``otaflow.codec``, today's
+fields with their defaults), as are the byte paths' (``plain_layout`` declines it), and
+the device's next write is in today's schema, on the fast path again.
 The field orders below are the schemas'; ``_check_schemas`` refuses to import against a
 schema that has changed, so the two cannot drift apart silently.
 """
@@ -106,7 +110,8 @@ def _check_schemas() -> None:
         if names != fields:
             raise RuntimeError(
                 f"schema {schema['name']} has fields {names}; "
-                f"otaflow/hot_codec.py writes {fields}: update the encoder"
+                f"otaflow/hot_codec.py writes {fields}: update the encoder (and "
+                "keep the change compatible: docs/schema-evolution.md)"
             )
     if set(STATUS_SYMBOLS) != {status.value for status in TaskStatus}:
         raise RuntimeError(f"TaskStatus symbols {STATUS_SYMBOLS} differ from the domain's")
@@ -348,6 +353,7 @@ def decode_device_state(raw: bytes) -> DeviceState:
     state = _decode_plain(raw)
     if state is not None:
         return state
+    # Not today's plain layout, or written by an earlier release: the codec resolves it.
     record = codec().decode_as("DeviceState", raw)
     try:
         return DeviceState.from_record(record)

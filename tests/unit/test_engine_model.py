@@ -3,10 +3,14 @@
 Hypothesis runs random sequences of reports (versions, progress, asks, presence),
 pushes released by the rate agent, registrations and group changes, batch starts,
 confirmations, re-upgrades, cancels, source-version and timeout updates, and ticks
-of minutes to days, through the real ``PartitionEngine`` (devices encoded with the
-real codec, needle-filtered scans, the deadline heap) and through ``Model`` below,
-and requires the same task events, notifications and push queue, device by device,
-after every step, and the same tasks at the end.
+of minutes to days, through the code the device agent runs (``EnvelopePartition``
+below: every record encoded with the real codec and applied in its own envelope
+through ``streams.envelope_store.EnvelopeStore`` over encoded states, with the byte
+paths: a plain device's version report spliced in bytes, a fleet-wide START's plain
+devices spliced in bytes; the real ``PartitionEngine``, needle-filtered scans, the
+deadline heap) and through ``Model`` below, and requires the same task events,
+notifications and push queue, device by device, after every step, and the same tasks
+at the end. ``test_the_byte_paths_are_taken`` makes sure the byte paths do run.
 
 The model is a direct transcription of the rules, written for obviousness, not
 speed: it looks at every device on every tick and every scan, at every batch on
@@ -17,17 +21,20 @@ task-id naming.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from otaflow.codec import codec
 from otaflow.domain.batches import Batch, BatchKind, BatchScope, BatchStatus
 from otaflow.domain.devices import DeviceState
-from otaflow.domain.engine import make_task_id
+from otaflow.domain.engine import KEEP_FINISHED_TASKS, Effects, make_task_id
 from otaflow.domain.groups import compile_expression
+from otaflow.domain.partition import PartitionEngine
 from otaflow.domain.simulation import (
     DAY,
     HOUR,
@@ -38,6 +45,12 @@ from otaflow.domain.simulation import (
     group_batch,
     make_batch,
 )
+from otaflow.hot_codec import decode_device_state
+from otaflow.partitioning import device_key
+from otaflow.plain_reports import read_version_report
+from streams.envelope_store import EnvelopeStore
+
+CODEC = codec()
 
 PK = "pk"
 DEVICES = ("d0", "d1", "d2")
@@ -162,6 +175,7 @@ class MDevice:
     province: str | None = None
     city: str | None = None
     groups: list[str] = field(default_factory=list)
+    registered: bool = False
 
 
 class Model:
@@ -422,6 +436,7 @@ class Model:
         dev = self.devices.setdefault(name, MDevice(name))
         self.advance(dev, now)
         was_online = dev.online
+        dev.last_seen = max(dev.last_seen, now)
         if kind == "OFFLINE":
             if now >= dev.last_seen:  # an older OFFLINE is stale
                 dev.online = False
@@ -570,6 +585,7 @@ class Model:
     def register(self, name: str, now: int, province: str | None, groups: list[str]) -> None:
         dev = self.devices.setdefault(name, MDevice(name))
         self.advance(dev, now)
+        dev.registered = True
         dev.province = province
         dev.city = "hz" if province == "zj" else None
         dev.groups = list(groups)
@@ -705,11 +721,78 @@ FLEET = st.lists(
 STARTS = st.lists(template, min_size=1, max_size=5, unique=True)
 
 
+class EnvelopePartition(Partition):
+    """``Partition`` run as the device agent runs a partition (``streams.device_agent``'s
+    ``EnvelopeRun``): each record encoded, in an envelope of its own, through an
+    ``EnvelopeStore`` over the partition's encoded states, and its writes stored as bytes.
+
+    A version report takes the byte path where the agent's does: the engine decides
+    nothing on the version and the store splices it (the agent's gate, repeated here
+    since the agent cannot be imported without Faust). A START's byte-path task events
+    come before the engine's, as the agent sends them. ``byte_paths`` counts both.
+    """
+
+    def __init__(self, keep_finished: int = KEEP_FINISHED_TASKS) -> None:
+        super().__init__(keep_finished)
+        self.table: dict[bytes, bytes] = {}
+        self.byte_paths: Counter[str] = Counter()
+
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        # RocksDB's prefix scan: in key order.
+        return iter([(k, v) for k, v in sorted(self.table.items()) if k.startswith(prefix)])
+
+    def apply(self, name: str, record: dict[str, Any]) -> Effects:
+        store = EnvelopeStore(self.table.get, self._scan)
+        engine = PartitionEngine(
+            self.batches, self.groups, store, self.deadlines, self.keep_finished
+        )
+        fx = Effects()
+        item = CODEC.encode(name, record)
+        version = read_version_report(item) if name == "DeviceReport" else None
+        if (
+            version is not None
+            and engine.engine.decides_nothing_on_version(
+                version[2].decode(), version[3][1:].decode()
+            )
+            and store.record_version(version)
+        ):
+            self.byte_paths["version report"] += 1
+            key = version[0].decode()
+            fx.touched.add(key)
+            if engine.deadlines is not None:
+                engine.deadlines.note(key, None)
+        else:
+            engine.apply(*CODEC.decode(item), fx)
+        self.deadlines = engine.deadlines
+        started = [CODEC.decode_as("TaskEvent", e["value"]) for e in store.task_events]
+        self.byte_paths["start"] += len(started)
+        for written, raw in store.writes():
+            if raw is None:
+                self.table.pop(written, None)
+            else:
+                self.table[written] = raw
+        store.clear()
+        self.events += started
+        self.events.extend(e for _, e in fx.task_events)
+        self.notifications.extend(n for _, n in fx.notifications)
+        for batch_id, tasks in fx.queued.items():
+            self.push_queue.extend((batch_id, t) for t in tasks)
+        self.succeeded.update(fx.succeeded)
+        self.last = fx
+        return fx
+
+    def state(self, dn: str, pk: str = PK) -> DeviceState:
+        return decode_device_state(self.table[device_key(pk, dn).encode()])
+
+    def has_device(self, dn: str, pk: str = PK) -> bool:
+        return device_key(pk, dn).encode() in self.table
+
+
 class Both:
     """Applies each step to the engine and the model at the same event time."""
 
     def __init__(self) -> None:
-        self.engine = Partition(keep_finished=10_000)
+        self.engine = EnvelopePartition(keep_finished=10_000)
         self.model = Model()
         self.now = 1_000_000_000
         self.started: dict[str, Batch] = {}
@@ -880,15 +963,22 @@ class Both:
             )
             model_queue = sorted(((b, t) for b, t, dn in m.queue if dn == name), key=lambda q: q[0])
             assert engine_queue == model_queue, f"{where}: push queue of {name} differs"
+        # Each device's stored state too: the byte paths write it without the engine.
+        self.check_states(where)
 
-    def check_states(self) -> None:
+    def check_states(self, where: str = "at the end") -> None:
         for name in DEVICES:
             dev = self.model.devices.get(name)
             if dev is None:
                 assert not self.engine.has_device(name)
                 continue
             state = self.engine.state(name)
-            assert state.online == dev.online
+            assert state.online == dev.online, f"{where}: presence of {name} differs"
+            assert state.modules == dev.modules, f"{where}: modules of {name} differ"
+            assert state.last_seen == dev.last_seen, f"{where}: last_seen of {name} differs"
+            assert state.registered == dev.registered, f"{where}: registration of {name} differs"
+            assert (state.province, state.city) == (dev.province, dev.city), where
+            assert state.groups == dev.groups, f"{where}: groups of {name} differ"
             engine_tasks = [
                 (
                     t.task_id,
@@ -915,7 +1005,7 @@ class Both:
                 )
                 for t in dev.tasks
             ]
-            assert engine_tasks == model_tasks, f"tasks of {name} differ"
+            assert engine_tasks == model_tasks, f"{where}: tasks of {name} differ"
             assert state.match_counts == dev.counts
             assert set(state.group_matches) <= set(dev.matched) | set(state.group_matches)
 
@@ -946,6 +1036,46 @@ def test_engine_matches_the_reference_model(
     both.tick_both()
     both.check("final tick")
     both.check_states()
+
+
+# Plain devices (one module, no region, no group) and batches that decide nothing on a
+# version report: the fleet the byte paths are for, so that they run in most examples.
+PLAIN_FLEET = st.lists(
+    st.tuples(
+        st.sampled_from(["1.0", "1.1"]),
+        st.none(),
+        st.none(),
+        st.just(list[str]()),
+        st.sampled_from([True, True, False]),
+    ),
+    min_size=len(DEVICES),
+    max_size=len(DEVICES),
+)
+STATIC_STARTS = st.lists(st.sampled_from(["S", "SCH", "TGT"]), max_size=3, unique=True)
+PLAIN_VERSION = st.tuples(st.just("version"), device, st.just("default"), st.sampled_from(VERSIONS))
+PLAIN_OPS = st.one_of(*[PLAIN_VERSION] * 3, OPS)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(PLAIN_FLEET, STATIC_STARTS, st.lists(PLAIN_OPS, min_size=20, max_size=100))
+def test_the_byte_paths_match_the_reference_model(
+    fleet: list[tuple[Any, ...]], starts: list[str], ops: list[tuple[Any, ...]]
+) -> None:
+    test_engine_matches_the_reference_model.hypothesis.inner_test(fleet, starts, ops)  # type: ignore[attr-defined]
+
+
+def test_the_byte_paths_are_taken() -> None:
+    """Plain devices: their version reports and a fleet-wide START go through bytes, and
+    the outcome is still the model's."""
+    both = Both()
+    steps = prelude(both, [("1.0", None, None, [], True)] * len(DEVICES), [])
+    steps += [("version", name, "default", "1.1") for name in DEVICES]
+    steps += [("offline", "d1"), ("start", "S"), ("tick", HOUR), ("start", "V1")]
+    for op in steps:
+        both.step(op)
+        both.check(str(op))
+    both.check_states()
+    assert both.engine.byte_paths == {"version report": len(DEVICES), "start": len(DEVICES)}
 
 
 def test_the_model_and_engine_agree_on_a_hand_written_rollout() -> None:
