@@ -40,6 +40,7 @@ from streams.app import (
     control_state,
     device_events,
     rate_events,
+    rollout_triggers,
     settings,
 )
 from streams.effects import send_dead_letter
@@ -165,6 +166,9 @@ async def apply_outcome(outcome: Outcome) -> None:
         await pending
     for control in outcome.controls:
         await broadcast_control(control)
+    for _topic, key, schema, record in outcome.public_records:
+        # One public topic so far (ota.rollout.triggers).
+        await rollout_triggers.send(key=key.encode(), value=CODEC.encode(schema, record))
     for schema, record in outcome.broadcasts:
         await broadcast_items([CODEC.encode(schema, record)])
     per_partition: dict[int, list[bytes]] = defaultdict(list)

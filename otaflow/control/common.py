@@ -30,6 +30,7 @@ SCHEMAS: dict[str, str] = {
     "iotid": "ControlIndex",
     "job-invalid": "ControlIndex",
     "phased": "ControlIndex",
+    "guard": "RolloutGuard",
 }
 
 
@@ -124,6 +125,8 @@ class Outcome:
     # (device partition, schema, record): a record for one partition (PhasedQuota).
     partition_items: list[tuple[int, str, Record]] = field(default_factory=list)
     read_only: bool = False
+    # (public topic, key, schema, record): records for a public topic (RolloutTrigger).
+    public_records: list[tuple[str, str, str, Record]] = field(default_factory=list)
     # Extra top-level fields of the answer (beside RequestId/Success/Code/...).
     top: dict[str, Any] = field(default_factory=dict)
 

@@ -24,6 +24,7 @@ from otaflow.api.params import ParamError, unflatten
 from otaflow.control.common import ControlStore, Outcome, Record
 from otaflow.control.errors import ApiError
 from otaflow.control.firmware import FirmwareOps, StoredFile
+from otaflow.control.guard import GuardOps
 from otaflow.control.jobs import JobOps, rate_from_params, rate_settings
 from otaflow.control.registry import RegistryOps
 
@@ -50,7 +51,10 @@ READS = frozenset(
 
 #: Commands the engine sends the control plane (never callable through the API: their
 #: names are not operations ``supports`` knows), to the method that applies each.
-INTERNAL = {"otaflow.PhasedCount": "phased_count"}
+INTERNAL = {
+    "otaflow.PhasedCount": "phased_count",
+    "otaflow.CohortOutcomes": "cohort_outcomes",
+}
 #: Operations only otaflow's own components send on the command topic, in the API's
 #: parameter form (the API answers them as unknown).
 INTERNAL_OPERATIONS = frozenset({"RecordVerifyOutcome"})
@@ -60,7 +64,7 @@ def _no_name_lists(url: str) -> str:
     raise FileNotFoundError(url)
 
 
-class ControlPlane(FirmwareOps, JobOps, RegistryOps):
+class ControlPlane(FirmwareOps, JobOps, GuardOps, RegistryOps):
     def __init__(
         self,
         store: ControlStore,

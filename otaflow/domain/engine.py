@@ -36,6 +36,7 @@ from typing import Any
 from otaflow.domain.batches import Batch, BatchRegistry
 from otaflow.domain.devices import MINUTE_MS, DeviceState, task_timer
 from otaflow.domain.groups import GroupRegistry
+from otaflow.domain.holds import next_open, push_hold
 from otaflow.domain.matching import admit, dynamic_candidates
 from otaflow.domain.schedule import (
     NOT_STARTED,
@@ -85,6 +86,9 @@ class Effects:
     touched: set[str] = field(default_factory=set)
     # (schema, record) for the control plane, through the command topic (PhasedCount).
     control_reports: list[tuple[str, Record]] = field(default_factory=list)
+    # Per batch with abort rules: finished outcomes per cohort, "cohort|OUTCOME" -> n
+    # (``domain.abort_rules``), summed by the control plane.
+    outcomes: dict[str, Counter[str]] = field(default_factory=dict)
 
     def touch(self, state: DeviceState) -> None:
         self.touched.add(state.key)
@@ -197,6 +201,8 @@ class DeviceEngine:
             batch = self.batches.get(task.batch_id)
             if batch is not None and task.status in ACTIVE:
                 times.append(next_schedule_time(batch, task.status, floor))
+                if task.status is TaskStatus.QUEUED and batch.maintenance_windows:
+                    times.append(next_open(batch, floor + 1))  # a window opens: push
             for at in times:
                 if at is not None and at > floor and (deadline is None or at < deadline):
                     deadline = at
@@ -353,7 +359,12 @@ class DeviceEngine:
             if task.status not in _REPUSHED:
                 continue
             batch = self.batches.get(task.batch_id)
-            if batch is not None and batch.need_push and has_started(batch, now):
+            if (
+                batch is not None
+                and batch.need_push
+                and has_started(batch, now)
+                and push_hold(batch, state, task, now) is None
+            ):
                 fx.notify(state, now, kind="PUSH", task=task, batch=batch)
 
     # -- the rate agent's permission to push -------------------------------------------
@@ -371,6 +382,8 @@ class DeviceEngine:
         batch = self.batches.get(task.batch_id)
         if not state.online or batch is None or not has_started(batch, now):
             return  # stays QUEUED; queued again when the device is back
+        if push_hold(batch, state, task, now) is not None:
+            return  # cohort paused or window closed: stays QUEUED, queued again later
         self._move(state, task, TaskStatus.NOTIFIED, now, fx)
         fx.notify(state, now, kind="PUSH", task=task, batch=batch)
 
@@ -647,7 +660,12 @@ class DeviceEngine:
         if task.status is not TaskStatus.QUEUED or task.in_push_queue or not state.online:
             return
         batch = self.batches.get(task.batch_id)
-        if batch is not None and batch.need_push and has_started(batch, now):
+        if (
+            batch is not None
+            and batch.need_push
+            and has_started(batch, now)
+            and push_hold(batch, state, task, now) is None
+        ):
             fx.queue_push(state, task)
 
     def _schedule_retry(self, task: Task, now: int) -> None:

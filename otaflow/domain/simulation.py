@@ -198,6 +198,8 @@ class Partition:
         self.notifications: list[Record] = []
         self.push_queue: deque[tuple[str, Record]] = deque()
         self.succeeded: Counter[str] = Counter()
+        # Abort rules' counts not yet taken by a control plane (``take_outcomes``).
+        self.outcomes: dict[str, Counter[str]] = {}
         self.last: Effects = Effects()
 
     def apply(self, name: str, record: Record) -> Effects:
@@ -213,6 +215,8 @@ class Partition:
         for batch_id, tasks in fx.queued.items():
             self.push_queue.extend((batch_id, t) for t in tasks)
         self.succeeded.update(fx.succeeded)
+        for batch_id, counts in fx.outcomes.items():
+            self.outcomes.setdefault(batch_id, Counter()).update(counts)
         self.last = fx
         return fx
 
@@ -281,6 +285,11 @@ class Partition:
             self.apply("TaskRelease", record)
             n += 1
         return n
+
+    def take_outcomes(self) -> dict[str, Counter[str]]:
+        """The abort rules' outcome counts since the last call (as the agent sends them)."""
+        taken, self.outcomes = self.outcomes, {}
+        return taken
 
     # -- reading ---------------------------------------------------------------------------
 
