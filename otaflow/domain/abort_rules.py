@@ -118,7 +118,7 @@ def _enum(cls: type[StrEnum], value: Any, param: str) -> Any:
     try:
         return cls(str(value).upper())
     except ValueError:
-        choices = " | ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        choices = " | ".join(m.value for m in cls)
         raise RuleError(param, f"must be one of {choices}") from None
 
 

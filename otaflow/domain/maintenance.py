@@ -104,7 +104,7 @@ def parse_windows(texts: Iterable[str]) -> tuple[MaintenanceWindow, ...]:
 
 
 def _spans(windows: Sequence[MaintenanceWindow], around: int) -> list[tuple[int, int]]:
-    spans = []
+    spans: list[tuple[int, int]] = []
     for window in windows:
         length = window.duration_minutes * MINUTE_MS
         spans.extend((s, s + length) for s in window.occurrences(around))
