@@ -202,7 +202,9 @@ class DeviceEngine:
             if batch is not None and task.status in ACTIVE:
                 times.append(next_schedule_time(batch, task.status, floor))
                 if task.status is TaskStatus.QUEUED and batch.maintenance_windows:
-                    times.append(next_open(batch, floor + 1))  # a window opens: push
+                    # Held by a closed window: wake when the next one opens.
+                    opens = next_open(batch, max(floor + 1, task.updated_at))
+                    times.append(opens if opens is not None and opens > floor + 1 else None)
             for at in times:
                 if at is not None and at > floor and (deadline is None or at < deadline):
                     deadline = at

@@ -43,9 +43,13 @@ class MaintenanceWindow:
         local = naive.replace(tzinfo=tz)
         # A wall time in a spring-forward gap does not round-trip: start after the gap.
         back = local.astimezone(dt.UTC).astimezone(tz)
-        if back.replace(tzinfo=None) != naive:
-            local = naive.replace(tzinfo=tz, fold=1)
-        return int(local.timestamp() * 1000)
+        if back.replace(tzinfo=None) == naive:
+            return int(local.timestamp() * 1000)
+        # In the gap: the first whole minute whose wall time is at or after the start.
+        at = int(naive.replace(tzinfo=tz, fold=1).timestamp()) // 60 * 60
+        while dt.datetime.fromtimestamp(at, tz).replace(tzinfo=None) < naive:
+            at += 60
+        return at * 1000
 
     def occurrences(self, around: int, days_before: int = 1, days_after: int = 8) -> list[int]:
         """Start times (epoch ms) of the occurrences on local days near ``around``."""
