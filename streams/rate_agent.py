@@ -19,6 +19,7 @@ from otaflow.domain.rate import (
     releasable,
 )
 from otaflow.domain.rate_settings import from_settings, to_settings
+from otaflow.domain.rate_windows import meter_time
 from otaflow.partitioning import device_key, partition_for
 from streams.app import app, batch_meters, device_events, push_queue, rate_events, settings
 from streams.effects import send_dead_letter
@@ -66,6 +67,7 @@ class BatchMeter:
                 "queued": 0,
                 "canceled": False,
                 "windows": {},
+                "maintenance_windows": [],
             }
         )
 
@@ -156,7 +158,9 @@ async def release_due(meter: BatchMeter, now: int) -> None:
     if meter.state is None or rec["canceled"] or rec["queued"] <= 0:
         return
     # The meter counts minutes from the batch's start, not from the wall clock's minute.
-    batch_time = max(0, now - rec["origin"])
+    batch_time = meter_time(rec.get("maintenance_windows") or [], rec["origin"], now)
+    if batch_time is None:
+        return  # outside the batch's maintenance windows: its tasks wait in the queue
     n = min(rec["queued"], releasable(meter.state, batch_time))
     if n <= 0:
         return
@@ -231,6 +235,7 @@ def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:
     batch = control["batch"]
     action = control["action"]
     new_config = from_settings(batch["rate"])
+    rec["maintenance_windows"] = list(batch.get("maintenance_windows") or [])
     if action == "START" and meter.state is None and new_config is not None:
         meter.state = MeterState.start(new_config)
         rec["origin"] = control["event_time"]

@@ -93,3 +93,30 @@ def test_pushes_happen_only_inside_the_window_over_a_week_across_dst() -> None:
     # Those after the last window still wait, queued.
     last = f"d{device - 1:03d}"
     assert last not in pushed_at and p.tasks(last) == [("W", "QUEUED")]
+
+
+def test_the_rate_counts_only_window_time_and_never_bursts_after_a_closed_night() -> None:
+    from otaflow.domain.rate import MeterState, RateConfig, record_release, releasable
+    from otaflow.domain.rate_windows import meter_time
+
+    windows = ("Mon-Fri 02:00 120 Europe/Berlin",)
+    origin = ms(2026, 10, 23, 1, 30)  # Friday, inside the window (00:00-02:00 UTC)
+    meter = MeterState.start(RateConfig.constant(100))
+    per_minute: dict[int, int] = {}
+    now = origin
+    while now < ms(2026, 10, 26, 1, 5):  # to Monday five minutes into the window
+        clock = meter_time(windows, origin, now)
+        if clock is None:  # closed: nothing to release until the next opening
+            now = next_open(parse_windows(windows), now) or now + 1000
+            continue
+        n = releasable(meter, clock)
+        if n:
+            meter = record_release(meter, clock, n)
+            minute = (now - origin) // MINUTE
+            per_minute[minute] = per_minute.get(minute, 0) + n
+        now += 1000
+    friday = [m for m in per_minute if m < 30]
+    monday = [m for m in per_minute if m >= 30]
+    assert sorted(friday) == list(range(30))  # the 30 window minutes on Friday
+    assert all(per_minute[m] == 100 for m in friday)
+    assert len(monday) == 5 and all(per_minute[m] == 100 for m in monday)  # no burst
