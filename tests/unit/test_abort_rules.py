@@ -33,11 +33,12 @@ class Plane(GuardOps):
     """The control plane's safe-rollout rules over an in-memory control table."""
 
     def __init__(self) -> None:
-        self.store = DictStore()
+        self.table = DictStore()
+        self.store = self.table
         self.published: list[dict[str, Any]] = []
 
     def apply(self, outcome: Outcome, partition: Partition) -> None:
-        self.store.apply(outcome.writes)
+        self.table.apply(outcome.writes)
         self.published.extend(r for _, _, _, r in outcome.public_records)
         for control in outcome.controls:
             partition.apply("BatchControl", control)
@@ -65,7 +66,7 @@ def fleet(batch: Batch, on_10: int = 200, on_12: int = 200) -> tuple[Partition, 
         p.version(f"a{i:03d}", "1.0", T - 10)
     for i in range(on_12):
         p.version(f"b{i:03d}", "1.2", T - 10)
-    plane.store.apply({f"batch/{batch.batch_id}": batch.to_record()})
+    plane.table.apply({f"batch/{batch.batch_id}": batch.to_record()})
     p.start(batch, T)
     return p, plane
 

@@ -23,8 +23,8 @@ WINDOW = "Mon-Fri 02:00 120 Europe/Berlin"
 HOUR = 60 * MINUTE
 
 
-def ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp() * 1000)  # type: ignore[misc]
+def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def test_the_window_follows_berlin_wall_time_across_the_dst_change() -> None:
