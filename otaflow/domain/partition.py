@@ -122,6 +122,9 @@ class PartitionEngine:
 
     def apply(self, name: str, record: Record, fx: Effects) -> None:
         """Apply one record (by schema name); unknown names raise ``KeyError``."""
+        if name == "DeviceReport":
+            self.report(record, fx)  # counts its own outcomes (the agent calls it directly)
+            return
         seen = len(fx.task_events)
         self._handlers[name](record, fx)
         if len(fx.task_events) > seen:
@@ -150,8 +153,11 @@ class PartitionEngine:
 
     def report(self, record: Record, fx: Effects) -> None:
         key = device_key(record["product_key"], record["device_name"])
+        seen = len(fx.task_events)
         state = self.engine.on_report(self.store.load(key), record, fx)
         self._settle(state, record["event_time"], fx)
+        if len(fx.task_events) > seen:
+            self._count_outcomes(fx, seen)
 
     def release(self, record: Record, fx: Effects) -> None:
         state = self.store.load(device_key(record["product_key"], record["device_name"]))

@@ -212,3 +212,18 @@ def test_bad_rules_are_refused_naming_the_parameter(item: Mapping[str, str], par
 def test_rules_parse_with_defaults() -> None:
     (r,) = parse_rules([{"ThresholdPercent": "12.5", "CohortBy": "src_version"}])
     assert r == AbortRule(FailureKind.ALL, 1250, 1, RuleAction.PAUSE, CohortBy.SRC_VERSION)
+
+
+def test_the_partition_counts_outcomes_of_reports_the_agent_hands_it_directly() -> None:
+    from otaflow.domain.engine import Effects
+    from otaflow.domain.partition import PartitionEngine
+    from otaflow.domain.simulation import report_record
+
+    batch = make_batch("B", at=T, abort_rules=(rule(),))
+    p, _ = fleet(batch, on_10=1, on_12=0)
+    p.release(T + 1)
+    engine = PartitionEngine(p.batches, p.groups, p.store, p.deadlines)
+    fx = Effects()
+    engine.report(report_record("pk", "a000", "VERSION", T + 2, version="2.0"), fx)
+    assert fx.outcomes["B"]["SRC_VERSION=1.0|SUCCEEDED"] == 1
+    assert fx.outcomes["B"]["*|SUCCEEDED"] == 1
