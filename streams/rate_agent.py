@@ -68,6 +68,7 @@ class BatchMeter:
                 "canceled": False,
                 "windows": {},
                 "maintenance_windows": [],
+                "paused": False,
             }
         )
 
@@ -159,8 +160,8 @@ async def release_due(meter: BatchMeter, now: int) -> None:
         return
     # The meter counts minutes from the batch's start, not from the wall clock's minute.
     batch_time = meter_time(rec.get("maintenance_windows") or [], rec["origin"], now)
-    if batch_time is None:
-        return  # outside the batch's maintenance windows: its tasks wait in the queue
+    if batch_time is None or rec.get("paused"):
+        return  # outside the maintenance windows, or paused: its tasks wait in the queue
     n = min(rec["queued"], releasable(meter.state, batch_time))
     if n <= 0:
         return
@@ -236,6 +237,9 @@ def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:
     action = control["action"]
     new_config = from_settings(batch["rate"])
     rec["maintenance_windows"] = list(batch.get("maintenance_windows") or [])
+    # A rule paused the whole batch: keep its queue (a resume releases it, in order)
+    # instead of releasing tasks the device agents would hold anyway.
+    rec["paused"] = "*" in (batch.get("paused_cohorts") or ())
     if action == "START" and meter.state is None and new_config is not None:
         meter.state = MeterState.start(new_config)
         rec["origin"] = control["event_time"]

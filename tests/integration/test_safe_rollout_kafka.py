@@ -78,3 +78,46 @@ def test_a_failing_cohort_pauses_alone_and_resumes(otaflow: Otaflow) -> None:
     )
     kinds = [t["kind"] for t in otaflow.reader(topics.ROLLOUT_TRIGGERS).values()]
     assert kinds == ["TRIGGERED", "RESUMED"]
+
+
+def test_a_batch_wide_pause_holds_the_rate_queue_and_resume_releases_it(otaflow: Otaflow) -> None:
+    otaflow.start_worker()
+    pk = "pkSafeAll"
+    firmware_id = create_package(otaflow, pk)
+    job_id = otaflow.call(
+        "CreateOTADynamicUpgradeJob",
+        T0,
+        FirmwareId=firmware_id,
+        ProductKey=pk,
+        MaximumPerMinute=10,
+        **{
+            "SrcVersion.1": "1.0",
+            "AbortRule.1.ThresholdPercent": "50",
+            "AbortRule.1.MinFinished": "10",
+        },
+    )["JobId"]
+    for i in range(30):
+        otaflow.report(pk, f"d{i:02d}", "VERSION", T0 + 1000, version="1.0")
+    otaflow.flush()
+    events = otaflow.task_events()
+    events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 30, what="queued")
+    otaflow.tick(T0 + MINUTE - 1)  # the first minute: 10 pushes
+    pushed = events.wait_for(
+        lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 10, what="10 pushed"
+    )
+    for e in pushed:
+        if e["status"] == "NOTIFIED":
+            otaflow.report(pk, e["device_name"], "PROGRESS", T0 + MINUTE, step=-1)
+    otaflow.flush()
+    otaflow.reader(topics.ROLLOUT_TRIGGERS).wait_for(lambda v: len(v) == 1, what="trigger")
+    otaflow.tick(T0 + 3 * MINUTE - 1)  # two more minutes: nothing goes out
+    otaflow.tick(T0 + 3 * MINUTE)
+    otaflow.task_events().poll(1.0)
+    assert sum(e["status"] == "NOTIFIED" for e in events.values()) == 10
+    otaflow.call("ResumeOTAJob", T0 + 3 * MINUTE + 1, JobId=job_id)
+    otaflow.tick(T0 + 4 * MINUTE - 1)
+    after = events.wait_for(
+        lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 20, what="10 more after resume"
+    )
+    late = [e for e in after if e["status"] == "NOTIFIED"][10:]
+    assert all(e["event_time"] > T0 + 3 * MINUTE for e in late)
