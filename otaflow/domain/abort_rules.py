@@ -176,7 +176,7 @@ def outcome_of(event: Mapping[str, Any]) -> str | None:
     if status == "FAILED":
         return "TIMEOUT" if event.get("desc") == TIMEOUT_DESC else "FAILED"
     if status == "CANCELED" and previous == "CONFIRM" and event.get("desc") == CANCELED_DESC:
-        # The app refused to confirm (CancelOTATaskByDevice on a CONFIRM task).
+        # The app refused to confirm: its CONFIRM task canceled (CancelUnconfirmedTask).
         return "REJECTED"
     return None
 

@@ -227,3 +227,51 @@ def test_the_partition_counts_outcomes_of_reports_the_agent_hands_it_directly() 
     engine.report(report_record("pk", "a000", "VERSION", T + 2, version="2.0"), fx)
     assert fx.outcomes["B"]["SRC_VERSION=1.0|SUCCEEDED"] == 1
     assert fx.outcomes["B"]["*|SUCCEEDED"] == 1
+
+
+def test_a_region_cohort_pauses_alone() -> None:
+    by_region = rule(failure_kind="FAILED", cohort_by="REGION", min_finished=2)
+    batch = make_batch("B", at=T, abort_rules=(by_region,))
+    p, plane = Partition(), Plane()
+    for i in range(3):
+        for region in ("North", "South"):
+            p.register(f"{region[0]}{i}", T - 20, province=region)
+            p.version(f"{region[0]}{i}", "1.0", T - 10)
+    plane.table.apply({"batch/B": batch.to_record()})
+    p.start(batch, T)
+    p.release(T + 1, limit=2)  # N0, N1 (the queue is in key order)
+    for name in ("N0", "N1"):
+        p.progress(name, -3, T + 2)
+    for name in ("S0", "S1"):  # updated by themselves (a queued task may succeed)
+        p.version(name, "2.0", T + 2)
+    plane.feed(p, T + 3)
+    assert plane.batch_now("B")["paused_cohorts"] == ["REGION=North"]
+    p.release(T + 4)
+    assert [n["device_name"] for n in p.pushes()] == ["N0", "N1", "S2"]
+    assert p.tasks("N2") == [("B", "QUEUED")]
+
+
+def test_unconfirmed_tasks_canceled_count_as_rejected() -> None:
+    batch = make_batch("B", at=T, need_confirm=True, abort_rules=(rule(),))
+    p, _ = fleet(batch, on_10=3, on_12=0)
+    p.control("CANCEL_TASKS", batch, T + 1, ["CONFIRM"])
+    assert p.take_outcomes()["B"]["*|REJECTED"] == 3
+
+
+def test_cli_rule_and_window_flags_become_the_api_parameters() -> None:
+    from otaflow.safe_cli import rule_params
+
+    params = rule_params(["ALL:30:50:PAUSE:SRC_VERSION", "TIMEOUT:5.5:10"], ["* 01:00 60 UTC"])
+    assert params == {
+        "AbortRule.1.FailureKind": "ALL",
+        "AbortRule.1.ThresholdPercent": "30",
+        "AbortRule.1.MinFinished": "50",
+        "AbortRule.1.Action": "PAUSE",
+        "AbortRule.1.CohortBy": "SRC_VERSION",
+        "AbortRule.2.FailureKind": "TIMEOUT",
+        "AbortRule.2.ThresholdPercent": "5.5",
+        "AbortRule.2.MinFinished": "10",
+        "MaintenanceWindow.1": "* 01:00 60 UTC",
+    }
+    with pytest.raises(SystemExit):
+        rule_params(["ALL:30"], None)
