@@ -111,7 +111,9 @@ def _spans(windows: Sequence[MaintenanceWindow], around: int) -> list[tuple[int,
     spans: list[tuple[int, int]] = []
     for window in windows:
         length = window.duration_minutes * MINUTE_MS
-        spans.extend((s, s + length) for s in window.occurrences(around))
+        # Look back far enough for a long window that began days ago to still be open.
+        back = window.duration_minutes // (24 * 60) + 1
+        spans.extend((s, s + length) for s in window.occurrences(around, days_before=back))
     return sorted(spans)
 
 

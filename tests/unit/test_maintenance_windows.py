@@ -7,6 +7,8 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otaflow.domain.maintenance import (
     WindowError,
@@ -120,3 +122,43 @@ def test_the_rate_counts_only_window_time_and_never_bursts_after_a_closed_night(
     assert sorted(friday) == list(range(30))  # the 30 window minutes on Friday
     assert all(per_minute[m] == 100 for m in friday)
     assert len(monday) == 5 and all(per_minute[m] == 100 for m in monday)  # no burst
+
+
+ZONES = ("Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC", "Asia/Kolkata")
+
+
+def _window_texts() -> st.SearchStrategy[str]:
+    return st.builds(
+        lambda days, h, m, dur, zone: f"{days} {h:02d}:{m:02d} {dur} {zone}",
+        st.sampled_from(["Mon-Fri", "Sat,Sun", "*", "Fri-Mon", "Wed"]),
+        st.integers(0, 23),
+        st.sampled_from([0, 15, 30, 59]),
+        st.one_of(st.integers(1, 600), st.integers(600, 7 * 24 * 60)),
+        st.sampled_from(ZONES),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(_window_texts(), min_size=1, max_size=2),
+    now=st.integers(ms(2026, 1, 1), ms(2027, 12, 31)),
+    span=st.integers(0, 3 * 24 * 60),
+)
+def test_window_calendar_is_consistent(texts: list[str], now: int, span: int) -> None:
+    windows = parse_windows(texts)
+    opens = next_open(windows, now)
+    assert opens is not None and opens >= now
+    assert is_open(windows, opens)
+    if opens > now:  # nothing open in between (checked each minute)
+        assert not any(is_open(windows, t) for t in range(now, opens, 15 * MINUTE))
+    mid, end = now + span * MINUTE // 2, now + span * MINUTE
+    total = open_between(windows, now, end)
+    assert total == open_between(windows, now, mid) + open_between(windows, mid, end)
+    if total > 0:
+        assert advance_open_time(windows, now, total) <= end
+
+
+def test_a_window_longer_than_a_day_is_open_days_after_it_began() -> None:
+    windows = parse_windows(["Wed 00:00 7000 UTC"])  # Wednesday to Sunday 20:40
+    assert is_open(windows, ms(2026, 10, 24, 12))  # Saturday noon
+    assert not is_open(windows, ms(2026, 10, 25, 21))
