@@ -149,7 +149,7 @@ def test_window_calendar_is_consistent(texts: list[str], now: int, span: int) ->
     opens = next_open(windows, now)
     assert opens is not None and opens >= now
     assert is_open(windows, opens)
-    if opens > now:  # nothing open in between (checked each minute)
+    if opens > now:  # nothing open in between (sampled every 15 minutes)
         assert not any(is_open(windows, t) for t in range(now, opens, 15 * MINUTE))
     mid, end = now + span * MINUTE // 2, now + span * MINUTE
     total = open_between(windows, now, end)
