@@ -46,6 +46,7 @@ SCENARIOS = (
     "latency",
     "egress",
     "scale-out",
+    "abort",
 )
 # Run only when named, not by `all` or `smoke`: `otaflow bench ingest-json --devices 100000`,
 # and `otaflow bench presence`, which starts a broker of its own.
@@ -95,6 +96,10 @@ def run(
         attempt("failover", lambda: keep(scenarios.failover(min(n, 20_000))))
     if "rollout" in names:
         attempt("rollout", lambda: keep(scenarios.rollout(sizes["rollout"])))
+    if "abort" in names:
+        from benchmarks.abort_bench import abort_rollout
+
+        attempt("abort", lambda: keep(abort_rollout(min(sizes["rollout"], 20_000))))
     if "latency" in names:
         attempt("latency", lambda: keep(scenarios.latency(sizes["latency"])))
     if "egress" in names:

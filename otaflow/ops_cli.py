@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from otaflow import config, watch_cli
+from otaflow import config, safe_cli, watch_cli
 from otaflow.api.params import API_VERSION, flatten
 from otaflow.api.signature import sign_request
 
@@ -311,6 +311,7 @@ def batch_create(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
             params["ScheduleTime"] = a.schedule
         if a.schedule_end is not None:
             params["ScheduleFinishTime"] = a.schedule_end
+    params.update(safe_cli.rule_params(a.abort_rule, a.window))
     try:
         body = c.call(action, params)
     except ApiCallError as exc:
@@ -401,6 +402,7 @@ def batch_edit(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     params.update(_tags(tags, "Tags"))
     if a.timeout is not None:
         params["TimeoutInMinutes"] = a.timeout
+    params.update(safe_cli.rule_params(a.abort_rule, a.window))
     body = c.call("UpdateOTAJob", params)
     out(f"updated {a.job_id}")
     return body
@@ -601,6 +603,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--overwrite-mode", type=int, choices=(1, 2))
     p.add_argument("--protocol", choices=("HTTPS", "MQTT"))
     p.add_argument("--tag", action="append", help="KEY=VALUE (repeatable)")
+    safe_cli.add_rule_arguments(p)
     p = _command(batch, "show", batch_show, "show one batch")
     p.add_argument("job_id")
     p = _command(batch, "list", batch_list, "list the batches of an update package")
@@ -619,6 +622,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--src-version", action="append", help="dynamic version-based batches")
     p.add_argument("--timeout", type=int, help="dynamic batches")
     p.add_argument("--tag", action="append", help="KEY=VALUE; replaces the batch's tags")
+    safe_cli.add_rule_arguments(p)
+    safe_cli.add_parsers(subparsers, batch, _command)
 
     task = subparsers.add_parser("task", help="update tasks").add_subparsers(
         dest="task_command", required=True

@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from otaflow import plan_windows
 from otaflow.domain.rate import WINDOW_MS, Plan, RateCondition, RateConfig, plan
 from otaflow.domain.rate_rules import RateRuleError, validate_rate
 
@@ -94,6 +95,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--devices", type=_non_negative, required=True, help="devices in the batch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    plan_windows.add_arguments(parser)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -220,10 +222,16 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     ratio = args.success_ratio if config.condition is RateCondition.SUCCEEDED else 1.0
     result = plan(config, args.devices, success_ratio=ratio)
+    try:
+        finish = plan_windows.finish(args, result.total_minutes)
+    except ValueError as exc:
+        print(f"otaflow plan: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if args.json:
-        print(json.dumps(plan_to_dict(result)))
+        print(json.dumps({**plan_to_dict(result), **finish}))
     else:
         _print_table(config, args.devices, result)
+        plan_windows.print_finish(finish)
     return 0
 
 

@@ -101,6 +101,13 @@ BATCHES = TopicSpec(
     compacted=True,
     doc="Latest definition of every batch.",
 )
+ROLLOUT_TRIGGERS = TopicSpec(
+    "ota.rollout.triggers",
+    ("RolloutTrigger",),
+    "batch id",
+    public=True,
+    doc="An abort or pause rule fired on a batch or cohort, or an operator resumed one.",
+)
 
 ALL: tuple[TopicSpec, ...] = (
     DEVICE_REPORTS,
@@ -112,6 +119,7 @@ ALL: tuple[TopicSpec, ...] = (
     COMMANDS,
     COMMAND_RESULTS,
     BATCHES,
+    ROLLOUT_TRIGGERS,
 )
 
 

@@ -91,6 +91,7 @@ command_results = topic(topics.COMMAND_RESULTS)
 task_events = topic(topics.TASK_EVENTS)
 notifications = topic(topics.NOTIFICATIONS)
 batches_topic = topic(topics.BATCHES)
+rollout_triggers = topic(topics.ROLLOUT_TRIGGERS)
 
 
 def table(name: str, partitions: int | None = None) -> Any:

@@ -43,6 +43,7 @@ from streams.app import (
     control_state,
     device_events,
     rate_events,
+    rollout_triggers,
     settings,
 )
 from streams.effects import send_dead_letter
@@ -284,6 +285,8 @@ class PreparedOutcome:
     per_partition: dict[int, list[bytes]] = field(default_factory=dict)
     # INFO lines for the operator, written once the outcome is applied.
     logged: list[str] = field(default_factory=list)
+    # (key, record) for the public rollout-trigger topic.
+    public: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def prepare_outcome(outcome: Outcome) -> PreparedOutcome:
@@ -304,6 +307,9 @@ def prepare_outcome(outcome: Outcome) -> PreparedOutcome:
             f"worker: batch {batch['batch_id']} {control['action']} "
             f"({batch['kind']}, status {batch['status']})"
         )
+    for _topic, key, schema, record in outcome.public_records:
+        # One public topic so far (ota.rollout.triggers).
+        out.public.append((key.encode(), CODEC.encode(schema, record)))
     for schema, record in outcome.broadcasts:
         out.broadcasts.append(
             CODEC.encode("DeviceEventBatch", {"items": [CODEC.encode(schema, record)]})
@@ -357,6 +363,8 @@ async def write_outcome(prepared: PreparedOutcome) -> None:
     for partition, items in sorted(prepared.per_partition.items()):
         for envelope in envelopes(items):
             await device_events.send(key=None, partition=partition, value=envelope)
+    for key, value in prepared.public:
+        await rollout_triggers.send(key=key, value=value)
     for line in prepared.logged:
         log.info(line)
 

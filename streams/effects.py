@@ -8,6 +8,7 @@ writes the states that record those effects (see ``device_agent.EnvelopeRun.fini
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from typing import Any
 
@@ -16,6 +17,7 @@ from confluent_kafka import Producer
 from otaflow import topics
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.control.guard import counts_to_params
 from otaflow.domain.engine import Effects
 from otaflow.hot_codec import encode_task_event, encode_tasks_queued
 from otaflow.kafka_security import kafka_client_config
@@ -115,6 +117,22 @@ class EffectSender:
                 "action": f"otaflow.{schema}",
                 "params": {k: str(v) for k, v in report.items()},
                 "event_time": report["event_time"],
+            }
+            self._produce(self.commands, request_id.encode(), encode("Command", command))
+        for batch_id, counts in fx.outcomes.items():
+            # Abort rules' counts to the control plane; the id is a digest of the counts
+            # and the envelope's task events, so a replayed envelope is applied once.
+            params = counts_to_params(counts)
+            digest = hashlib.blake2b(digest_size=12)
+            for key, event in fx.task_events:
+                digest.update(f"{key}|{event['task_id']}|{event['status']}|".encode())
+                digest.update(str(event["event_time"]).encode())
+            request_id = f"CohortOutcomes/{batch_id}/{digest.hexdigest()}"
+            command = {
+                "request_id": request_id,
+                "action": "otaflow.CohortOutcomes",
+                "params": {"batch_id": batch_id, **params},
+                "event_time": now,
             }
             self._produce(self.commands, request_id.encode(), encode("Command", command))
         for batch_id, count in fx.succeeded.items():

@@ -20,6 +20,7 @@ from otaflow.domain.rate import (
     releasable,
 )
 from otaflow.domain.rate_settings import from_settings, to_settings
+from otaflow.domain.rate_windows import meter_time
 from otaflow.partitioning import device_key, partition_for
 from streams.app import app, batch_meters, device_events, push_queue, rate_events, settings
 from streams.effects import send_dead_letter
@@ -73,6 +74,8 @@ class BatchMeter:
                 "credit_units": 0,
                 "credit_at_ms": 0,
                 "starved": False,
+                "maintenance_windows": [],
+                "paused": False,
             }
         )
 
@@ -166,7 +169,9 @@ async def release_due(meter: BatchMeter, now: int) -> None:
     if meter.state is None or rec["canceled"] or rec["queued"] <= 0:
         return
     # The meter counts minutes from the batch's start, not from the wall clock's minute.
-    batch_time = max(0, now - rec["origin"])
+    batch_time = meter_time(rec.get("maintenance_windows") or [], rec["origin"], now)
+    if batch_time is None or rec.get("paused"):
+        return  # outside the maintenance windows, or paused: its tasks wait in the queue
     n = min(rec["queued"], releasable(meter.state, batch_time))
     if n <= 0:
         return
@@ -263,6 +268,10 @@ def apply_control(meter: BatchMeter, control: dict[str, Any]) -> None:
     batch = control["batch"]
     action = control["action"]
     new_config = from_settings(batch["rate"])
+    rec["maintenance_windows"] = list(batch.get("maintenance_windows") or [])
+    # A rule paused the whole batch: keep its queue (a resume releases it, in order)
+    # instead of releasing tasks the device agents would hold anyway.
+    rec["paused"] = "*" in (batch.get("paused_cohorts") or ())
     if action == "START" and meter.state is None and new_config is not None:
         meter.state = MeterState.start(new_config)
         rec["origin"] = control["event_time"]

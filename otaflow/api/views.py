@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,8 +58,11 @@ VIEW_ACTIONS = frozenset(
         "ListOTAUnfinishedTaskByDevice",
         "ListOTAJobByDevice",
         "ListOTAModuleVersionsByDevice",
+        "ExplainOTADevice",  # otaflow extra (otaflow.api.explain_view)
     }
 )
+# Task events kept per device for ExplainOTADevice's evidence (older ones: the topic).
+HISTORY_PER_DEVICE = 32
 
 
 @dataclass
@@ -102,6 +105,9 @@ class TaskView:
         self.device_tasks: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.versions: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
         self.iot_ids: dict[str, tuple[str, str]] = {}
+        # ExplainOTADevice: each device's recent task events and whether it is online.
+        self.history: dict[tuple[str, str], deque[dict[str, Any]]] = {}
+        self.online: dict[tuple[str, str], bool] = {}
         # Reads every batch written so far into the view (set by TaskViewConsumer).
         self.catch_up: Callable[[], bool] | None = None
 
@@ -145,6 +151,7 @@ class TaskView:
             self.task_batch[task_id] = batch_id
             key = (event["product_key"], event["device_name"])
             self.device_tasks[key].add(task_id)
+            self.history.setdefault(key, deque(maxlen=HISTORY_PER_DEVICE)).append(event)
             self._remember_device(*key)
 
     def apply_batch(self, batch: dict[str, Any]) -> None:
@@ -152,6 +159,10 @@ class TaskView:
             self.batches[batch["batch_id"]] = batch
 
     def apply_report(self, report: dict[str, Any]) -> None:
+        if report["kind"] in ("OFFLINE", "ONLINE", "VERSION"):
+            with self._lock:
+                key = (report["product_key"], report["device_name"])
+                self.online[key] = report["kind"] != "OFFLINE"
         if report["kind"] != "VERSION" or report["version"] is None:
             return
         with self._lock:
@@ -360,6 +371,11 @@ class TaskView:
             for b in paging.slice(batches)
         ]
         return {"SimpleOTAJobInfo": rows}, paging.top(len(batches))
+
+    def _ExplainOTADevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        from otaflow.api.explain_view import explain_from_view
+
+        return explain_from_view(self, p, int(time.time() * 1000))
 
     def _ListOTAModuleVersionsByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         product_key, device_name = self.device_from(p)

@@ -31,6 +31,7 @@ SCHEMAS: dict[str, str] = {
     "job-invalid": "ControlIndex",
     "phased": "ControlIndex",
     "nonce": "ControlIndex",  # a used signature nonce (streams/command_agent.py)
+    "guard": "RolloutGuard",
 }
 
 
@@ -125,6 +126,8 @@ class Outcome:
     # (device partition, schema, record): a record for one partition (PhasedQuota).
     partition_items: list[tuple[int, str, Record]] = field(default_factory=list)
     read_only: bool = False
+    # (public topic, key, schema, record): records for a public topic (RolloutTrigger).
+    public_records: list[tuple[str, str, str, Record]] = field(default_factory=list)
     # Extra top-level fields of the answer (beside RequestId/Success/Code/...).
     top: dict[str, Any] = field(default_factory=dict)
 

@@ -34,6 +34,7 @@ from otaflow.control.common import (
 )
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.firmware import begin_verification, firmware_usable, offered_files
+from otaflow.control.guard import rollout_fields, safe_rollout_changes
 from otaflow.control.ids import derived_id
 from otaflow.control.registry import DEVICE_NAME
 from otaflow.domain import phased
@@ -241,6 +242,7 @@ class JobOps(OpsBase):
             schedule_start=start,
             schedule_end=end,
             tags=rules.tags(p),
+            **safe_rollout_changes(p),
         )
 
     def _start(self, batch: Batch, job: Record, now: int) -> Outcome:
@@ -637,6 +639,7 @@ class JobOps(OpsBase):
                 )
             changes["timeout_minutes"] = timeout
         changes["tags"] = rules.tags(p, "Tags")
+        changes.update(safe_rollout_changes(p))
         updated = batch.with_changes(**changes).to_record()
         control = {"action": "UPDATE", "batch": updated, "cancel_statuses": [], "event_time": now}
         return Outcome(
@@ -691,6 +694,7 @@ class JobOps(OpsBase):
             "InvalidDeviceNameCount": job.get("invalid_count"),
         }
         data.update(rate_fields(batch["rate"]))
+        data.update(rollout_fields(self.store, batch))
         if job.get("job_type") == VERIFY:
             data["TargetSelection"] = "SPECIFIC"
         return drop_none(data)

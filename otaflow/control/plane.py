@@ -25,6 +25,7 @@ from otaflow.config import DEV_DEVICE_KEY
 from otaflow.control.common import ControlStore, Outcome, Record
 from otaflow.control.errors import ApiError
 from otaflow.control.firmware import FirmwareOps, StoredFile
+from otaflow.control.guard import GuardOps
 from otaflow.control.jobs import JobOps, rate_from_params, rate_settings
 from otaflow.control.registry import RegistryOps
 
@@ -51,7 +52,10 @@ READS = frozenset(
 
 #: Commands the engine sends the control plane (never callable through the API: their
 #: names are not operations ``supports`` knows), to the method that applies each.
-INTERNAL = {"otaflow.PhasedCount": "phased_count"}
+INTERNAL = {
+    "otaflow.PhasedCount": "phased_count",
+    "otaflow.CohortOutcomes": "cohort_outcomes",
+}
 #: Operations only otaflow's own components send on the command topic, in the API's
 #: parameter form (the API answers them as unknown).
 INTERNAL_OPERATIONS = frozenset({"RecordVerifyOutcome"})
@@ -61,7 +65,7 @@ def _no_name_lists(url: str) -> str:
     raise FileNotFoundError(url)
 
 
-class ControlPlane(FirmwareOps, JobOps, RegistryOps):
+class ControlPlane(FirmwareOps, JobOps, GuardOps, RegistryOps):
     def __init__(
         self,
         store: ControlStore,

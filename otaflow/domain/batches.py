@@ -101,6 +101,12 @@ class Batch:
     # The platform's JobType; VERFIY_FIRMWARE (sic) is a verification batch
     # (CreateOTAVerifyJob), whose tasks' outcomes decide its package's verification.
     job_type: str = "UPGRADE_FIRMWARE"
+    # Safe rollouts (otaflow extras): AbortRule records (``domain.abort_rules``), the
+    # cohorts whose pushes a rule paused ("*": the whole batch), and the maintenance
+    # windows outside which nothing is pushed (``domain.maintenance``).
+    abort_rules: tuple[dict[str, Any], ...] = ()
+    paused_cohorts: tuple[str, ...] = ()
+    maintenance_windows: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -171,6 +177,9 @@ class Batch:
             "status": self.status.value,
             "strategy_active": self.strategy_active,
             "job_type": self.job_type,
+            "abort_rules": [dict(r) for r in self.abort_rules],
+            "paused_cohorts": list(self.paused_cohorts),
+            "maintenance_windows": list(self.maintenance_windows),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -184,6 +193,9 @@ class Batch:
         fields["status"] = BatchStatus(rec["status"])
         fields["src_versions"] = tuple(rec["src_versions"])
         fields["tags"] = dict(rec["tags"])
+        fields["abort_rules"] = tuple(dict(r) for r in rec.get("abort_rules") or ())
+        fields["paused_cohorts"] = tuple(rec.get("paused_cohorts") or ())
+        fields["maintenance_windows"] = tuple(rec.get("maintenance_windows") or ())
         return cls(**fields)
 
 

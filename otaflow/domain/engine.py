@@ -51,6 +51,7 @@ from typing import Any
 from otaflow.domain.batches import Batch, BatchRegistry
 from otaflow.domain.devices import MINUTE_MS, DeviceState, task_timer, timeout_deadline
 from otaflow.domain.groups import GroupRegistry
+from otaflow.domain.holds import next_open, push_hold
 from otaflow.domain.matching import admit, dynamic_candidates
 from otaflow.domain.schedule import (
     NOT_STARTED,
@@ -106,6 +107,9 @@ class Effects:
     # (schema, record) for the control plane, through the command topic (PhasedCount).
     control_reports: list[tuple[str, Record]] = field(default_factory=list)
     unsent: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # Per batch with abort rules: finished outcomes per cohort, "cohort|OUTCOME" -> n
+    # (``domain.abort_rules``), summed by the control plane.
+    outcomes: dict[str, Counter[str]] = field(default_factory=dict)
 
     def touch(self, state: DeviceState) -> None:
         self.touched.add(state.key)
@@ -218,6 +222,10 @@ class DeviceEngine:
             batch = self.batches.get(task.batch_id)
             if batch is not None and task.status in ACTIVE:
                 times.append(next_schedule_time(batch, task.status, floor))
+                if task.status is TaskStatus.QUEUED and batch.maintenance_windows:
+                    # Held by a closed window: wake when the next one opens.
+                    opens = next_open(batch, max(floor + 1, task.updated_at))
+                    times.append(opens if opens is not None and opens > floor + 1 else None)
             for at in times:
                 if at is not None and at > floor and (deadline is None or at < deadline):
                     deadline = at
@@ -391,7 +399,12 @@ class DeviceEngine:
             if module is not None and task.module != module:
                 continue
             batch = self.batches.get(task.batch_id)
-            if batch is not None and batch.need_push and has_started(batch, now):
+            if (
+                batch is not None
+                and batch.need_push
+                and has_started(batch, now)
+                and push_hold(batch, state, task, now) is None
+            ):
                 fx.queue_push(state, task)
 
     # -- the rate agent's permission to push -------------------------------------------
@@ -413,6 +426,10 @@ class DeviceEngine:
         if not state.online or batch is None or not has_started(batch, now):
             fx.unsent[(release["batch_id"], now)] += 1
             return  # stays as it is; queued again when the device is back
+        if push_hold(batch, state, task, now) is not None:
+            # cohort paused or window closed: stays as it is, queued again later
+            fx.unsent[(release["batch_id"], now)] += 1
+            return
         if task.status is TaskStatus.QUEUED:
             self._move(state, task, TaskStatus.NOTIFIED, now, fx)
         fx.notify(state, now, kind="PUSH", task=task, batch=batch)
@@ -690,7 +707,12 @@ class DeviceEngine:
         if task.status is not TaskStatus.QUEUED or task.in_push_queue or not state.online:
             return
         batch = self.batches.get(task.batch_id)
-        if batch is not None and batch.need_push and has_started(batch, now):
+        if (
+            batch is not None
+            and batch.need_push
+            and has_started(batch, now)
+            and push_hold(batch, state, task, now) is None
+        ):
             fx.queue_push(state, task)
 
     def _schedule_retry(self, task: Task, now: int) -> None:

@@ -22,10 +22,12 @@ start or cancel costs a decode per *candidate* device, not per device.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from otaflow.domain import phased
+from otaflow.domain.abort_rules import count_outcomes
 from otaflow.domain.batches import Batch, BatchKind, BatchRegistry, BatchScope
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
@@ -120,7 +122,26 @@ class PartitionEngine:
 
     def apply(self, name: str, record: Record, fx: Effects) -> None:
         """Apply one record (by schema name); unknown names raise ``KeyError``."""
+        if name == "DeviceReport":
+            self.report(record, fx)  # counts its own outcomes (the agent calls it directly)
+            return
+        seen = len(fx.task_events)
         self._handlers[name](record, fx)
+        if len(fx.task_events) > seen:
+            self._count_outcomes(fx, seen)
+
+    def _count_outcomes(self, fx: Effects, seen: int) -> None:
+        """Finished outcomes of batches with abort rules, per cohort, for the control plane."""
+        events = [
+            (key, event)
+            for key, event in fx.task_events[seen:]
+            if event["status"] in ("SUCCEEDED", "FAILED", "CANCELED")
+            and (batch := self.batches.get(event["batch_id"])) is not None
+            and batch.abort_rules
+        ]
+        if events:
+            for batch_id, counts in count_outcomes(events, self.store.load).items():
+                fx.outcomes.setdefault(batch_id, Counter()).update(counts)
 
     # -- one device ---------------------------------------------------------------------
 
@@ -132,8 +153,11 @@ class PartitionEngine:
 
     def report(self, record: Record, fx: Effects) -> None:
         key = device_key(record["product_key"], record["device_name"])
+        seen = len(fx.task_events)
         state = self.engine.on_report(self.store.load(key), record, fx)
         self._settle(state, record["event_time"], fx)
+        if len(fx.task_events) > seen:
+            self._count_outcomes(fx, seen)
 
     def release(self, record: Record, fx: Effects) -> None:
         state = self.store.load(device_key(record["product_key"], record["device_name"]))
@@ -181,6 +205,8 @@ class PartitionEngine:
             self._start(batch, now, fx)
         elif action == "UPDATE":
             self._update(old, batch, now, fx)
+            if old is not None and set(old.paused_cohorts) - set(batch.paused_cohorts):
+                self._resume(batch, now, fx)
         elif action == "CANCEL_TASKS":
             statuses = frozenset(TaskStatus(s) for s in record["cancel_statuses"])
             for state in self._each(batch.product_key, [frozenset({batch.batch_id.encode()})]):
@@ -218,6 +244,12 @@ class PartitionEngine:
             return  # only versions reported from now on
         versions = version_needles(batch)
         self._match_existing(batch, [versions] if versions is not None else [], now, fx)
+
+    def _resume(self, batch: Batch, now: int, fx: Effects) -> None:
+        """A paused cohort resumed: its devices' held tasks are queued for a push again."""
+        for state in self._each(batch.product_key, [frozenset({batch.batch_id.encode()})]):
+            self.engine.advance(state, now, fx)
+            self._settle(state, now, fx)
 
     def _updatable(self, batch: Batch) -> Iterator[DeviceState]:
         """The partition's devices a phased batch could update (see ``domain.phased``)."""

@@ -199,6 +199,8 @@ class Partition:
         self.push_queue: deque[tuple[str, Record]] = deque()
         self.succeeded: Counter[str] = Counter()
         self.unsent: Counter[tuple[str, int]] = Counter()
+        # Abort rules' counts not yet taken by a control plane (``take_outcomes``).
+        self.outcomes: dict[str, Counter[str]] = {}
         self.last: Effects = Effects()
 
     def apply(self, name: str, record: Record) -> Effects:
@@ -215,6 +217,8 @@ class Partition:
             self.push_queue.extend((batch_id, t) for t in tasks)
         self.succeeded.update(fx.succeeded)
         self.unsent.update(fx.unsent)
+        for batch_id, counts in fx.outcomes.items():
+            self.outcomes.setdefault(batch_id, Counter()).update(counts)
         self.last = fx
         return fx
 
@@ -283,6 +287,11 @@ class Partition:
             self.apply("TaskRelease", record)
             n += 1
         return n
+
+    def take_outcomes(self) -> dict[str, Counter[str]]:
+        """The abort rules' outcome counts since the last call (as the agent sends them)."""
+        taken, self.outcomes = self.outcomes, {}
+        return taken
 
     # -- reading ---------------------------------------------------------------------------
 
