@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from otaflow import config, system_packages, topics
+from otaflow import config, membership, system_packages, topics
 from otaflow.edge import broker as edge_broker
 
 KAFKA_VERSION = "4.1.1"
@@ -806,7 +806,11 @@ def prune_deployment(name: str) -> tuple[int, list[str], list[str]]:
         with _locked():
             bootstrap = _up_kafka(settings)
     deleted_topics = topics.delete_deployment_topics(bootstrap, settings)
-    groups, busy = topics.delete_groups_where(bootstrap, topics.group_owner_of(settings))
+    # A worker stopped a moment ago is still a (static) member for one session timeout.
+    patience = 2 * membership.session_timeout_s() + 2
+    groups, busy = topics.delete_groups_where(
+        bootstrap, topics.group_owner_of(settings), patience_s=patience
+    )
     return deleted_topics, groups, busy
 
 

@@ -8,6 +8,7 @@ topics may change between releases.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -222,10 +223,17 @@ def group_owner_of(settings: Settings) -> Callable[[str], bool]:
 
 
 def delete_groups_where(
-    bootstrap: str, wanted: Callable[[str], bool], timeout: float = 60.0
+    bootstrap: str,
+    wanted: Callable[[str], bool],
+    timeout: float = 60.0,
+    patience_s: float = 0.0,
 ) -> tuple[list[str], list[str]]:
     """Delete every consumer group whose name ``wanted`` accepts; return (deleted, busy):
-    a group with live members cannot be deleted (stop its processes first)."""
+    a group with live members cannot be deleted (stop its processes first).
+
+    ``patience_s``: keep trying a busy group that long. A stopped worker or batcher is a
+    static member (otaflow.membership): it does not leave its group when it stops, the
+    broker drops it one session timeout later, so a clean-up right after a stop waits."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -233,17 +241,22 @@ def delete_groups_where(
     names = sorted(g.group_id for g in listed.valid if wanted(g.group_id))
     deleted: list[str] = []
     busy: list[str] = []
-    if not names:
-        return deleted, busy
-    for name, future in admin.delete_consumer_groups(names, request_timeout=timeout).items():
-        try:
-            future.result()
-            deleted.append(name)
-        except Exception as exc:
-            if "NON_EMPTY_GROUP" in str(exc):
-                busy.append(name)
-            elif "GROUP_ID_NOT_FOUND" not in str(exc):
-                raise RuntimeError(f"could not delete consumer group {name}: {exc}") from exc
+    deadline = time.monotonic() + patience_s
+    while names:
+        busy = []
+        for name, future in admin.delete_consumer_groups(names, request_timeout=timeout).items():
+            try:
+                future.result()
+                deleted.append(name)
+            except Exception as exc:
+                if "NON_EMPTY_GROUP" in str(exc):
+                    busy.append(name)
+                elif "GROUP_ID_NOT_FOUND" not in str(exc):
+                    raise RuntimeError(f"could not delete consumer group {name}: {exc}") from exc
+        if not busy or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+        names = busy
     return sorted(deleted), sorted(busy)
 
 

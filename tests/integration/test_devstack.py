@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -115,6 +116,13 @@ def test_a_deployment_deletes_its_topics_and_only_its_own(stack: devstack.DevSta
         topics.ensure_topics(stack.kafka_bootstrap, settings, [topics.DEVICE_REPORTS])
     changelog = topics.TopicSpec(f"{mine.app_id}-devices-changelog", (), "", public=False)
     topics.ensure_topics(stack.kafka_bootstrap, Settings(topic_prefix=""), [changelog])
+    # Metadata can trail a creation on a loaded broker: list what deletion will list.
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    wanted = {topics.DEVICE_REPORTS.full_name(mine), changelog.name}
+    deadline = time.monotonic() + 30
+    while not wanted <= set(admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, "the topics never showed in the metadata"
+        time.sleep(0.1)
 
     deleted = topics.delete_deployment_topics(stack.kafka_bootstrap, mine)
 
