@@ -15,6 +15,7 @@ Examples::
 
     otaflow product create smart_lock
     otaflow device register a1Prod dev001 --province Zhejiang --city Hangzhou
+    otaflow device show a1Prod dev001                  # FirmwareVersion: as last reported
     otaflow device import a1Prod devices.csv          # name[,nickname[,province[,city]]]
     otaflow group create north_fleet
     otaflow group add GROUP_ID a1Prod/dev001 a1Prod/dev002
@@ -533,6 +534,14 @@ def device_register(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     return body
 
 
+def device_show(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
+    """QueryDeviceDetail: the registry's record and ``FirmwareVersion``, the version the
+    device last reported (absent until it reports one)."""
+    body = c.call("QueryDeviceDetail", {"ProductKey": a.product, "DeviceName": a.name})
+    out(_pairs(f"{a.product}/{a.name}", body["Data"]))
+    return body
+
+
 def device_import(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     entries: list[dict[str, str]] = []
     for line in Path(a.csv).read_text(encoding="utf-8-sig").splitlines():
@@ -725,6 +734,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--nickname")
     p.add_argument("--province")
     p.add_argument("--city")
+    p = _command(device, "show", device_show, "show one device and its reported version")
+    p.add_argument("product")
+    p.add_argument("name")
     p = _command(device, "import", device_import, "register devices from a CSV")
     p.add_argument("product")
     p.add_argument("csv", help="name[,nickname[,province[,city]]] per line")
