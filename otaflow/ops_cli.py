@@ -182,6 +182,7 @@ def _table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[Colu
     terminal is narrow, ``text`` and ``note`` columns give up their width, ids never."""
     table = Table(
         title=title,
+        min_width=len(title),  # the title on one line, however few the rows
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,

@@ -184,3 +184,13 @@ def test_batch_list_shows_kind_and_minute_of_creation() -> None:
     row = line_with(lines, JOB_ID)
     assert "DYNAMIC" in row and "2026-11-29 20:13" in row
     assert "VERIFY" in line_with(lines, JOB_ID[::-1])
+
+
+def test_an_empty_list_keeps_its_title_on_one_line() -> None:
+    # A page past the end of a big batch: no rows, a long title.
+    empty = {"Success": True, "Total": 100000, "Data": {"SimpleOTATaskInfo": []}}
+    out = io.StringIO()
+    client: Any = FakeApi({"ListOTATaskByJob": empty})
+    args = argparse.Namespace(json=False, job_id=JOB_ID, page=3000, page_size=50, status=None)
+    ops_cli.run(ops_cli.task_list, args, console=Console(file=out, width=80), client=client)
+    line_with(out.getvalue().splitlines(), f"tasks of {JOB_ID} (100000)")
