@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from benchmarks.fleet import SimulatedFleet
-from otaflow import config, devstack, topics
+from otaflow import config, devstack, membership, topics
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
 from otaflow.kafka_security import kafka_client_config
@@ -122,8 +122,13 @@ def run(devices: int, rate: int, fail_ratio: float, timeout_s: float, keep: bool
             # A demo is a throwaway deployment: leave the broker and the disk as we found them
             # (its logs too, unless something went wrong and they are worth reading).
             topics.delete_deployment_topics(settings.kafka_bootstrap, settings)
+            busy = delete_consumer_groups(settings)
+            if busy:
+                console.print(f"consumer groups still in use, not deleted: {', '.join(busy)}")
             shutil.rmtree(config.data_dir() / settings.app_id, ignore_errors=True)
-            shutil.rmtree(package_dir() / "demo" / tag, ignore_errors=True)
+            # The package and its facts (size, digests), kept beside the store's files.
+            for root in (package_dir(), package_dir() / ".meta"):
+                shutil.rmtree(root / "demo" / tag, ignore_errors=True)
             if status == 0:
                 shutil.rmtree(log_dir, ignore_errors=True)
             else:
@@ -154,8 +159,8 @@ def _run(
     }
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     console.print(
-        f"[bold]otaflow demo[/] · Kafka {stack.kafka_bootstrap} · MQTT {stack.mqtt_url}"
-        f" · logs {log_dir}"
+        f"[bold]otaflow demo[/] · deployment {settings.app_id} · Kafka {stack.kafka_bootstrap}"
+        f" · MQTT {stack.mqtt_url} · logs {log_dir}"
     )
     with ProcessGroup(env, log_dir=log_dir) as group:
         for name in ("worker", "ingress", "egress", "api"):
@@ -230,6 +235,22 @@ def _run(
         board.close()
         counts = board.counts()
         return 0 if sum(counts[s] for s in FINAL) >= devices else 1
+
+
+def delete_consumer_groups(settings: config.Settings) -> list[str]:
+    """Delete the demo deployment's consumer groups; return those still busy at the end.
+
+    Its processes have stopped, but a static member (worker, batcher: otaflow.membership)
+    does not leave its group when it stops: the broker drops it one session timeout
+    later, and only then is the group empty and deletable.
+    """
+    owned = topics.group_owner_of(settings)
+    deadline = time.monotonic() + 3 * membership.session_timeout_s() + 10
+    while True:
+        _, busy = topics.delete_groups_where(settings.kafka_bootstrap, owned)
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(1)
 
 
 def port_or_free(port: int, avoid: int | None = None) -> int:

@@ -15,6 +15,7 @@ Examples::
 
     otaflow product create smart_lock
     otaflow device register a1Prod dev001 --province Zhejiang --city Hangzhou
+    otaflow device show a1Prod dev001                  # FirmwareVersion: as last reported
     otaflow device import a1Prod devices.csv          # name[,nickname[,province[,city]]]
     otaflow group create north_fleet
     otaflow group add GROUP_ID a1Prod/dev001 a1Prod/dev002
@@ -40,13 +41,16 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from otaflow import config, safe_cli, watch_cli
 from otaflow.api.params import API_VERSION, flatten
@@ -154,12 +158,53 @@ class OpsClient:
 # -- output ---------------------------------------------------------------------------------
 
 
-def _table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Table:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")  # ids stay whole, wrapped if need be
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+@dataclass(frozen=True)
+class Column:
+    """One column of a list table: ``field`` of each row (or ``value(row)``) under ``header``.
+
+    ``kind``: ``id`` is never wrapped or cut (ids are copied into the next command),
+    ``text`` folds onto more lines, ``note`` is cut with an ellipsis (the full text is
+    in ``--json``).
+    """
+
+    header: str
+    field: str
+    kind: str = "text"
+    value: Callable[[Mapping[str, Any]], Any] | None = None
+
+    def cell(self, row: Mapping[str, Any]) -> str:
+        raw = self.value(row) if self.value is not None else row.get(self.field)
+        return "" if raw is None else str(raw)
+
+
+def _table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> Table:
+    """A list that fits 80 columns: no outer border, two spaces between columns; when the
+    terminal is narrow, ``text`` and ``note`` columns give up their width, ids never."""
+    table = Table(
+        title=title,
+        min_width=len(title),  # the title on one line, however few the rows
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    cells = [[column.cell(row) for column in columns] for row in rows]
+    for i, column in enumerate(columns):
+        if column.kind == "id":
+            widest = max([len(column.header), *(len(r[i]) for r in cells)])
+            table.add_column(column.header, no_wrap=True, min_width=widest)
+        else:
+            table.add_column(column.header, overflow="fold")
+    notes = {i for i, column in enumerate(columns) if column.kind == "note"}
+    for row_cells in cells:
+        # A note's column narrows like a text column, but the note stays on its row's line.
+        table.add_row(
+            *(
+                Text(cell, no_wrap=True, overflow="ellipsis") if i in notes else cell
+                for i, cell in enumerate(row_cells)
+            )
+        )
     return table
 
 
@@ -202,6 +247,10 @@ FIRMWARE_STATUS: dict[Any, str] = {
 Out = Callable[[Any], None]
 
 
+def _firmware_status(row: Mapping[str, Any]) -> Any:
+    return FIRMWARE_STATUS.get(row.get("Status"), row.get("Status"))
+
+
 def firmware_upload(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     path = Path(a.file)
     data = path.read_bytes()
@@ -232,18 +281,26 @@ def firmware_upload(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
 def firmware_list(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     params = {"CurrentPage": a.page, "PageSize": a.page_size, "ProductKey": a.product}
     body = c.call("ListOTAFirmware", {k: v for k, v in params.items() if v is not None})
-    rows = [
-        {**row, "Status": FIRMWARE_STATUS.get(row.get("Status"), row.get("Status"))}
-        for row in body["FirmwareInfo"]["SimpleFirmwareInfo"]
+    rows = body["FirmwareInfo"]["SimpleFirmwareInfo"]
+    products = sorted({str(row.get("ProductKey")) for row in rows})
+    # One product (the usual --product listing): named in the title, not on every row.
+    title = f"firmware of {products[0]}" if len(products) == 1 else "firmware"
+    cols = [
+        Column("FirmwareId", "FirmwareId", "id"),
+        Column("Name", "FirmwareName"),
+        *([Column("Product", "ProductKey", "id")] if len(products) > 1 else []),
+        Column("Module", "ModuleName"),
+        Column("Version", "DestVersion"),
+        Column("Status", "Status", "id", _firmware_status),
     ]
-    cols = ["FirmwareId", "FirmwareName", "ProductKey", "ModuleName", "DestVersion", "Status"]
-    out(_table(f"firmware ({body['Total']})", rows, cols))
+    out(_table(f"{title} ({body['Total']})", rows, cols))
     return body
 
 
 def firmware_show(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     body = c.call("QueryOTAFirmware", {"FirmwareId": a.firmware_id})
-    out(_pairs(a.firmware_id, body["FirmwareInfo"]))
+    info = body["FirmwareInfo"]
+    out(_pairs(a.firmware_id, {**info, "Status": _firmware_status(info)}))
     return body
 
 
@@ -348,7 +405,7 @@ def _invalid_names(c: OpsClient, product_key: str, url: str) -> Table:
             break
         page += 1
     title = f"invalid device names in the list ({total}); correct them and upload it again"
-    return _table(title, [{"DeviceName": n} for n in names], ["DeviceName"])
+    return _table(title, [{"DeviceName": n} for n in names], [Column("DeviceName", "DeviceName")])
 
 
 def batch_show(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
@@ -363,9 +420,26 @@ def batch_list(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
         {"FirmwareId": a.firmware_id, "CurrentPage": a.page, "PageSize": a.page_size},
     )
     rows = body["Data"]["SimpleOTAJobInfo"]
-    cols = ["JobId", "SelectionType", "TargetSelection", "JobStatus", "JobType", "UtcCreate"]
+    cols = [
+        Column("JobId", "JobId", "id"),
+        Column("Type", "SelectionType", "id", _job_kind),
+        Column("Scope", "TargetSelection", "id"),
+        Column("Status", "JobStatus", "id"),
+        Column("Created (UTC)", "UtcCreate", "id", _minutes),
+    ]
     out(_table(f"batches of {a.firmware_id} ({body['Total']})", rows, cols))
     return body
+
+
+def _job_kind(row: Mapping[str, Any]) -> Any:
+    """STATIC or DYNAMIC for an update batch, VERIFY for a verification batch."""
+    return "VERIFY" if row.get("JobType") == "VERIFY_FIRMWARE" else row.get("SelectionType")
+
+
+def _minutes(row: Mapping[str, Any]) -> Any:
+    """``2026-11-29T20:13:01.000Z`` as ``2026-11-29 20:13``."""
+    when = row.get("UtcCreate")
+    return when[:16].replace("T", " ") if isinstance(when, str) else when
 
 
 def batch_cancel(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
@@ -415,13 +489,12 @@ def task_list(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     body = c.call("ListOTATaskByJob", params)
     rows = body["Data"]["SimpleOTATaskInfo"]
     cols = [
-        "TaskId",
-        "DeviceName",
-        "SrcVersion",
-        "DestVersion",
-        "TaskStatus",
-        "Progress",
-        "TaskDesc",
+        Column("TaskId", "TaskId", "id"),
+        Column("Device", "DeviceName"),
+        Column("From", "SrcVersion"),
+        Column("Status", "TaskStatus", "id"),
+        Column("%", "Progress"),
+        Column("Desc", "TaskDesc", "note"),
     ]
     out(_table(f"tasks of {a.job_id} ({body['Total']})", rows, cols))
     return body
@@ -464,6 +537,14 @@ def device_register(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     return body
 
 
+def device_show(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
+    """QueryDeviceDetail: the registry's record and ``FirmwareVersion``, the version the
+    device last reported (absent until it reports one)."""
+    body = c.call("QueryDeviceDetail", {"ProductKey": a.product, "DeviceName": a.name})
+    out(_pairs(f"{a.product}/{a.name}", body["Data"]))
+    return body
+
+
 def device_import(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     entries: list[dict[str, str]] = []
     for line in Path(a.csv).read_text(encoding="utf-8-sig").splitlines():
@@ -480,7 +561,8 @@ def device_import(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     apply_id = data["ApplyId"]
     bad = data["InvalidDetailList"]["InvalidDetailList"]
     if bad:
-        out(_table("refused names", bad, ["DeviceName", "ErrorMsg"]))
+        cols = [Column("DeviceName", "DeviceName"), Column("ErrorMsg", "ErrorMsg")]
+        out(_table("refused names", bad, cols))
     status = c.call(
         "QueryBatchRegisterDeviceStatus", {"ProductKey": a.product, "ApplyId": apply_id}
     )
@@ -658,6 +740,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--nickname")
     p.add_argument("--province")
     p.add_argument("--city")
+    p = _command(device, "show", device_show, "show one device and its reported version")
+    p.add_argument("product")
+    p.add_argument("name")
     p = _command(device, "import", device_import, "register devices from a CSV")
     p.add_argument("product")
     p.add_argument("csv", help="name[,nickname[,province[,city]]] per line")

@@ -50,6 +50,9 @@ PROGRAMS: tuple[Program, ...] = (
     # The web console's browser test drives Debian's Chromium headless with Playwright
     # (Playwright's own browser download cannot work here).
     Program("chromium", "chromium", ("/usr/bin/chromium",)),
+    # The README's CLI walkthrough picks ids out of `--json` answers with it (its blocks
+    # run in tests/integration/test_readme.py).
+    Program("jq", "jq"),
 )
 
 # What building the broker's device-authentication plugin takes (otaflow.edge.broker):

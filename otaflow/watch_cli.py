@@ -6,9 +6,10 @@ finished, the push rate achieved over the last minute against the configured one
 the batch's status. The watch ends, with status 0, when the batch is COMPLETED or
 CANCELED, or when a static batch has tasks and none of them is unfinished on two polls
 in a row with the same number of tasks (a partition may still be creating tasks when the
-others are done). Dynamic
-batches keep matching new devices: watch those until Ctrl-C. Off a terminal (a pipe, a
-log) it prints one line per change instead of redrawing.
+others are done). Dynamic batches keep matching new devices: watch those until Ctrl-C,
+or give ``--until-idle`` to end the same way as a static batch (once it has tasks and all
+of them have ended). Off a terminal (a pipe, a log) it prints one line per change instead
+of redrawing.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Watch:
 
     history: deque[Snapshot] = field(default_factory=deque)
     done_polls: int = 0
+    until_idle: bool = False  # a dynamic batch ends too once its tasks have all ended
 
     def add(self, snapshot: Snapshot) -> None:
         previous = self.history[-1] if self.history else None
@@ -79,13 +81,12 @@ class Watch:
         else:
             self.done_polls = 1
 
-    @staticmethod
-    def finished_now(snapshot: Snapshot) -> bool:
+    def finished_now(self, snapshot: Snapshot) -> bool:
         job = snapshot.job
         if job.get("JobStatus") in FINAL_JOB_STATUSES:
             return True
         static = job.get("SelectionType") == "STATIC"
-        return static and snapshot.total > 0 and snapshot.unfinished == 0
+        return (static or self.until_idle) and snapshot.total > 0 and snapshot.unfinished == 0
 
     @property
     def complete(self) -> bool:
@@ -152,10 +153,11 @@ def watch_batch(
     timeout: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    until_idle: bool = False,
 ) -> int:
     """Poll ``query`` (one QueryOTAJob's ``Data``) and draw until the batch completes;
     0 when it did, 2 when ``timeout`` passed first."""
-    watch = Watch()
+    watch = Watch(until_idle=until_idle)
     started = clock()
     watch.add(Snapshot(clock(), query()))
     if console.is_terminal:
@@ -189,7 +191,9 @@ def batch_watch(c: Any, a: argparse.Namespace, out: Callable[[Any], None]) -> An
         data: dict[str, Any] = c.call("QueryOTAJob", {"JobId": a.job_id})["Data"]
         return data
 
-    status = watch_batch(query, Console(), interval=a.interval, timeout=a.timeout)
+    status = watch_batch(
+        query, Console(), interval=a.interval, timeout=a.timeout, until_idle=a.until_idle
+    )
     if status:
         raise SystemExit(status)
     return {"JobId": a.job_id, "Watched": True}
@@ -199,3 +203,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_id")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
     p.add_argument("--timeout", type=float, help="give up (exit 2) after this many seconds")
+    p.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="a dynamic batch: end once it has tasks and all of them have ended",
+    )

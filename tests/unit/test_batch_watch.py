@@ -104,3 +104,24 @@ def test_on_a_terminal_it_redraws_until_done() -> None:
     status, text, _ = run([job(Queued=1), job(Succeeded=1), job(Succeeded=1)], terminal=True)
     assert status == 0
     assert "1/1 finished" in text
+
+
+def test_until_idle_ends_a_dynamic_batch_once_its_tasks_have_ended() -> None:
+    answers = [
+        job(selection="DYNAMIC"),  # no task yet: its device has not reported
+        job(selection="DYNAMIC", Notified=1),
+        job(selection="DYNAMIC", Succeeded=1),
+        job(selection="DYNAMIC", Succeeded=1),
+    ]
+    fake = Fake(answers)
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    status = watch_cli.watch_batch(
+        fake.query,
+        console,
+        interval=10,
+        timeout=600,
+        clock=lambda: fake.now,
+        sleep=fake.sleep,
+        until_idle=True,
+    )
+    assert (status, fake.calls) == (0, 4)
