@@ -244,13 +244,11 @@ def delete_consumer_groups(settings: config.Settings) -> list[str]:
     does not leave its group when it stops: the broker drops it one session timeout
     later, and only then is the group empty and deletable.
     """
-    owned = topics.group_owner_of(settings)
-    deadline = time.monotonic() + 3 * membership.session_timeout_s() + 10
-    while True:
-        _, busy = topics.delete_groups_where(settings.kafka_bootstrap, owned)
-        if not busy or time.monotonic() > deadline:
-            return busy
-        time.sleep(1)
+    patience = 3 * membership.session_timeout_s() + 10
+    _, busy = topics.delete_groups_where(
+        settings.kafka_bootstrap, topics.group_owner_of(settings), patience_s=patience
+    )
+    return busy
 
 
 def port_or_free(port: int, avoid: int | None = None) -> int:

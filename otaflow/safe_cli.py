@@ -46,7 +46,7 @@ def batch_resume(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
 
 
 def explain(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
-    from otaflow.ops_cli import _table
+    from otaflow.ops_cli import Column, _table
 
     product_key, _, device_name = a.device.partition("/")
     if not device_name:
@@ -56,7 +56,14 @@ def explain(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
         dict(item, Evidence=" > ".join(e["status"] for e in item.get("Evidence") or []))
         for item in body["Data"]["Explanations"]
     ]
-    cols = ["JobId", "Reason", "Detail", "OtherJobId", "ExpectedPushTime", "Evidence"]
+    cols = [
+        Column("JobId", "JobId", "id"),
+        Column("Reason", "Reason"),
+        Column("Detail", "Detail"),
+        Column("Other job", "OtherJobId", "id"),
+        Column("Expected push", "ExpectedPushTime"),
+        Column("Evidence", "Evidence", "note"),
+    ]
     out(_table(f"why {a.device}", rows, cols))
     return body
 
