@@ -71,6 +71,13 @@ def rate_from_params(params: Mapping[str, Any]) -> RateConfig | None:
     ``RateIncreaseCondition`` (pushed|succeeded), ``RateIncreaseThreshold``.
     """
     if not opt_bool(params, "NeedPush", True):
+        # The SDK: MaximumPerMinute takes 10 to 10000, whether or not the batch pushes.
+        given = opt_int(params, "MaximumPerMinute")
+        if given is not None:
+            try:
+                validate_rate(RateConfig.constant(given))
+            except RateRuleError as exc:
+                raise ApiError(exc.code, exc.message) from None
         return None
     kind = (opt_str(params, "RateType") or "constant").lower()
     try:
@@ -612,6 +619,8 @@ class JobOps(OpsBase):
                 for name, value in rate_fields(old).items():
                     rate_params.setdefault(name, str(value))
             changes["rate"] = rate_settings(rate_from_params(rate_params))
+        else:
+            rate_from_params(dict(rate_params, NeedPush="false"))  # checked, not applied
         versions = str_list(p, "SrcVersionList")
         if versions:
             if not batch.is_dynamic or batch.is_group_based:
