@@ -256,7 +256,11 @@ class TaskView:
         else:
             info["Progress"] = str(e["progress"])
             info["TaskDesc"] = e["desc"] or None
-            timeout = batch["timeout_minutes"] if batch else None
+            # The task's own timeout (a batch's change applies to new tasks only); an
+            # event written before events carried it (-1) shows the batch's.
+            own = e.get("timeout_minutes", -1)
+            batch_timeout = batch["timeout_minutes"] if batch else None
+            timeout = (own or None) if own >= 0 else batch_timeout
             info["Timeout"] = str(timeout) if timeout is not None else None
         return drop_none(info)
 

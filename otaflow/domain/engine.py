@@ -128,6 +128,8 @@ class Effects:
                     "progress": task.progress,
                     "desc": task.desc,
                     "event_time": now,
+                    # The task's own (a batch's timeout change applies to new tasks only).
+                    "timeout_minutes": task.timeout_minutes or 0,
                 },
             )
         )
