@@ -35,8 +35,8 @@ from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
 from otaflow.control.common import drop_none, opt_str, page, str_list, utc
 from otaflow.control.errors import ApiError, invalid, missing
-from otaflow.control.jobs import job_status
 from otaflow.control.registry import iot_id
+from otaflow.control.rules import job_status
 from otaflow.kafka_security import kafka_client_config
 
 VIEW_NOT_READY = "ServiceUnavailable.ViewNotReady"

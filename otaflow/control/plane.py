@@ -51,7 +51,7 @@ READS = frozenset(
 
 #: Commands the engine sends the control plane (never callable through the API: their
 #: names are not operations ``supports`` knows), to the method that applies each.
-INTERNAL = {"otaflow.PhasedCount": "phased_count"}
+INTERNAL = {"otaflow.PhasedCount": "phased_count", "otaflow.OpenTaskCount": "open_task_count"}
 #: Operations only otaflow's own components send on the command topic, in the API's
 #: parameter form (the API answers them as unknown).
 INTERNAL_OPERATIONS = frozenset({"RecordVerifyOutcome"})

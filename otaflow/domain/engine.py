@@ -61,7 +61,7 @@ from otaflow.domain.schedule import (
     takes_new_tasks,
 )
 from otaflow.domain.scopes import in_static_scope
-from otaflow.domain.tasks import ACTIVE, FAILURE_STEPS, Task, TaskStatus
+from otaflow.domain.tasks import ACTIVE, FAILURE_STEPS, FINAL, Task, TaskStatus
 from otaflow.partitioning import device_key
 
 # Finished tasks kept in a device's state (older ones live on the task-events topic).
@@ -106,12 +106,16 @@ class Effects:
     # (schema, record) for the control plane, through the command topic (PhasedCount).
     control_reports: list[tuple[str, Record]] = field(default_factory=list)
     unsent: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # Batches a task of which may have stopped being open (``otaflow.domain.open_tasks``).
+    settling: set[str] = field(default_factory=set)
 
     def touch(self, state: DeviceState) -> None:
         self.touched.add(state.key)
 
     def task_changed(self, state: DeviceState, task: Task, now: int) -> None:
         self.touched.add(state.key)
+        if task.status in FINAL:
+            self.settling.add(task.batch_id)
         self.task_events.append(
             (
                 state.key,
@@ -237,6 +241,7 @@ class DeviceEngine:
             or not admit(state, batch, may_cancel=False).admitted
         ):
             fx.touch(state)  # the retry is dropped: something else holds the device
+            fx.settling.add(task.batch_id)
             return
         task.retries_left -= 1
         task.progress = 0
@@ -557,6 +562,7 @@ class DeviceEngine:
             ):
                 task.retry_at = None  # a retry waiting to be queued is canceled with the queue
                 fx.touch(state)
+                fx.settling.add(task.batch_id)
 
     def on_task_command(self, state: DeviceState | None, command: Record, fx: Effects) -> None:
         """ConfirmOTATask, ReupgradeOTATask, CancelOTATaskByDevice for one device."""

@@ -22,6 +22,7 @@ from otaflow.domain.batches import (
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, Effects
 from otaflow.domain.groups import GroupRegistry
+from otaflow.domain.open_tasks import OpenTaskWatch
 from otaflow.domain.partition import DeadlineHeap, MemoryDeviceStore, PartitionEngine
 from otaflow.partitioning import device_key
 
@@ -200,10 +201,18 @@ class Partition:
         self.succeeded: Counter[str] = Counter()
         self.unsent: Counter[tuple[str, int]] = Counter()
         self.last: Effects = Effects()
+        self.open_tasks = OpenTaskWatch()
+        # (schema, record) the partition sent the control plane (PhasedCount, OpenTaskCount).
+        self.control_reports: list[tuple[str, Record]] = []
 
     def apply(self, name: str, record: Record) -> Effects:
         engine = PartitionEngine(
-            self.batches, self.groups, self.store, self.deadlines, self.keep_finished
+            self.batches,
+            self.groups,
+            self.store,
+            self.deadlines,
+            self.keep_finished,
+            open_tasks=self.open_tasks,
         )
         fx = Effects()
         engine.apply(name, record, fx)
@@ -215,6 +224,7 @@ class Partition:
             self.push_queue.extend((batch_id, t) for t in tasks)
         self.succeeded.update(fx.succeeded)
         self.unsent.update(fx.unsent)
+        self.control_reports.extend(fx.control_reports)
         self.last = fx
         return fx
 

@@ -1,0 +1,77 @@
+"""When a static batch is complete: every task final in every device partition. Pure.
+
+A static batch's tasks are decided when it starts (its devices are matched, named or
+picked then), but they live in the device partitions, so no one place sees them all.
+Each partition counts the batch's *open* tasks itself and reports the count to the
+control plane through the command topic (a ``Command`` ``otaflow.OpenTaskCount``, the
+channel phased batches count on). A task is open unless it is final (succeeded,
+failed, canceled) with nothing more to come: a failed task whose retry is still
+pending is open, since the retry brings it back to the queue.
+
+When to count:
+
+* the plane sends each partition an ``OpenTaskProbe`` after everything that gives
+  the partition its tasks (the START, a targeted batch's ``BatchTarget`` records, a
+  phased batch's ``PhasedQuota``): the partition counts at once and says so
+  (``probe``), so the plane knows that partition has seen all its tasks;
+* whenever a task of the batch stops being open (a final status, a retry dropped or
+  canceled), the batch is *dirty*; the partition counts again and reports, at most
+  once per ``REPORT_EVERY_MS`` of event time per batch (a count is a scan of the
+  batch's devices: a large batch must not be counted per envelope). A dirty batch
+  not yet reported is reported by a later record or tick;
+* after the partition's in-memory watch is rebuilt (a restart, a rebalance), every
+  static batch it knows as planned or running is dirty once (a count lost with the
+  process is sent again).
+
+Counts are absolute (not deltas), so a count sent twice or replayed is harmless. The
+plane completes the batch when every partition has answered its probe and the latest
+count of each is zero (``otaflow.control.jobs.JobOps.open_task_count``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from otaflow.domain.devices import DeviceState
+from otaflow.domain.tasks import ACTIVE, Task, TaskStatus
+
+#: At most one count per batch and partition in this much event time (but the probe's).
+REPORT_EVERY_MS = 10_000
+
+
+def is_open(task: Task) -> bool:
+    """Can the task still change: not final, or failed with a retry pending."""
+    return task.status in ACTIVE or (task.status is TaskStatus.FAILED and task.retry_at is not None)
+
+
+def count_open(states: Iterable[DeviceState], batch_id: str) -> int:
+    return sum(
+        1 for state in states for task in state.tasks if task.batch_id == batch_id and is_open(task)
+    )
+
+
+@dataclass
+class OpenTaskWatch:
+    """One partition's static batches to count again, kept in memory between envelopes."""
+
+    dirty: set[str] = field(default_factory=set)
+    # Batch id -> event time of its last count sent.
+    last_report: dict[str, int] = field(default_factory=dict)
+    # False until the first tick after the watch was made (see the module doc).
+    rebuilt: bool = False
+
+    def due(self, now: int) -> list[str]:
+        """The dirty batches that may be counted at ``now`` (in id order)."""
+        return sorted(
+            b for b in self.dirty if now - self.last_report.get(b, -(2**62)) >= REPORT_EVERY_MS
+        )
+
+    def reported(self, batch_id: str, now: int) -> None:
+        self.dirty.discard(batch_id)
+        self.last_report[batch_id] = max(now, self.last_report.get(batch_id, now))
+
+
+def report_id(batch_id: str, partition: int, now: int, probe: bool) -> str:
+    """The count's command request id: a replayed envelope sends the same id (a no-op)."""
+    return f"OpenTaskCount/{batch_id}/{partition}/{now}/{int(probe)}"
