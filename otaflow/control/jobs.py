@@ -455,7 +455,8 @@ class JobOps(OpsBase):
         """A device partition's count of a static batch's open tasks (``domain.open_tasks``).
 
         The batch is COMPLETED once every partition has answered its probe (so has seen
-        all its tasks) and the latest count of each is zero.
+        all its tasks), the latest count of each is zero and the batch has tasks at all
+        (one that gave no device a task updated nothing: it stays as it is).
         """
         batch_id, partition = p["batch_id"], int(p["partition"])
         batch = self.store.get(f"batch/{batch_id}")
@@ -470,21 +471,27 @@ class JobOps(OpsBase):
         ):
             return read()
         key = f"open-tasks/{batch_id}"
+        # partition -> (open tasks, answered the probe, event time, all tasks)
         counts = {
-            int(part): (int(open_), settled == "1", int(at))
-            for part, open_, settled, at in (
+            int(part): (int(open_), settled == "1", int(at), int(every))
+            for part, open_, settled, at, every in (
                 item.split(":") for item in (self.store.get(key) or {"items": []})["items"]
             )
         }
         at = int(p["event_time"])
-        _, was_settled, last = counts.get(partition, (0, False, -(2**62)))
+        _, was_settled, last, _ = counts.get(partition, (0, False, -(2**62), 0))
         if at < last:
             return read()  # an older count than one already applied
-        counts[partition] = (int(p["open"]), was_settled or p.get("probe") == "1", at)
-        items = [f"{k}:{o}:{int(s)}:{t}" for k, (o, s, t) in sorted(counts.items())]
+        settled_now = was_settled or p.get("probe") == "1"
+        counts[partition] = (int(p["open"]), settled_now, at, int(p.get("tasks") or 0))
+        items = [f"{k}:{o}:{int(s)}:{t}:{n}" for k, (o, s, t, n) in sorted(counts.items())]
         outcome = Outcome(writes={key: {"items": items}})
-        settled = [k for k, (o, s, _) in counts.items() if s]
-        if len(settled) < self.device_partitions or any(o for o, _, _ in counts.values()):
+        if (
+            sum(1 for c in counts.values() if c[1]) < self.device_partitions
+            or any(c[0] for c in counts.values())
+            or not any(c[3] for c in counts.values())
+            or job_status(batch, now) != "IN_PROGRESS"
+        ):
             return outcome
         completed = dict(batch, status="COMPLETED", updated_at=now)
         outcome.writes[f"batch/{batch_id}"] = completed

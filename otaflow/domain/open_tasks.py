@@ -24,8 +24,10 @@ When to count:
   process is sent again).
 
 Counts are absolute (not deltas), so a count sent twice or replayed is harmless. The
-plane completes the batch when every partition has answered its probe and the latest
-count of each is zero (``otaflow.control.jobs.JobOps.open_task_count``).
+plane completes the batch when every partition has answered its probe, the latest
+count of each is zero, and the batch has tasks at all (a count also says how many
+tasks the partition holds): a batch that gave no device a task is not "done", it
+updated nothing (``otaflow.control.jobs.JobOps.open_task_count``).
 """
 
 from __future__ import annotations
@@ -45,10 +47,15 @@ def is_open(task: Task) -> bool:
     return task.status in ACTIVE or (task.status is TaskStatus.FAILED and task.retry_at is not None)
 
 
-def count_open(states: Iterable[DeviceState], batch_id: str) -> int:
-    return sum(
-        1 for state in states for task in state.tasks if task.batch_id == batch_id and is_open(task)
-    )
+def count_tasks(states: Iterable[DeviceState], batch_id: str) -> tuple[int, int]:
+    """(open tasks, all tasks) of the batch among ``states``."""
+    open_, every = 0, 0
+    for state in states:
+        for task in state.tasks:
+            if task.batch_id == batch_id:
+                every += 1
+                open_ += is_open(task)
+    return open_, every
 
 
 @dataclass

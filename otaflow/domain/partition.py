@@ -33,7 +33,7 @@ from otaflow.domain.batches import Batch, BatchKind, BatchRegistry, BatchScope, 
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
 from otaflow.domain.groups import Group, GroupRegistry
-from otaflow.domain.open_tasks import OpenTaskWatch, count_open, report_id
+from otaflow.domain.open_tasks import OpenTaskWatch, count_tasks, report_id
 from otaflow.domain.plain_start import PlainStart, applies_to
 from otaflow.domain.schedule import takes_new_tasks
 from otaflow.domain.scopes import Needles, passes, scan_needles, scans_at_start, version_needles
@@ -263,10 +263,12 @@ class PartitionEngine:
             self.open_tasks.dirty.discard(batch_id)
             return
         states = self._each(batch.product_key, [frozenset({batch_id.encode()})])
+        open_, every = count_tasks(states, batch_id)
         report = {
             "batch_id": batch_id,
             "partition": self.partition,
-            "open": count_open(states, batch_id),
+            "open": open_,
+            "tasks": every,
             "probe": int(probe),
             "event_time": now,
             "report_id": report_id(batch_id, self.partition, now, probe),

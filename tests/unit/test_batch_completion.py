@@ -64,11 +64,14 @@ def world_with_partitions(n: int) -> World:
     return w
 
 
-def report(w: World, job: str, partition: int, open_: int, probe: bool, at: int) -> Any:
+def report(
+    w: World, job: str, partition: int, open_: int, probe: bool, at: int, tasks: int = 1
+) -> Any:
     params = {
         "batch_id": job,
         "partition": str(partition),
         "open": str(open_),
+        "tasks": str(tasks),
         "probe": str(int(probe)),
         "event_time": str(at),
     }
@@ -92,7 +95,7 @@ def test_the_plane_completes_a_batch_when_every_partition_reports_none_open() ->
     ]
     refused = w.refused("DeleteOTAFirmware", FirmwareId=w.fw)
     assert refused.code == "iot.ota.FirmwareHasRunningJob"
-    assert report(w, job_id, 0, 0, True, NOW + 1).batches == []
+    assert report(w, job_id, 0, 0, True, NOW + 1, tasks=0).batches == []
     # Partition 1 said "none open" before its probe: its targets may still be coming.
     assert report(w, job_id, 1, 0, False, NOW + 2).batches == []
     assert report(w, job_id, 1, 1, True, NOW + 3).batches == []
@@ -130,3 +133,18 @@ def test_a_dynamic_batch_is_never_completed_by_counts() -> None:
     job = w.call("CreateOTADynamicUpgradeJob", **static(w), SrcVersion__1="1.0").data["JobId"]
     assert report(w, job, 0, 0, True, NOW + 1).read_only
     assert w.call("QueryOTAJob", JobId=job).data["JobStatus"] == "IN_PROGRESS"
+
+
+def test_a_static_batch_that_gave_no_device_a_task_is_not_completed() -> None:
+    w = world_with_partitions(2)
+    job = w.call("CreateOTAStaticUpgradeJob", **static(w, TargetSelection="ALL")).data["JobId"]
+    assert report(w, job, 0, 0, True, NOW + 1, tasks=0).batches == []
+    assert report(w, job, 1, 0, True, NOW + 2, tasks=0).batches == []
+    assert w.call("QueryOTAJob", JobId=job).data["JobStatus"] == "IN_PROGRESS"
+    # Nor is a planned batch before its schedule starts (its tasks would be open anyway).
+    planned = w.call(
+        "CreateOTAStaticUpgradeJob", **static(w, TargetSelection="ALL"), ScheduleTime=NOW + 10 * MIN
+    ).data["JobId"]
+    assert report(w, planned, 0, 0, True, NOW + 3).batches == []
+    assert report(w, planned, 1, 0, True, NOW + 4).batches == []
+    assert w.call("QueryOTAJob", JobId=planned).data["JobStatus"] == "PLANNED"
