@@ -16,9 +16,11 @@ When to count:
   (``probe``), so the plane knows that partition has seen all its tasks;
 * whenever a task of the batch stops being open (a final status, a retry dropped or
   canceled), the batch is *dirty*; the partition counts again and reports, at most
-  once per ``REPORT_EVERY_MS`` of event time per batch (a count is a scan of the
-  batch's devices: a large batch must not be counted per envelope). A dirty batch
-  not yet reported is reported by a later record or tick;
+  once per ``REPORT_EVERY_MS`` of event time per batch, or per ``MS_PER_TASK`` for
+  each task the partition holds when that is longer (a count is a scan of the batch's
+  devices, ~25 us each: a large batch must not be counted per envelope, and 1 ms of
+  event time per task keeps the counting of a rollout near 2-3% of a partition's
+  time). A dirty batch not yet reported is reported by a later record or tick;
 * after the partition's in-memory watch is rebuilt (a restart, a rebalance), every
   static batch it knows as planned or running is dirty once (a count lost with the
   process is sent again).
@@ -40,6 +42,8 @@ from otaflow.domain.tasks import ACTIVE, Task, TaskStatus
 
 #: At most one count per batch and partition in this much event time (but the probe's).
 REPORT_EVERY_MS = 10_000
+#: ... or in this much per task the partition held at its last count, when longer.
+MS_PER_TASK = 1
 
 
 def is_open(task: Task) -> bool:
@@ -63,20 +67,19 @@ class OpenTaskWatch:
     """One partition's static batches to count again, kept in memory between envelopes."""
 
     dirty: set[str] = field(default_factory=set)
-    # Batch id -> event time of its last count sent.
-    last_report: dict[str, int] = field(default_factory=dict)
+    # Batch id -> event time from which it may be counted again.
+    next_count: dict[str, int] = field(default_factory=dict)
     # False until the first tick after the watch was made (see the module doc).
     rebuilt: bool = False
 
     def due(self, now: int) -> list[str]:
         """The dirty batches that may be counted at ``now`` (in id order)."""
-        return sorted(
-            b for b in self.dirty if now - self.last_report.get(b, -(2**62)) >= REPORT_EVERY_MS
-        )
+        return sorted(b for b in self.dirty if now >= self.next_count.get(b, now))
 
-    def reported(self, batch_id: str, now: int) -> None:
+    def reported(self, batch_id: str, now: int, tasks: int) -> None:
         self.dirty.discard(batch_id)
-        self.last_report[batch_id] = max(now, self.last_report.get(batch_id, now))
+        wait = max(REPORT_EVERY_MS, tasks * MS_PER_TASK)
+        self.next_count[batch_id] = max(now + wait, self.next_count.get(batch_id, now))
 
 
 def report_id(batch_id: str, partition: int, now: int, probe: bool) -> str:

@@ -274,7 +274,7 @@ class PartitionEngine:
             "report_id": report_id(batch_id, self.partition, now, probe),
         }
         fx.control_reports.append(("OpenTaskCount", report))
-        self.open_tasks.reported(batch_id, now)
+        self.open_tasks.reported(batch_id, now, every)
 
     def phased_quota(self, record: Record, fx: Effects) -> None:
         """The control plane's share of a phased batch for this partition: that many of

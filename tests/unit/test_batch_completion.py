@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from otaflow.domain.open_tasks import REPORT_EVERY_MS
+from otaflow.domain.open_tasks import REPORT_EVERY_MS, OpenTaskWatch
 from otaflow.domain.simulation import MINUTE, Partition, make_batch
 from tests.unit.test_console_rules import package, static
 from tests.unit.test_control_plane import MIN, NOW, World
@@ -49,7 +49,7 @@ def test_a_count_lost_with_the_process_is_sent_again_after_a_restart() -> None:
     p.tick(T + 1)
     p.version("d1", "2.0", T + 2)  # dirty, not counted yet (throttled)
     assert counts(p) == [(1, 1)]
-    p.open_tasks = type(p.open_tasks)()  # a new process: the in-memory watch is gone
+    p.open_tasks = OpenTaskWatch()  # a new process: the in-memory watch is gone
     p.tick(T + 3)
     assert counts(p)[-1] == (0, 0)
 
@@ -148,3 +148,14 @@ def test_a_static_batch_that_gave_no_device_a_task_is_not_completed() -> None:
     assert report(w, planned, 0, 0, True, NOW + 3).batches == []
     assert report(w, planned, 1, 0, True, NOW + 4).batches == []
     assert w.call("QueryOTAJob", JobId=planned).data["JobStatus"] == "PLANNED"
+
+
+def test_a_large_batch_is_counted_less_often() -> None:
+    watch = OpenTaskWatch()
+    watch.dirty.update({"small", "large"})
+    watch.reported("small", T, tasks=10)
+    watch.reported("large", T, tasks=60_000)  # 1 ms of event time per task: a minute
+    watch.dirty.update({"small", "large"})
+    assert watch.due(T + REPORT_EVERY_MS - 1) == []
+    assert watch.due(T + REPORT_EVERY_MS) == ["small"]
+    assert watch.due(T + 60_000) == ["large", "small"]
