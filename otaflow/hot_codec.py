@@ -78,6 +78,7 @@ TASK_EVENT_FIELDS = (
     "progress",
     "desc",
     "event_time",
+    "timeout_minutes",
 )
 
 QUEUED_TASK_FIELDS = ("task_id", "product_key", "device_name")
@@ -344,6 +345,7 @@ def encode_task_event(event: Mapping[str, Any]) -> bytes:
             _long(event["progress"]),
             _string(desc) if desc else _ZERO,
             _long(event["event_time"]),
+            _long(event.get("timeout_minutes", -1)),
         )
     )
 

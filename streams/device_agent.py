@@ -17,13 +17,14 @@ watermark, and a heap of device deadlines (built on the first tick).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from otaflow.codec import HEADER_LEN, DecodeError, codec
 from otaflow.domain.batches import Batch, BatchRegistry
 from otaflow.domain.engine import Effects
 from otaflow.domain.groups import Group, GroupRegistry
+from otaflow.domain.open_tasks import OpenTaskWatch
 from otaflow.domain.partition import DeadlineHeap, PartitionEngine
 from otaflow.plain_reports import VersionReport, read_version_report
 from streams import app as streams_app
@@ -71,6 +72,7 @@ HANDLED = frozenset(
         "TaskCommand",
         "Tick",
         "PhasedQuota",
+        "OpenTaskProbe",
     }
 )
 
@@ -86,6 +88,8 @@ class DevicePartition:
     source_offsets: dict[int, int]
     watermark: int
     deadlines: DeadlineHeap | None = None
+    # Static batches to count again (otaflow.domain.open_tasks); a new one after a rebuild.
+    open_tasks: OpenTaskWatch = field(default_factory=OpenTaskWatch)
 
 
 _views: dict[int, DevicePartition] = {}
@@ -141,7 +145,12 @@ class EnvelopeRun:
             lambda prefix: scan_partition(devices, partition, prefix),
         )
         self.engine = PartitionEngine(
-            view.registry, view.groups, self.store, view.deadlines, partition=partition
+            view.registry,
+            view.groups,
+            self.store,
+            view.deadlines,
+            partition=partition,
+            open_tasks=view.open_tasks,
         )
         # (product key, module) -> whether a version report can only be recorded:
         # asked once per pair and envelope (only reports come between the asks).
@@ -167,6 +176,7 @@ class EnvelopeRun:
                 return
             self._saw(report["event_time"])
             self.engine.report(report, self.fx)
+            self.engine.count_settling(report["event_time"], self.fx)
             return
         try:
             name, record = CODEC.decode(item)

@@ -111,7 +111,9 @@ class EffectSender:
                 self._produce(self.rate_events, batch_id.encode(), value)
         for schema, report in fx.control_reports:
             # To the control plane as a command; its request id makes a replay a no-op.
-            request_id = f"{schema}/{report['batch_id']}/{report['partition']}"
+            request_id = report.get("report_id") or (
+                f"{schema}/{report['batch_id']}/{report['partition']}"
+            )
             command = {
                 "request_id": request_id,
                 "action": f"otaflow.{schema}",

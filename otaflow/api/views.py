@@ -35,8 +35,8 @@ from otaflow.codec import DecodeError, codec
 from otaflow.config import Settings
 from otaflow.control.common import drop_none, opt_str, page, str_list, utc
 from otaflow.control.errors import ApiError, invalid, missing
-from otaflow.control.jobs import job_status
 from otaflow.control.registry import iot_id
+from otaflow.control.rules import job_status
 from otaflow.kafka_security import kafka_client_config
 
 VIEW_NOT_READY = "ServiceUnavailable.ViewNotReady"
@@ -267,7 +267,11 @@ class TaskView:
         else:
             info["Progress"] = str(e["progress"])
             info["TaskDesc"] = e["desc"] or None
-            timeout = batch["timeout_minutes"] if batch else None
+            # The task's own timeout (a batch's change applies to new tasks only); an
+            # event written before events carried it (-1) shows the batch's.
+            own = e.get("timeout_minutes", -1)
+            batch_timeout = batch["timeout_minutes"] if batch else None
+            timeout = (own or None) if own >= 0 else batch_timeout
             info["Timeout"] = str(timeout) if timeout is not None else None
         return drop_none(info)
 

@@ -30,6 +30,7 @@ SCHEMAS: dict[str, str] = {
     "iotid": "ControlIndex",
     "job-invalid": "ControlIndex",
     "phased": "ControlIndex",
+    "open-tasks": "ControlIndex",  # each partition's open-task count of a static batch
     "nonce": "ControlIndex",  # a used signature nonce (streams/command_agent.py)
     "guard": "RolloutGuard",
 }

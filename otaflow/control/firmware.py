@@ -24,6 +24,7 @@ from otaflow.control.common import (
 )
 from otaflow.control.errors import ApiError, invalid, missing
 from otaflow.control.ids import derived_id
+from otaflow.control.rules import job_status
 
 _VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # The platform's name rule, widened to the spaces and periods that operators use.
@@ -429,10 +430,9 @@ class FirmwareOps(OpsBase):
     def _DeleteOTAFirmware(self, p: Mapping[str, Any], request_id: str, now: int) -> Outcome:
         record = self.firmware(req_str(p, "FirmwareId"))
         for _, batch in self.store.scan("batch/"):
-            if batch["firmware"]["firmware_id"] == record["firmware_id"] and batch["status"] in (
-                "PLANNED",
-                "IN_PROGRESS",
-            ):
+            if batch["firmware"]["firmware_id"] == record["firmware_id"] and job_status(
+                batch, now
+            ) in ("PLANNED", "IN_PROGRESS"):
                 raise ApiError(
                     E.FIRMWARE_IN_USE,
                     f"The update package has a running batch ({batch['batch_id']}); cancel it "

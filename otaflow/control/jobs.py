@@ -37,6 +37,7 @@ from otaflow.control.firmware import begin_verification, firmware_usable, offere
 from otaflow.control.guard import rollout_fields, safe_rollout_changes
 from otaflow.control.ids import derived_id
 from otaflow.control.registry import DEVICE_NAME
+from otaflow.control.rules import job_status
 from otaflow.domain import phased
 from otaflow.domain.batches import (
     Batch,
@@ -72,6 +73,13 @@ def rate_from_params(params: Mapping[str, Any]) -> RateConfig | None:
     ``RateIncreaseCondition`` (pushed|succeeded), ``RateIncreaseThreshold``.
     """
     if not opt_bool(params, "NeedPush", True):
+        # The SDK: MaximumPerMinute takes 10 to 10000, whether or not the batch pushes.
+        given = opt_int(params, "MaximumPerMinute")
+        if given is not None:
+            try:
+                validate_rate(RateConfig.constant(given))
+            except RateRuleError as exc:
+                raise ApiError(exc.code, exc.message) from None
         return None
     kind = (opt_str(params, "RateType") or "constant").lower()
     try:
@@ -132,24 +140,6 @@ def parse_name_list(text: str) -> list[str]:
     if names and names[0].lower() in ("devicename", "device_name", "name"):
         names = names[1:]
     return names
-
-
-def job_status(batch: Record, now: int) -> str:
-    """The batch's status at ``now``: a schedule moves it without a command."""
-    status = str(batch["status"])
-    if (
-        status == "PLANNED"
-        and batch["schedule_start"] is not None
-        and now >= batch["schedule_start"]
-    ):
-        status = "IN_PROGRESS"
-    if (
-        status == "IN_PROGRESS"
-        and batch["schedule_end"] is not None
-        and now >= batch["schedule_end"]
-    ):
-        status = "COMPLETED"
-    return status
 
 
 def pick_phased(batch_id: str, names: list[str], count: int) -> list[str]:
@@ -248,12 +238,21 @@ class JobOps(OpsBase):
     def _start(self, batch: Batch, job: Record, now: int) -> Outcome:
         record = batch.to_record()
         control = {"action": "START", "batch": record, "cancel_statuses": [], "event_time": now}
-        return Outcome(
+        outcome = Outcome(
             data={"JobId": batch.batch_id, "UtcCreate": utc(now)},
             writes={f"batch/{batch.batch_id}": record, f"job/{batch.batch_id}": job},
             controls=[control],
             batches=[record],
         )
+        if batch.kind is BatchKind.STATIC and batch.scope is not BatchScope.PHASED:
+            # After the START and the targets (the agent sends partition items last):
+            # each partition has then seen every task it will have (``open_tasks``).
+            outcome.partition_items.extend(self._probes(batch.batch_id, now))
+        return outcome
+
+    def _probes(self, batch_id: str, now: int) -> list[tuple[int, str, Record]]:
+        probe = {"batch_id": batch_id, "event_time": now}
+        return [(p, "OpenTaskProbe", dict(probe)) for p in range(self.device_partitions)]
 
     def _job_meta(self, batch_id: str, selection: str, now: int, **extra: Any) -> Record:
         record: Record = {
@@ -447,9 +446,64 @@ class JobOps(OpsBase):
             if quota > 0:
                 record = {"batch_id": batch_id, "quota": quota, "event_time": now}
                 outcome.partition_items.append((target, "PhasedQuota", record))
+        # After the shares: each partition has then seen every task it will have.
+        outcome.partition_items.extend(self._probes(batch_id, now))
         job = self.store.get(f"job/{batch_id}")
         if job is not None:
             outcome.writes[f"job/{batch_id}"] = dict(job, target_count=total)
+        return outcome
+
+    def open_task_count(self, p: Mapping[str, str], request_id: str, now: int) -> Outcome:
+        """A device partition's count of a static batch's open tasks (``domain.open_tasks``).
+
+        The batch is COMPLETED once every partition has answered its probe (so has seen
+        all its tasks), the latest count of each is zero and the batch has tasks at all
+        (one that gave no device a task updated nothing: it stays as it is).
+        """
+        batch_id, partition = p["batch_id"], int(p["partition"])
+        batch = self.store.get(f"batch/{batch_id}")
+        if (
+            batch is None
+            or batch["kind"] == "DYNAMIC"
+            or batch["status"]
+            not in (
+                "PLANNED",
+                "IN_PROGRESS",
+            )
+        ):
+            return read()
+        key = f"open-tasks/{batch_id}"
+        # partition -> (open tasks, answered the probe, event time, all tasks)
+        counts = {
+            int(part): (int(open_), settled == "1", int(at), int(every))
+            for part, open_, settled, at, every in (
+                item.split(":") for item in (self.store.get(key) or {"items": []})["items"]
+            )
+        }
+        at = int(p["event_time"])
+        _, was_settled, last, _ = counts.get(partition, (0, False, -(2**62), 0))
+        if at < last:
+            return read()  # an older count than one already applied
+        settled_now = was_settled or p.get("probe") == "1"
+        counts[partition] = (int(p["open"]), settled_now, at, int(p.get("tasks") or 0))
+        items = [f"{k}:{o}:{int(s)}:{t}:{n}" for k, (o, s, t, n) in sorted(counts.items())]
+        outcome = Outcome(writes={key: {"items": items}})
+        if (
+            sum(1 for c in counts.values() if c[1]) < self.device_partitions
+            or any(c[0] for c in counts.values())
+            or not any(c[3] for c in counts.values())
+            or job_status(batch, now) != "IN_PROGRESS"
+        ):
+            return outcome
+        completed = dict(batch, status="COMPLETED", updated_at=now)
+        outcome.writes[f"batch/{batch_id}"] = completed
+        job = self.store.get(f"job/{batch_id}")
+        if job is not None:
+            outcome.writes[f"job/{batch_id}"] = dict(job, finished_at=now)
+        # The partitions and the views learn it like any change of the batch.
+        control = {"action": "UPDATE", "batch": completed, "cancel_statuses": [], "event_time": now}
+        outcome.controls.append(control)
+        outcome.batches.append(completed)
         return outcome
 
     def _dynamic_batches(self) -> list[Record]:
@@ -614,6 +668,8 @@ class JobOps(OpsBase):
                 for name, value in rate_fields(old).items():
                     rate_params.setdefault(name, str(value))
             changes["rate"] = rate_settings(rate_from_params(rate_params))
+        else:
+            rate_from_params(dict(rate_params, NeedPush="false"))  # checked, not applied
         versions = str_list(p, "SrcVersionList")
         if versions:
             if not batch.is_dynamic or batch.is_group_based:
@@ -684,7 +740,9 @@ class JobOps(OpsBase):
             "UtcCreate": utc(batch["created_at"]),
             "UtcModified": utc(batch["updated_at"]),
             "UtcStartTime": utc(batch["schedule_start"] or batch["created_at"]),
-            "UtcEndTime": utc(batch["schedule_end"]) if status == "COMPLETED" else None,
+            "UtcEndTime": utc(job.get("finished_at") or batch["schedule_end"])
+            if status == "COMPLETED"
+            else None,
             "UtcScheduleTime": utc(batch["schedule_start"]),
             "UtcScheduleFinishTime": utc(batch["schedule_end"]),
             # otaflow's extras

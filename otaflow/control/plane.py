@@ -55,6 +55,7 @@ READS = frozenset(
 INTERNAL = {
     "otaflow.PhasedCount": "phased_count",
     "otaflow.CohortOutcomes": "cohort_outcomes",
+    "otaflow.OpenTaskCount": "open_task_count",
 }
 #: Operations only otaflow's own components send on the command topic, in the API's
 #: parameter form (the API answers them as unknown).

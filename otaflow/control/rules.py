@@ -203,6 +203,24 @@ def names_per_call(names: Sequence[str]) -> None:
 # -- rules across batches (the console doc's "cannot both be set" / "cannot mix") -----------
 
 
+def job_status(batch: Record, now: int) -> str:
+    """The batch's status at ``now``: a schedule moves it without a command."""
+    status = str(batch["status"])
+    if (
+        status == "PLANNED"
+        and batch["schedule_start"] is not None
+        and now >= batch["schedule_start"]
+    ):
+        status = "IN_PROGRESS"
+    if (
+        status == "IN_PROGRESS"
+        and batch["schedule_end"] is not None
+        and now >= batch["schedule_end"]
+    ):
+        status = "COMPLETED"
+    return status
+
+
 def is_live(batch: Record, now: int) -> bool:
     """Can the batch still give a device a task (the cross-batch rules look at these)?"""
     if batch["status"] not in ("PLANNED", "IN_PROGRESS"):

@@ -62,7 +62,7 @@ from otaflow.domain.schedule import (
     takes_new_tasks,
 )
 from otaflow.domain.scopes import in_static_scope
-from otaflow.domain.tasks import ACTIVE, FAILURE_STEPS, Task, TaskStatus
+from otaflow.domain.tasks import ACTIVE, FAILURE_STEPS, FINAL, Task, TaskStatus
 from otaflow.partitioning import device_key
 
 # Finished tasks kept in a device's state (older ones live on the task-events topic).
@@ -110,12 +110,16 @@ class Effects:
     # Per batch with abort rules: finished outcomes per cohort, "cohort|OUTCOME" -> n
     # (``domain.abort_rules``), summed by the control plane.
     outcomes: dict[str, Counter[str]] = field(default_factory=dict)
+    # Batches a task of which may have stopped being open (``otaflow.domain.open_tasks``).
+    settling: set[str] = field(default_factory=set)
 
     def touch(self, state: DeviceState) -> None:
         self.touched.add(state.key)
 
     def task_changed(self, state: DeviceState, task: Task, now: int) -> None:
         self.touched.add(state.key)
+        if task.status in FINAL:
+            self.settling.add(task.batch_id)
         self.task_events.append(
             (
                 state.key,
@@ -132,6 +136,8 @@ class Effects:
                     "progress": task.progress,
                     "desc": task.desc,
                     "event_time": now,
+                    # The task's own (a batch's timeout change applies to new tasks only).
+                    "timeout_minutes": task.timeout_minutes or 0,
                 },
             )
         )
@@ -243,6 +249,7 @@ class DeviceEngine:
             or not admit(state, batch, may_cancel=False).admitted
         ):
             fx.touch(state)  # the retry is dropped: something else holds the device
+            fx.settling.add(task.batch_id)
             return
         task.retries_left -= 1
         task.progress = 0
@@ -572,6 +579,7 @@ class DeviceEngine:
             ):
                 task.retry_at = None  # a retry waiting to be queued is canceled with the queue
                 fx.touch(state)
+                fx.settling.add(task.batch_id)
 
     def on_task_command(self, state: DeviceState | None, command: Record, fx: Effects) -> None:
         """ConfirmOTATask, ReupgradeOTATask, CancelOTATaskByDevice for one device."""

@@ -13,6 +13,9 @@ touch one device. Partition-wide records reach many:
   whose live group-based batches use it may have joined (and get matched) or left.
 - ``Tick``: the devices whose next deadline (timeout, retry, schedule start or end)
   has come are advanced to the tick's time.
+- ``OpenTaskProbe``: the partition has seen all of a static batch's tasks; it counts
+  the open ones and reports to the control plane, and again (throttled) whenever one
+  of them becomes final (``otaflow.domain.open_tasks``): how a batch completes.
 
 Scans read only the product's key prefix, and a ``DeviceStore`` decodes only the
 devices whose encoded state contains the scan's needles (see ``scopes``): a batch
@@ -28,10 +31,11 @@ from typing import Any, Protocol
 
 from otaflow.domain import phased
 from otaflow.domain.abort_rules import count_outcomes
-from otaflow.domain.batches import Batch, BatchKind, BatchRegistry, BatchScope
+from otaflow.domain.batches import Batch, BatchKind, BatchRegistry, BatchScope, BatchStatus
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
 from otaflow.domain.groups import Group, GroupRegistry
+from otaflow.domain.open_tasks import OpenTaskWatch, count_tasks, report_id
 from otaflow.domain.plain_start import PlainStart, applies_to
 from otaflow.domain.schedule import takes_new_tasks
 from otaflow.domain.scopes import Needles, passes, scan_needles, scans_at_start, version_needles
@@ -98,6 +102,7 @@ class PartitionEngine:
         deadlines: DeadlineHeap | None,
         keep_finished: int = KEEP_FINISHED_TASKS,
         partition: int = 0,
+        open_tasks: OpenTaskWatch | None = None,
     ) -> None:
         # Which device partition this is (a phased START's count says where it is from).
         self.partition = partition
@@ -106,6 +111,8 @@ class PartitionEngine:
         self.store = store
         # Built on the first tick from a scan of the partition (see ``tick``).
         self.deadlines = deadlines
+        # Static batches to count again (kept by the caller between envelopes).
+        self.open_tasks = open_tasks if open_tasks is not None else OpenTaskWatch()
         self.engine = DeviceEngine(batches, groups, keep_finished)
         # Built once: apply() runs once per device report.
         self._handlers = {
@@ -118,17 +125,21 @@ class PartitionEngine:
             "TaskCommand": self.task_command,
             "Tick": self.tick,
             "PhasedQuota": self.phased_quota,
+            "OpenTaskProbe": self.open_task_probe,
         }
 
     def apply(self, name: str, record: Record, fx: Effects) -> None:
         """Apply one record (by schema name); unknown names raise ``KeyError``."""
         if name == "DeviceReport":
             self.report(record, fx)  # counts its own outcomes (the agent calls it directly)
-            return
-        seen = len(fx.task_events)
-        self._handlers[name](record, fx)
-        if len(fx.task_events) > seen:
-            self._count_outcomes(fx, seen)
+        else:
+            seen = len(fx.task_events)
+            self._handlers[name](record, fx)
+            if len(fx.task_events) > seen:
+                self._count_outcomes(fx, seen)
+        now = record.get("event_time")
+        if isinstance(now, int):
+            self.count_settling(now, fx)
 
     def _count_outcomes(self, fx: Effects, seen: int) -> None:
         """Finished outcomes of batches with abort rules, per cohort, for the control plane."""
@@ -142,6 +153,19 @@ class PartitionEngine:
         if events:
             for batch_id, counts in count_outcomes(events, self.store.load).items():
                 fx.outcomes.setdefault(batch_id, Counter()).update(counts)
+
+    def count_settling(self, now: int, fx: Effects) -> None:
+        """After a record at ``now``: static batches a task of which became final are
+        dirty; the dirty ones not counted for a while are counted now (``open_tasks``)."""
+        if fx.settling:
+            for batch_id in fx.settling:
+                batch = self.batches.get(batch_id)
+                if batch is not None and not batch.is_dynamic:
+                    self.open_tasks.dirty.add(batch_id)
+            fx.settling.clear()
+        if self.open_tasks.dirty:
+            for batch_id in self.open_tasks.due(now):
+                self._report_open(batch_id, now, fx, probe=False)
 
     # -- one device ---------------------------------------------------------------------
 
@@ -259,6 +283,31 @@ class PartitionEngine:
             if batch.accepts_version(state.modules.get(batch.module)):
                 yield state
 
+    def open_task_probe(self, record: Record, fx: Effects) -> None:
+        """The plane sent everything that gives this partition the batch's tasks: count."""
+        batch = self.batches.get(record["batch_id"])
+        if batch is not None and not batch.is_dynamic:
+            self._report_open(batch.batch_id, record["event_time"], fx, probe=True)
+
+    def _report_open(self, batch_id: str, now: int, fx: Effects, *, probe: bool) -> None:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            self.open_tasks.dirty.discard(batch_id)
+            return
+        states = self._each(batch.product_key, [frozenset({batch_id.encode()})])
+        open_, every = count_tasks(states, batch_id)
+        report = {
+            "batch_id": batch_id,
+            "partition": self.partition,
+            "open": open_,
+            "tasks": every,
+            "probe": int(probe),
+            "event_time": now,
+            "report_id": report_id(batch_id, self.partition, now, probe),
+        }
+        fx.control_reports.append(("OpenTaskCount", report))
+        self.open_tasks.reported(batch_id, now, every)
+
     def phased_quota(self, record: Record, fx: Effects) -> None:
         """The control plane's share of a phased batch for this partition: that many of
         its updatable devices, smallest rank first, get a task."""
@@ -321,6 +370,15 @@ class PartitionEngine:
 
     def tick(self, record: Record, fx: Effects) -> None:
         now = record["event_time"]
+        if not self.open_tasks.rebuilt:
+            # A count lost with the process that owned the partition is sent again.
+            self.open_tasks.rebuilt = True
+            for batch in self.batches:
+                if not batch.is_dynamic and batch.status in (
+                    BatchStatus.PLANNED,
+                    BatchStatus.IN_PROGRESS,
+                ):
+                    self.open_tasks.dirty.add(batch.batch_id)
         if self.deadlines is None:
             self.deadlines = DeadlineHeap()
             for scanned in self.store.scan("", []):

@@ -22,6 +22,7 @@ from otaflow.domain.batches import (
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, Effects
 from otaflow.domain.groups import GroupRegistry
+from otaflow.domain.open_tasks import OpenTaskWatch
 from otaflow.domain.partition import DeadlineHeap, MemoryDeviceStore, PartitionEngine
 from otaflow.partitioning import device_key
 
@@ -202,10 +203,18 @@ class Partition:
         # Abort rules' counts not yet taken by a control plane (``take_outcomes``).
         self.outcomes: dict[str, Counter[str]] = {}
         self.last: Effects = Effects()
+        self.open_tasks = OpenTaskWatch()
+        # (schema, record) the partition sent the control plane (PhasedCount, OpenTaskCount).
+        self.control_reports: list[tuple[str, Record]] = []
 
     def apply(self, name: str, record: Record) -> Effects:
         engine = PartitionEngine(
-            self.batches, self.groups, self.store, self.deadlines, self.keep_finished
+            self.batches,
+            self.groups,
+            self.store,
+            self.deadlines,
+            self.keep_finished,
+            open_tasks=self.open_tasks,
         )
         fx = Effects()
         engine.apply(name, record, fx)
@@ -219,6 +228,7 @@ class Partition:
         self.unsent.update(fx.unsent)
         for batch_id, counts in fx.outcomes.items():
             self.outcomes.setdefault(batch_id, Counter()).update(counts)
+        self.control_reports.extend(fx.control_reports)
         self.last = fx
         return fx
 

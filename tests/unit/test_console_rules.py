@@ -452,8 +452,14 @@ def test_phased_count_waits_for_every_partition_then_sends_the_shares() -> None:
     assert count(1, 0).partition_items == []
     last = count(2, 5)
     # floor(9 x 33.333%) = 2 over the devices the batch could update, not the registry.
-    assert [(p, r["quota"]) for p, _, r in last.partition_items] == [(0, 1), (2, 1)]
-    assert {s for _, s, _ in last.partition_items} == {"PhasedQuota"}
+    quotas_sent = [(p, r["quota"]) for p, s, r in last.partition_items if s == "PhasedQuota"]
+    assert quotas_sent == [(0, 1), (2, 1)]
+    # Then every partition is asked for its open tasks (how the batch completes).
+    assert [(p, s) for p, s, _ in last.partition_items[2:]] == [
+        (0, "OpenTaskProbe"),
+        (1, "OpenTaskProbe"),
+        (2, "OpenTaskProbe"),
+    ]
     assert w.call("QueryOTAJob", JobId=job).data["TargetDeviceCount"] == 2
     # The API cannot call it: it is no operation of the platform's.
     assert not w.plane.supports("otaflow.PhasedCount")

@@ -186,6 +186,34 @@ def test_update_keeps_the_rate_type_and_refuses_edits_that_are_not_allowed(world
     assert out.controls[0]["batch"]["tags"] == {"a": "b"}
 
 
+def test_maximum_per_minute_takes_10_to_10000_even_without_push(world: World) -> None:
+    """The SDK: MaximumPerMinute "Valid values: 10 to 10000", NeedPush or not."""
+    for rate in (5, 0, 10001):
+        for push in ("true", "false"):
+            err = world.refused(
+                "CreateOTAStaticUpgradeJob",
+                ProductKey=world.pk,
+                FirmwareId=world.fw,
+                TargetSelection="ALL",
+                NeedPush=push,
+                MaximumPerMinute=rate,
+            )
+            assert err.code == "iot.ota.InvalidConstantRate", (rate, push)
+    silent = world.call(
+        "CreateOTAStaticUpgradeJob",
+        ProductKey=world.pk,
+        FirmwareId=world.fw,
+        TargetSelection="ALL",
+        NeedPush="false",
+        MaximumPerMinute=10,
+    ).data["JobId"]
+    base = {"JobId": silent, "UpgradeType": "STATIC", "TargetSelection": "ALL"}
+    err = world.refused("UpdateOTAJob", **base, MaximumPerMinute=5)
+    assert err.code == "iot.ota.InvalidConstantRate"
+    out = world.call("UpdateOTAJob", **base, MaximumPerMinute=20)
+    assert out.controls[0]["batch"]["rate"] is None  # checked, and still no push
+
+
 def test_cancel_by_job_maps_flags_to_statuses(world: World) -> None:
     job = world.call(
         "CreateOTAStaticUpgradeJob",

@@ -142,6 +142,7 @@ task_events = st.fixed_dictionaries(
         "progress": INTS,
         "desc": st.text(max_size=20) | LONG_TEXT,
         "event_time": LONGS,
+        "timeout_minutes": st.integers(-1, 1440),
     }
 )
 

@@ -28,6 +28,7 @@ def test_a_task_event_as_json_has_the_schema_fields_with_enums_and_nulls_plain()
         "progress": 0,
         "desc": "",
         "event_time": 1_800_000_000_000,
+        "timeout_minutes": 45,
     }
     # The hot path's encoder, which is what the device agent writes.
     assert orjson.loads(to_json(encode_task_event(event))) == event
