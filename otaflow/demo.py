@@ -154,7 +154,8 @@ def _run(
     }
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     console.print(
-        f"[bold]otaflow demo[/] · Kafka {stack.kafka_bootstrap} · MQTT {stack.mqtt_url}"
+        f"[bold]otaflow demo[/] · Kafka {stack.kafka_bootstrap}"
+        f" · MQTT {config.MqttAddress.parse(stack.mqtt_url).url}"
         f" · logs {log_dir}"
     )
     with ProcessGroup(env, log_dir=log_dir) as group:
