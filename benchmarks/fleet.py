@@ -68,7 +68,7 @@ class ClientLoop:
         self._lock = threading.Lock()
         self._clients: dict[mqtt.Client, Any] = {}
         self._stopping = False
-        self._closed = False
+        self._shut = False
         self._thread = threading.Thread(target=self._run, name="fleet-mqtt", daemon=True)
         self._thread.start()
 
@@ -83,13 +83,13 @@ class ClientLoop:
         self._call(self._stop)
         self._thread.join(timeout=10)
         # A client closes its socket again when it is garbage-collected: nothing to do.
-        self._closed = True
+        self._shut = True
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
 
     def _call(self, op: Callable[[], None]) -> None:
-        if self._closed:
+        if self._shut:
             return
         with self._lock:
             self._ops.append(op)
