@@ -98,6 +98,12 @@ class ClientLoop:
                 self._wake_w.send(b"x")
 
     def _opened(self, client: mqtt.Client, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            # The fd of a socket closed before its close was handled here, reused.
+            stale = self._selector.get_key(sock.fileno())
+            self._selector.unregister(sock.fileno())
+            if stale.data is not None:
+                self._clients.pop(stale.data, None)
         self._clients[client] = sock
         self._selector.register(sock, selectors.EVENT_READ, client)
         self._update(client)
@@ -105,7 +111,8 @@ class ClientLoop:
     def _closed(self, client: mqtt.Client) -> None:
         sock = self._clients.pop(client, None)
         if sock is not None:
-            with contextlib.suppress(KeyError, ValueError):
+            # OSError: the socket is closed already (paho closes it before telling us).
+            with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(sock)
 
     def _update(self, client: mqtt.Client) -> None:
@@ -113,7 +120,7 @@ class ClientLoop:
         if sock is None:
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.want_write() else 0)
-        with contextlib.suppress(KeyError, ValueError):
+        with contextlib.suppress(KeyError, ValueError, OSError):
             self._selector.modify(sock, events, client)
 
     def _stop(self) -> None:
