@@ -208,7 +208,7 @@ def test_otaflow_up_updates_the_official_sdk_device_with_its_device_secret(
         def succeeded() -> bool:
             tasks = up.api.list_otatask_by_job(
                 m.ListOTATaskByJobRequest(job_id=job_id, current_page=1, page_size=10)
-            ).body.data.data.simple_otatask_info
+            ).body.data.simple_otatask_info
             return [(t.device_name, t.task_status) for t in tasks] == [(dn, "SUCCEEDED")]
 
         wait_until("the task SUCCEEDED", succeeded, up, timeout=60)
