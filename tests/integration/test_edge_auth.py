@@ -188,6 +188,7 @@ def firmware_and_batch(edge: Edge, **batch: Any) -> tuple[dict[str, Any], bytes]
         FirmwareSign=hashlib.sha256(payload).hexdigest(),
         SignMethod="SHA256",
         FirmwareSize=len(payload),
+        NeedToVerify="false",
     )
     job = otaflow.call(
         "CreateOTADynamicUpgradeJob",
