@@ -207,6 +207,7 @@ def _run(
             names,
             fail_ratio=fail_ratio,
             download_every=50,
+            device_key=settings.device_key,  # the broker's: each device logs in with its secret
         )
         fleet.start()
         started = time.monotonic()

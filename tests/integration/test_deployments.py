@@ -211,7 +211,9 @@ def test_the_scaled_shape_rolls_out_with_a_worker_killed_midway(
     )
     names = [f"s{i:03d}" for i in range(150)]
     settings = deployment.settings
-    fleet = SimulatedFleet(settings.mqtt.host, settings.mqtt.port, pk, names)
+    fleet = SimulatedFleet(
+        settings.mqtt.host, settings.mqtt.port, pk, names, device_key=settings.device_key
+    )
     fleet.start()
     events = deployment.task_events()
     try:
