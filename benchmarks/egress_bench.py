@@ -435,6 +435,8 @@ def publish_only(n: int, settings: Settings, client: str, window: int = 1000) ->
 
         paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{os.getpid()}")
         paho.max_inflight_messages_set(0)
+        if settings.mqtt.username is not None:  # the service login, like the egress
+            paho.username_pw_set(settings.mqtt.username, settings.mqtt.password)
         paho.on_publish = on_ack
         paho.on_socket_register_write = lambda *_: None
         paho.on_socket_unregister_write = lambda *_: None
@@ -460,7 +462,13 @@ def publish_only(n: int, settings: Settings, client: str, window: int = 1000) ->
     elif client == "qos1":
         from connectors.mqtt_publisher import QoS1Publisher, check_topic
 
-        pub = QoS1Publisher(f"bench-qos1-{os.getpid()}", host, port)
+        pub = QoS1Publisher(
+            f"bench-qos1-{os.getpid()}",
+            host,
+            port,
+            username=settings.mqtt.username,
+            password=settings.mqtt.password,
+        )
         pub.on_ack = on_ack
         pub.connect()
         while not pub.connected:

@@ -31,13 +31,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = devstack.up()
     settings = config.load()
     env = {"OTAFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "OTAFLOW_MQTT_URL": stack.mqtt_url}
-    if args.edge:
-        # Devices log in with their DeviceSecret on the authenticating listener, which
-        # reports their presence; otaflow's processes log in there as the service.
+    # On the dev broker, otaflow runs on the registry's listener: devices log in with
+    # their DeviceSecret and must be registered (a deleted one is refused), the broker
+    # reports presence, otaflow's processes log in as the service (docs/edge.md). A
+    # broker given in OTAFLOW_MQTT_URL is the operator's: presence as OTAFLOW_PRESENCE says.
+    registry = not settings.mqtt_from_env
+    if registry:
         if stack.mqtt_auth_url is None:
             print(
-                "otaflow up --edge: the dev broker has no authenticating listener (it was "
-                "started before there was one): `otaflow devstack down` and try again",
+                "otaflow up: the dev broker has no registry listener (it was started "
+                "before there was one): `otaflow devstack down` and try again",
                 file=sys.stderr,
             )
             return 2
@@ -46,7 +49,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     mqtt = config.MqttAddress.parse(env["OTAFLOW_MQTT_URL"]).url
     presence = (
         "on"
-        if args.edge or settings.presence
+        if registry or settings.presence
         else "off (a device counts as online from its last message)"
     )
     print(
@@ -68,7 +71,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # taking the others down with it (otaflow.supervision).
         commands = {}
         names = list(COMPONENTS)
-        if args.edge:
+        if registry:
             names.append("registry-sync")
             commands["registry-sync"] = [
                 "-m",
@@ -107,12 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otaflow", description="OTA update batches over Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the dev stack and every otaflow process (foreground)")
-    up.add_argument(
-        "--edge",
-        action="store_true",
-        help="connect through the dev broker's authenticating listener (devices log in "
-        "with their DeviceSecret; presence on)",
-    )
+    # What --edge did is the default now; still taken so older instructions work.
+    up.add_argument("--edge", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
     for name in COMPONENTS:
         component = sub.add_parser(name, help=f"run the {name} process")

@@ -48,6 +48,25 @@ def extra_schema_releases() -> list[Path]:
 # The dev stack's server key for device secrets (otaflow.edge.credentials); a
 # deployment sets its own OTAFLOW_DEVICE_KEY.
 DEV_DEVICE_KEY = "otaflow-dev-device-key"
+# The dev broker lets in only devices (their DeviceSecret login) and otaflow's own
+# processes, which log in as this service user (docs/edge.md); a deployment sets its own
+# OTAFLOW_MQTT_SERVICE_USER / OTAFLOW_MQTT_SERVICE_PASSWORD or a whole OTAFLOW_MQTT_URL.
+DEV_SERVICE_USER = "otaflow-service"
+DEV_SERVICE_PASSWORD = "otaflow-dev-service-password"
+
+
+def dev_mqtt_port() -> int:
+    """The dev broker's device-facing port (OTAFLOW_MQTT_PORT, another one for a second
+    dev stack next to the first)."""
+    return int(os.environ.get("OTAFLOW_MQTT_PORT", DEFAULT_MQTT_PORT))
+
+
+def dev_mqtt_url(port: int | None = None) -> str:
+    """The dev broker's address, logged in as the service user."""
+    user = quote(os.environ.get("OTAFLOW_MQTT_SERVICE_USER", DEV_SERVICE_USER), safe="")
+    password = quote(os.environ.get("OTAFLOW_MQTT_SERVICE_PASSWORD", DEV_SERVICE_PASSWORD), safe="")
+    return f"mqtt://{user}:{password}@127.0.0.1:{port or dev_mqtt_port()}"
+
 
 _MQTT_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
@@ -230,7 +249,7 @@ def load() -> Settings:
     return Settings(
         kafka_bootstrap=env.get("OTAFLOW_KAFKA_BOOTSTRAP", f"127.0.0.1:{DEFAULT_KAFKA_PORT}"),
         mqtt=MqttAddress.parse(
-            env.get("OTAFLOW_MQTT_URL", f"mqtt://127.0.0.1:{DEFAULT_MQTT_PORT}"),
+            env.get("OTAFLOW_MQTT_URL") or dev_mqtt_url(),
             env.get("OTAFLOW_MQTT_CA_FILE"),
         ),
         partitions=int(env.get("OTAFLOW_PARTITIONS", DEFAULT_PARTITIONS)),

@@ -160,7 +160,7 @@ def _run(
     topics.ensure_topics(settings.kafka_bootstrap, settings)
     console.print(
         f"[bold]otaflow demo[/] · deployment {settings.app_id} · Kafka {stack.kafka_bootstrap}"
-        f" · MQTT {stack.mqtt_url} · logs {log_dir}"
+        f" · MQTT {config.MqttAddress.parse(stack.mqtt_url).url} · logs {log_dir}"
     )
     with ProcessGroup(env, log_dir=log_dir) as group:
         for name in ("worker", "ingress", "egress", "api"):
@@ -211,6 +211,7 @@ def _run(
             names,
             fail_ratio=fail_ratio,
             download_every=50,
+            device_key=settings.device_key,  # the broker's: each device logs in with its secret
         )
         fleet.start()
         started = time.monotonic()

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from otaflow import system_packages
+from otaflow import config, system_packages
 from otaflow.config import cache_dir
 
 SOURCE = Path(__file__).with_name("otaflow_auth.c")
@@ -139,20 +139,24 @@ def start_broker(
 
 # --------------------------------------------------------------------------- dev stack
 
-# The dev stack's broker has a second, authenticating listener next to the anonymous
-# one (which the tests and simulated devices keep using): devices log in with their
-# DeviceSecret there, otaflow's processes as the service user (``otaflow up --edge``).
+# The dev stack's broker authenticates every client on both of its listeners: devices
+# log in with their DeviceSecret, otaflow's processes as the service user. The shared
+# one (OTAFLOW_MQTT_PORT, 11883) takes every device whose login checks out under the
+# dev key, whatever deployment it belongs to: many throwaway deployments (tests,
+# benchmarks, the demo) share it and their simulated devices are not registered. The
+# registry's one (OTAFLOW_MQTT_AUTH_PORT, 11884) also wants the device registered and
+# not deleted (registry_sync's file): ``otaflow up`` runs there.
 DEV_AUTH_PORT = 11884
 
-DEV_SERVICE_USER = "otaflow-service"
-DEV_SERVICE_PASSWORD = "otaflow-dev-service-password"
+DEV_SERVICE_USER = config.DEV_SERVICE_USER
+DEV_SERVICE_PASSWORD = config.DEV_SERVICE_PASSWORD
 
 
 def dev_auth_port() -> int:
     return int(os.environ.get("OTAFLOW_MQTT_AUTH_PORT", DEV_AUTH_PORT))
 
 
-def dev_auth_settings(devices_file: Path) -> AuthSettings:
+def dev_auth_settings(devices_file: Path | None) -> AuthSettings:
     """The dev stack's listener: OTAFLOW_DEVICE_KEY and OTAFLOW_MQTT_SERVICE_USER /
     OTAFLOW_MQTT_SERVICE_PASSWORD, or the dev defaults."""
     from otaflow.config import DEV_DEVICE_KEY
@@ -166,15 +170,15 @@ def dev_auth_settings(devices_file: Path) -> AuthSettings:
 
 
 def dev_listener_conf(host: str, port: int, auth: AuthSettings, plugin: Path) -> str:
-    """The authenticating listener, for a config with ``per_listener_settings true``."""
+    """An authenticating listener, for a config with ``per_listener_settings true``."""
+    devices = f"plugin_opt_devices_file {auth.devices_file}\n" if auth.devices_file else ""
     return f"""listener {port} {host}
 allow_anonymous false
 plugin {plugin}
 plugin_opt_device_key {auth.device_key}
 plugin_opt_service_user {auth.service_user}
 plugin_opt_service_password {auth.service_password}
-plugin_opt_devices_file {auth.devices_file}
-plugin_opt_presence {"true" if auth.presence else "false"}
+{devices}plugin_opt_presence {"true" if auth.presence else "false"}
 """
 
 

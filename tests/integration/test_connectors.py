@@ -35,6 +35,7 @@ from otaflow.config import MqttAddress, Settings
 from otaflow.partitioning import device_key, partition_for
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS, NOTIFICATIONS, TopicSpec, ensure_topics
 from tests.integration.conftest import scratch
+from tests.mqtt_logins import service_client
 
 pytestmark = pytest.mark.integration
 
@@ -146,11 +147,8 @@ class TopicReader:
 def mqtt_client(
     address: MqttAddress, client_id: str | None = None, clean_session: bool = True
 ) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id or f"test-{uuid.uuid4().hex[:12]}",
-        clean_session=clean_session,
-    )
+    # The harness publishes for many devices and watches every offer: the service login.
+    client = service_client(address, client_id, clean_session=clean_session)
     client.max_inflight_messages_set(200)
     client.reconnect_delay_set(min_delay=1, max_delay=2)
     connected = threading.Event()

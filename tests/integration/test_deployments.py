@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from otaflow import topics
 from tests.integration.conftest import REPO, Otaflow
 from tests.integration.test_engine_support import T0
 from tests.integration.test_rollout_kafka import create_package, dynamic_batch
+from tests.mqtt_logins import service_client
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_two_deployments_on_one_broker_and_host_do_not_see_each_other(
             and bool(_connected_ids(green, "ingress-1"))
         ),
     )
-    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex}")
+    probe = service_client(blue.settings.mqtt, f"probe-{uuid.uuid4().hex}")
     probe.connect(blue.settings.mqtt.host, blue.settings.mqtt.port)
     probe.loop_start()
     blue_reports, green_reports = (
@@ -211,7 +211,9 @@ def test_the_scaled_shape_rolls_out_with_a_worker_killed_midway(
     )
     names = [f"s{i:03d}" for i in range(150)]
     settings = deployment.settings
-    fleet = SimulatedFleet(settings.mqtt.host, settings.mqtt.port, pk, names)
+    fleet = SimulatedFleet(
+        settings.mqtt.host, settings.mqtt.port, pk, names, device_key=settings.device_key
+    )
     fleet.start()
     events = deployment.task_events()
     try:

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 from otaflow import devstack, topics
 from otaflow.config import MqttAddress, Settings
 from tests.integration.conftest import scratch
+from tests.mqtt_logins import service_client
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ def test_status_reports_both_running_after_up(stack: devstack.DevStack) -> None:
     assert report["kafka"]["running"] is True
     assert report["mqtt"]["running"] is True
     assert report["kafka"]["address"] == stack.kafka_bootstrap
-    assert report["mqtt"]["address"] == stack.mqtt_url
+    assert report["mqtt"]["address"] == MqttAddress.parse(stack.mqtt_url).url
 
 
 def test_second_up_is_idempotent(stack: devstack.DevStack) -> None:
@@ -65,8 +66,8 @@ def test_mqtt_publish_and_receive_one_message(stack: devstack.DevStack) -> None:
         received.append(bytes(msg.payload))
         got_message.set()
 
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}")
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    sub = service_client(address, f"sub-{uuid.uuid4().hex[:8]}")
+    pub = service_client(address, f"pub-{uuid.uuid4().hex[:8]}")
     sub.on_subscribe = on_subscribe
     sub.on_message = on_message
     sub.connect(address.host, address.port)

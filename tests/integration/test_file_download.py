@@ -41,6 +41,7 @@ from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS, ensure_topics
 from tests.integration.conftest import scratch
 from tests.integration.test_connectors import TopicReader, running
+from tests.mqtt_logins import device_client
 
 pytestmark = pytest.mark.integration
 
@@ -123,8 +124,8 @@ class Device:
 
 
 @contextlib.contextmanager
-def device_client(address: MqttAddress) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex}")
+def logged_in_device(address: MqttAddress, pk: str, dn: str) -> Iterator[mqtt.Client]:
+    client = device_client(pk, dn)
     connected = threading.Event()
     client.on_connect = lambda *_: connected.set()
     client.connect(address.host, address.port, keepalive=30)
@@ -159,7 +160,10 @@ def test_device_downloads_a_package_in_blocks_and_gets_error_replies(
     responder = FileDownloadResponder(settings, store, client_id=f"{settings.app_id}-fd")
     dead = TopicReader(settings, DEAD_LETTERS)
     try:
-        with running(responder.run) as thread, device_client(settings.mqtt) as client:
+        with (
+            running(responder.run) as thread,
+            logged_in_device(settings.mqtt, pk, "dev-1") as client,
+        ):
             assert responder.ready.wait(30), "the responder never subscribed"
             device = Device(client, pk, "dev-1")
             received = bytearray()
@@ -220,7 +224,7 @@ def test_two_responders_share_the_requests(stack: devstack.DevStack, tmp_path: P
     with (
         running(first.run),
         running(second.run),
-        device_client(settings.mqtt) as client,
+        logged_in_device(settings.mqtt, pk, "dev-2") as client,
     ):
         assert first.ready.wait(30) and second.ready.wait(30), "a responder never subscribed"
         device = Device(client, pk, "dev-2")

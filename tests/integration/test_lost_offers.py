@@ -14,12 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from otaflow import devstack
 from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow
+from tests.mqtt_logins import device_client
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_a_version_report_while_notified_brings_a_lost_offer_again(live: Otaflow
     host, port = live.settings.mqtt.host, live.settings.mqtt.port
     received: list[str] = []
     subscribed = threading.Event()
-    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{pk}&{dn}")
+    device = device_client(pk, dn)
     device.on_message = lambda c, u, m: received.append(m.topic)
     device.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
     device.connect(host, port)

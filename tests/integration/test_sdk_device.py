@@ -41,7 +41,12 @@ def now_ms() -> int:
 
 def test_sdk_device_is_updated_from_1_0_to_2_0(live_otaflow: Otaflow, tmp_path: Path) -> None:
     otaflow = live_otaflow
-    pk, dn = "a1SdkProduct", "sdk-device-1"
+    dn = "sdk-device-1"
+    # The provisioned broker lets the device in with the DeviceSecret RegisterDevice
+    # answers, the way the platform does (docs/edge.md); nothing else.
+    product = otaflow.call("CreateProduct", now_ms(), ProductName="sdk_product", NodeType=0)
+    pk = product["ProductKey"]
+    secret = otaflow.call("RegisterDevice", now_ms(), ProductKey=pk, DeviceName=dn)["DeviceSecret"]
     payload = b"otaflow firmware 2.0\n" * 2000
     store = PackageStore(otaflow.settings, root=otaflow.tmp / "packages")
     stored = store.add_bytes(f"{pk}/fw-2.0.bin", payload)
@@ -67,7 +72,7 @@ def test_sdk_device_is_updated_from_1_0_to_2_0(live_otaflow: Otaflow, tmp_path: 
         MaximumPerMinute=100,
     )
     mqtt = MqttAddress.parse(otaflow.env["OTAFLOW_MQTT_URL"])
-    with SdkDevice(pk, dn, mqtt_host=mqtt.host, mqtt_port=mqtt.port) as device:
+    with SdkDevice(pk, dn, secret, mqtt_host=mqtt.host, mqtt_port=mqtt.port) as device:
         device.wait_connected(30)
         device.report_version("1.0", module="default")
         push = device.wait_ota_message(60)

@@ -18,6 +18,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from otaflow.config import DEV_DEVICE_KEY, DEV_SERVICE_PASSWORD, DEV_SERVICE_USER
+from otaflow.edge.broker import AuthSettings, start_broker
+from otaflow.edge.credentials import device_secret
 from tests.sdkdevice import SdkDevice
 
 pytestmark = pytest.mark.integration
@@ -36,35 +39,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Mosquitto of its own that authenticates like the one otaflow provisions: the
+    SDK logs in with its DeviceSecret, the observer as otaflow's service user."""
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed")
     port = _free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    log: list[str] = []
-
-    def pump(stream: Any) -> None:
-        for line in stream:
-            log.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, args=(proc.stderr,), daemon=True).start()
+    auth = AuthSettings(DEV_DEVICE_KEY, DEV_SERVICE_USER, DEV_SERVICE_PASSWORD, None, False)
+    proc = start_broker(tmp_path_factory.mktemp("mosquitto"), "127.0.0.1", port, auth)
     try:
-        while True:
-            line = lines.get(timeout=15)
-            if line is None:
-                pytest.fail(f"mosquitto exited: {''.join(log)}")
-            if " running" in line:
-                break
         yield port
     finally:
         proc.terminate()
@@ -83,6 +65,7 @@ class Observer:
         self._ready: queue.Queue[object] = queue.Queue()
         self._topics = topics
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="otaflow-observer")
+        self.client.username_pw_set(DEV_SERVICE_USER, DEV_SERVICE_PASSWORD)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -119,7 +102,8 @@ class Observer:
 
 @pytest.fixture(scope="module")
 def device(broker_port: int) -> Iterator[SdkDevice]:
-    with SdkDevice(PK, DN, mqtt_port=broker_port) as dev:
+    secret = device_secret(DEV_DEVICE_KEY, PK, DN)
+    with SdkDevice(PK, DN, secret, mqtt_port=broker_port) as dev:
         info = dev.wait_connected(60)
         assert info["granted_qos"] == [1, 1]
         assert dev.driver_info["paho_mqtt"].startswith("1.")

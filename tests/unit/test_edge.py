@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from connectors.device_payloads import MalformedPayload
 from connectors.ingress import IngressConnector
 from connectors.presence import parse_status
+from otaflow import config
 from otaflow.config import MqttAddress, Settings
 from otaflow.control.common import DictStore
 from otaflow.control.plane import ControlPlane
@@ -153,3 +155,39 @@ def test_ingress_subscribes_to_status_messages_only_with_presence() -> None:
     assert [s for s in on.subscriptions if s not in off.subscriptions] == [
         "$share/otaflow-ingress//as/mqtt/status/+/+"
     ]
+
+
+def test_otaflow_logs_in_to_the_dev_broker_as_the_service_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OTAFLOW_MQTT_URL", "OTAFLOW_MQTT_SERVICE_USER", "OTAFLOW_MQTT_SERVICE_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTAFLOW_MQTT_PORT", "12345")
+    mqtt = config.load().mqtt
+    assert (mqtt.host, mqtt.port) == ("127.0.0.1", 12345)
+    assert (mqtt.username, mqtt.password) == (config.DEV_SERVICE_USER, config.DEV_SERVICE_PASSWORD)
+    assert "***" in mqtt.url and config.DEV_SERVICE_PASSWORD not in mqtt.url
+
+
+def test_the_dev_broker_takes_no_anonymous_client(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from otaflow import devstack
+    from otaflow.edge import broker as edge_broker
+
+    plugin = tmp_path / "otaflow_auth-x.so"
+    plugin.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(edge_broker, "build_plugin", lambda: plugin)
+    monkeypatch.setenv("OTAFLOW_CACHE", str(tmp_path))
+    monkeypatch.setenv("OTAFLOW_MQTT_AUTH_PORT", "12346")
+    conf = devstack._mosquitto_conf("127.0.0.1", 12345)
+    assert "allow_anonymous true" not in conf
+    listeners = conf.split("listener ")[1:]
+    assert [part.split("\n", 1)[0] for part in listeners] == ["12345 127.0.0.1", "12346 127.0.0.1"]
+    shared, registry = listeners
+    assert "allow_anonymous false" in shared and "allow_anonymous false" in registry
+    assert f"plugin {plugin}\n" in shared and "plugin_opt_devices_file" not in shared
+    # Its own copy of the plugin: one file loaded twice would share its globals.
+    assert f"plugin {tmp_path / 'otaflow_auth-x-registry.so'}\n" in registry
+    assert (tmp_path / "otaflow_auth-x-registry.so").read_bytes() == b"\x7fELF"
+    assert "plugin_opt_devices_file" in registry
