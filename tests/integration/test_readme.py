@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-from otaflow import devstack
+from otaflow import config, devstack
 from otaflow.ops_cli import OpsClient
 from tests.integration.conftest import REPO, Otaflow
 
@@ -111,7 +111,10 @@ def readme_env(live: Otaflow, stack: devstack.DevStack) -> dict[str, str]:
         "OTAFLOW_API_URL": f"http://127.0.0.1:{live.settings.api_port}",
         "OTAFLOW_ACCESS_KEY_ID": "testAK",
         "OTAFLOW_ACCESS_KEY_SECRET": "testSecret",
-        "DEVICE_MQTT_URL": stack.mqtt_url,
+        # Devices log in themselves (device.py signs with its DeviceSecret): host and port.
+        "DEVICE_MQTT_URL": "mqtt://{0.host}:{0.port}".format(
+            config.MqttAddress.parse(stack.mqtt_url)
+        ),
         # The README's PATH: the virtualenv's otaflow and python first.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "COLUMNS": "80",
