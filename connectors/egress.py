@@ -27,8 +27,10 @@ Paced by event time
 Offers go out with the spacing of their ``event_time`` (the rate agent's release
 instants), shifted to wall time (:mod:`connectors.offer_pacing`): a backlog found after
 a restart, a broker outage or a slow spell drains at the rates it was released at, not
-as fast as the broker takes it. Held offers count against ``max_in_flight`` and are
-not committed; a revoked partition's held offers are left to its next owner.
+as fast as the broker takes it. Offers answering device pulls are spaced to
+``--pull-offers-per-minute`` (``OTAFLOW_PULL_OFFERS_PER_MINUTE``, default 10,000, per
+process). Held offers count against ``max_in_flight`` and are not committed; a revoked
+partition's held offers are left to its next owner.
 
 Memory stays flat: at most ``max_in_flight`` records are between Kafka and the
 broker's PUBACK. At the bound the connector waits for PUBACKs; if it stays full for a
@@ -75,7 +77,7 @@ from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
 from connectors.mqtt_login import tls_context
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
-from connectors.offer_pacing import EventTimePacer
+from connectors.offer_pacing import DEFAULT_PULL_OFFERS_PER_MINUTE, EventTimePacer, PullSlots
 from connectors.process import serve_metrics, start_process
 from otaflow import membership, metrics
 from otaflow.codec import DecodeError, codec
@@ -129,6 +131,7 @@ class EgressConnector:
         client_id: str | None = None,
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        pull_offers_per_minute: int = DEFAULT_PULL_OFFERS_PER_MINUTE,
     ) -> None:
         if not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT:
             raise ValueError(f"max_in_flight must be 1-{MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}")
@@ -166,6 +169,9 @@ class EgressConnector:
         # a backlog after a stall keeps the rates the rate agent released it at.
         self._pacer: EventTimePacer[tuple[_Entry, bytes, bytes]] = EventTimePacer()
         self._now_ms = 0
+        # Offers answering pulls: their own limit, in their own lanes (2p + 1; pushes 2p)
+        # so a pull waiting for its slot never holds a push up.
+        self._pull_slots = PullSlots(pull_offers_per_minute)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -350,9 +356,12 @@ class EgressConnector:
             _log.exception("egress: could not build a notification at %d/%d", partition, offset)
             self._dead_letter(producer, entry, raw, f"could not build the message: {exc!r}")
             return
+        pace_ms, lane = notification["event_time"], 2 * partition
+        if notification["kind"] == "PULL_REPLY" and notification.get("firmware") is not None:
+            pace_ms, lane = self._pull_slots.take(pace_ms), lane + 1
         if self._pacer.offer(
-            partition,
-            notification["event_time"],
+            lane,
+            pace_ms,
             (entry, topic, payload),
             self._now_ms,
             can_send=client.connected,
@@ -475,7 +484,8 @@ class EgressConnector:
     def _drop_held(self, partitions: list[int]) -> None:
         """Forget the held offers of these partitions: never sent, never committed, so the
         partitions' next owner sends them (a held offer is always at a window's end)."""
-        for entry, _, _ in self._pacer.drop(set(partitions)):
+        lanes = {2 * p for p in partitions} | {2 * p + 1 for p in partitions}
+        for entry, _, _ in self._pacer.drop(lanes):
             window = self._windows.get(entry.partition)
             if window is not None and entry in window:
                 window.remove(entry)
@@ -552,6 +562,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="otaflow Kafka -> MQTT egress connector")
     parser.add_argument("--client-id", help="MQTT client id (default: unique per process)")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
+    parser.add_argument(
+        "--pull-offers-per-minute",
+        type=int,
+        default=int(
+            os.environ.get("OTAFLOW_PULL_OFFERS_PER_MINUTE", DEFAULT_PULL_OFFERS_PER_MINUTE)
+        ),
+        help="offers answering device pulls, per minute and egress process (docs/edge.md)",
+    )
     args = parser.parse_args(argv)
     settings, stop = start_process([NOTIFICATIONS, DEAD_LETTERS], "egress")
     connector = EgressConnector(
@@ -559,6 +577,7 @@ def main(argv: list[str] | None = None) -> None:
         url_signer_for(settings),
         client_id=args.client_id,
         max_in_flight=args.max_in_flight,
+        pull_offers_per_minute=args.pull_offers_per_minute,
     )
     counts = {
         "otaflow_mqtt_published": (

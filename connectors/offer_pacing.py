@@ -96,3 +96,32 @@ class EventTimePacer(Generic[Item]):
         dropped = [item for lane in lanes for _, item in self.lanes.pop(lane, ())]
         self._held -= len(dropped)
         return dropped
+
+
+#: Offers handed out in answer to device pulls, per minute and egress process, by default:
+#: the platform's highest push rate.
+DEFAULT_PULL_OFFERS_PER_MINUTE = 10_000
+
+
+class PullSlots:
+    """Spaces the offers answering device pulls (``firmware/get``) to ``per_minute``.
+
+    A pull is the device's request, not the rate agent's release, so its event time
+    carries no pacing: after a broker restart a fleet reconnects and asks at once
+    (1,800 in one second measured). Each offer a pull gets is given a send time at
+    least ``60,000 / per_minute`` ms after the previous one's (in event time); the
+    :class:`EventTimePacer` then sends it then. Pulls answered with no offer are not
+    limited (they hand out no download).
+    """
+
+    def __init__(self, per_minute: int = DEFAULT_PULL_OFFERS_PER_MINUTE) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self.spacing_ms = 60_000 / per_minute
+        self._next_ms = float("-inf")
+
+    def take(self, event_ms: int) -> int:
+        """The event time to pace an offer asked for at ``event_ms`` by."""
+        at = max(float(event_ms), self._next_ms)
+        self._next_ms = at + self.spacing_ms
+        return int(at)

@@ -104,3 +104,43 @@ def test_egress_back_after_a_stall_sends_the_backlog_at_its_release_rate(
     assert span >= SECONDS - 1.5  # the old egress: all of them in well under a second
     # One second of sending holds at most 1.2 s of releases (the tolerance), plus jitter.
     assert max(per_second.values()) <= PER_SECOND * 1.2 + 10, sorted(per_second.items())
+
+
+def test_offers_answering_a_burst_of_pulls_keep_their_own_limit(
+    stack: devstack.DevStack,
+) -> None:
+    """A fleet back from a broker restart asks at once (1,800 pulls in one second were
+    measured): the offers answering them go out at the egress's pull limit."""
+    settings = make_settings(stack)
+    pk = f"pk{uuid.uuid4().hex[:8]}"
+    total, per_minute = 500, 3_000  # 50 a second: 10 s
+    asked_at = int(time.time() * 1000)
+    producer = Producer(producer_config(settings, f"test-{uuid.uuid4().hex[:8]}"))
+    for i in range(total):
+        record = released_notification(pk, i, asked_at) | {
+            "kind": "PULL_REPLY",
+            "reply_to": f"get-{i}",
+        }
+        producer.produce(
+            NOTIFICATIONS.full_name(settings),
+            codec().encode("Notification", record),
+            device_key(pk, f"dev-{i}").encode(),
+        )
+    assert producer.flush(30) == 0
+    subscriber = TimedSubscriber(pk)
+    subscriber.filter = f"/sys/{pk}/+/thing/ota/firmware/get_reply"
+    egress = EgressConnector(
+        settings,
+        signer,
+        client_id=f"{settings.app_id}-out",
+        pull_offers_per_minute=per_minute,
+    )
+    with mqtt_client(settings.mqtt) as client:
+        subscriber.attach(client)
+        with running(egress.run):
+            wait_for(lambda: subscriber.count() >= total, 60, "every pull answered")
+    arrivals = sorted(subscriber.arrivals)
+    per_second = Counter(int(t - arrivals[0]) for t in arrivals)
+    print(f"\n{total} pull offers in {arrivals[-1] - arrivals[0]:.1f} s")
+    assert arrivals[-1] - arrivals[0] >= total / (per_minute / 60) - 1.5
+    assert max(per_second.values()) <= per_minute / 60 * 1.2 + 5, sorted(per_second.items())

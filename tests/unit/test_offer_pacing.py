@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.offer_pacing import MAX_LATE_MS, EventTimePacer
+from connectors.offer_pacing import MAX_LATE_MS, EventTimePacer, PullSlots
 
 
 def replay(events: list[int], start_ms: int, step_ms: int = 5) -> list[tuple[int, int]]:
@@ -124,3 +124,20 @@ def test_any_span_of_the_replay_is_no_shorter_than_the_release_minus_the_toleran
     assert [e for _, e in sent] == events
     for (t1, e1), (t2, e2) in itertools.pairwise(sent):
         assert t2 - t1 >= e2 - e1 - MAX_LATE_MS
+
+
+def test_pull_offers_are_spaced_to_their_limit() -> None:
+    """1,800 devices asking in one second after a broker restart, at 6,000 pull offers a
+    minute: 100 a second go out, the first at once."""
+    slots = PullSlots(6_000)
+    pacer: EventTimePacer[int] = EventTimePacer()
+    asked = [10_000 + i // 2 for i in range(1_800)]  # all within one second
+    sent = [(12_000, i) for i, e in enumerate(asked) if pacer.offer(1, slots.take(e), i, 12_000)]
+    now = 12_000
+    while pacer:
+        now += 5
+        sent.extend((now, i) for i in pacer.due(now))
+    per_second = Counter((t - 12_000) // 1000 for t, _ in sent)
+    assert len(sent) == 1_800 and sent[0] == (12_000, 0)
+    assert max(per_second.values()) <= 100 + 1
+    assert PullSlots(6_000).take(5) == 5  # a lone pull is not delayed
