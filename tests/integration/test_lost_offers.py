@@ -53,6 +53,7 @@ def test_a_version_report_while_notified_brings_a_lost_offer_again(live: Otaflow
         FirmwareSign=hashlib.sha256(payload).hexdigest(),
         SignMethod="SHA256",
         FirmwareSize=len(payload),
+        NeedToVerify="false",
     )
     live.call(
         "CreateOTADynamicUpgradeJob",
