@@ -90,7 +90,9 @@ def notification(pk: str, i: int) -> dict[str, Any]:
             "download_protocol": "MQTT" if mqtt_download else "HTTPS",
         },
         "ext_data": {"wave": str(i % 2)},
-        "event_time": 1_700_000_000_000 + i,
+        # One release instant: the egress sends offers with their event times' spacing
+        # (connectors.offer_pacing), so a backlog of one instant measures its throughput.
+        "event_time": 1_700_000_000_000,
     }
 
 

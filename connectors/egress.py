@@ -22,6 +22,16 @@ the broker returns.
 At-least-once: a device may get an offer twice (after a reconnect or a rebalance),
 which is why ``data.taskId`` is there.
 
+Paced by event time
+-------------------
+Offers go out with the spacing of their ``event_time`` (the rate agent's release
+instants), shifted to wall time (:mod:`connectors.offer_pacing`): a backlog found after
+a restart, a broker outage or a slow spell drains at the rates it was released at, not
+as fast as the broker takes it. Offers answering device pulls are spaced to
+``--pull-offers-per-minute`` (``OTAFLOW_PULL_OFFERS_PER_MINUTE``, default 10,000, per
+process). Held offers count against ``max_in_flight`` and are not committed; a revoked
+partition's held offers are left to its next owner.
+
 Memory stays flat: at most ``max_in_flight`` records are between Kafka and the
 broker's PUBACK. At the bound the connector waits for PUBACKs; if it stays full for a
 second (broker away or slow) the consumer's partitions are paused (it keeps polling,
@@ -67,6 +77,7 @@ from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
 from connectors.mqtt_login import tls_context
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
+from connectors.offer_pacing import DEFAULT_PULL_OFFERS_PER_MINUTE, EventTimePacer, PullSlots
 from connectors.process import serve_metrics, start_process
 from otaflow import membership, metrics
 from otaflow.codec import DecodeError, codec
@@ -120,6 +131,7 @@ class EgressConnector:
         client_id: str | None = None,
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        pull_offers_per_minute: int = DEFAULT_PULL_OFFERS_PER_MINUTE,
     ) -> None:
         if not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT:
             raise ValueError(f"max_in_flight must be 1-{MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}")
@@ -153,6 +165,13 @@ class EgressConnector:
         self._reconnect_at = 0.0
         self._reconnect_delay = RECONNECT_MIN_S
         self._urls: dict[str, tuple[str, float]] = {}
+        # Offers go out with the spacing of their event times (connectors.offer_pacing):
+        # a backlog after a stall keeps the rates the rate agent released it at.
+        self._pacer: EventTimePacer[tuple[_Entry, bytes, bytes]] = EventTimePacer()
+        self._now_ms = 0
+        # Offers answering pulls: their own limit, in their own lanes (2p + 1; pushes 2p)
+        # so a pull waiting for its slot never holds a push up.
+        self._pull_slots = PullSlots(pull_offers_per_minute)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -207,6 +226,10 @@ class EgressConnector:
 
     def _step(self, consumer: Consumer, producer: Producer, client: QoS1Publisher) -> None:
         producer.poll(0)
+        self._now_ms = int(time.time() * 1000)
+        if self._pacer and client.connected:
+            for entry, topic, payload in self._pacer.due(self._now_ms):
+                self._by_mid[client.publish(topic, payload)] = entry
         self._service_mqtt(client, 0)  # PUBACKs in, pending publishes out
         self._commit(consumer)
         in_flight = self.in_flight
@@ -237,7 +260,10 @@ class EgressConnector:
             timeout = CONSUME_WAIT_BUSY_S if in_flight else CONSUME_WAIT_IDLE_S
         else:
             timeout = 0
-        for msg in consumer.consume(num_messages=batch, timeout=timeout):
+        messages = consumer.consume(num_messages=batch, timeout=timeout)
+        if not messages and not self._paused:
+            self._pacer.idle()  # caught up: a stall's delay ends with its backlog
+        for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.fatal():
@@ -250,7 +276,8 @@ class EgressConnector:
 
     def _drain(self, consumer: Consumer, producer: Producer, client: QoS1Publisher) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self.in_flight and time.monotonic() < deadline:
+        # Held offers are not waited for: uncommitted, the next owner sends them.
+        while self.in_flight > len(self._pacer) and time.monotonic() < deadline:
             producer.poll(0)
             self._service_mqtt(client, 0.02)
         self._commit(consumer, force=True, asynchronous=False)
@@ -329,8 +356,17 @@ class EgressConnector:
             _log.exception("egress: could not build a notification at %d/%d", partition, offset)
             self._dead_letter(producer, entry, raw, f"could not build the message: {exc!r}")
             return
-        # While disconnected the publisher keeps it and sends it after the CONNACK.
-        self._by_mid[client.publish(topic, payload)] = entry
+        pace_ms, lane = notification["event_time"], 2 * partition
+        if notification["kind"] == "PULL_REPLY" and notification.get("firmware") is not None:
+            pace_ms, lane = self._pull_slots.take(pace_ms), lane + 1
+        if self._pacer.offer(
+            lane,
+            pace_ms,
+            (entry, topic, payload),
+            self._now_ms,
+            can_send=client.connected,
+        ):
+            self._by_mid[client.publish(topic, payload)] = entry
 
     def _signed_url(self, file_path: str) -> str:
         """The signer's URL, reused for a second: one HMAC per package per second, not per
@@ -425,6 +461,7 @@ class EgressConnector:
         # milliseconds), so the commit covers it and the new owner does not publish it
         # again: a scale-out then costs no duplicate offers, not up to max_in_flight.
         revoked = [tp.partition for tp in partitions]
+        self._drop_held(revoked)
         client, producer = self._client, self._producer
         deadline = time.monotonic() + REVOKE_DRAIN_S
         while (
@@ -444,9 +481,19 @@ class EgressConnector:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
 
+    def _drop_held(self, partitions: list[int]) -> None:
+        """Forget the held offers of these partitions: never sent, never committed, so the
+        partitions' next owner sends them (a held offer is always at a window's end)."""
+        lanes = {2 * p for p in partitions} | {2 * p + 1 for p in partitions}
+        for entry, _, _ in self._pacer.drop(lanes):
+            window = self._windows.get(entry.partition)
+            if window is not None and entry in window:
+                window.remove(entry)
+
     def _forget(self, partitions: list[TopicPartition]) -> None:
         # The new owner starts at the committed offset and publishes these again;
         # ours still in the MQTT client will be published too (at-least-once) but not committed.
+        self._drop_held([tp.partition for tp in partitions])
         for tp in partitions:
             self._to_commit.pop(tp.partition, None)
             for entry in self._windows.pop(tp.partition, ()):
@@ -515,6 +562,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="otaflow Kafka -> MQTT egress connector")
     parser.add_argument("--client-id", help="MQTT client id (default: unique per process)")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
+    parser.add_argument(
+        "--pull-offers-per-minute",
+        type=int,
+        default=int(
+            os.environ.get("OTAFLOW_PULL_OFFERS_PER_MINUTE", DEFAULT_PULL_OFFERS_PER_MINUTE)
+        ),
+        help="offers answering device pulls, per minute and egress process (docs/edge.md)",
+    )
     args = parser.parse_args(argv)
     settings, stop = start_process([NOTIFICATIONS, DEAD_LETTERS], "egress")
     connector = EgressConnector(
@@ -522,6 +577,7 @@ def main(argv: list[str] | None = None) -> None:
         url_signer_for(settings),
         client_id=args.client_id,
         max_in_flight=args.max_in_flight,
+        pull_offers_per_minute=args.pull_offers_per_minute,
     )
     counts = {
         "otaflow_mqtt_published": (

@@ -12,6 +12,7 @@ from typing import Any
 
 from otaflow.codec import DecodeError, codec
 from otaflow.domain.rate import (
+    MAX_CATCH_UP_MS,
     MeterState,
     change_config,
     record_release,
@@ -172,12 +173,19 @@ async def release_due(meter: BatchMeter, now: int) -> None:
     batch_time = meter_time(rec.get("maintenance_windows") or [], rec["origin"], now)
     if batch_time is None or rec.get("paused"):
         return  # outside the maintenance windows, or paused: its tasks wait in the queue
-    n = min(rec["queued"], releasable(meter.state, batch_time))
+    # A live meter keeps at most MAX_CATCH_UP_MS of unused credit: after a stall (this
+    # worker killed, ticks that stopped) the backlog drains at the rate's pace, not in
+    # one burst for the seconds missed (issue 16).
+    n = min(rec["queued"], releasable(meter.state, batch_time, catch_up_ms=MAX_CATCH_UP_MS))
     if n <= 0:
         return
     tasks = pop_tasks(meter, n)
     meter.state = record_release(
-        meter.state, batch_time, len(tasks), queue_empty=rec["queued"] <= 0
+        meter.state,
+        batch_time,
+        len(tasks),
+        queue_empty=rec["queued"] <= 0,
+        catch_up_ms=MAX_CATCH_UP_MS,
     )
     window = str(batch_time // 60_000)
     windows = rec["windows"]

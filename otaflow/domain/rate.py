@@ -44,6 +44,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 __all__ = [
+    "MAX_CATCH_UP_MS",
     "PACING_SLICE_MS",
     "WINDOW_MS",
     "MeterState",
@@ -80,6 +81,14 @@ WINDOW_MS = 60_000
 PACING_SLICE_MS = 1_000
 
 _SLICES_PER_WINDOW = WINDOW_MS // PACING_SLICE_MS
+
+#: Most unused credit a live meter keeps (issue 16): two pacing slices. Credit that a
+#: stall left unused (a worker killed, a rate agent that was not asked for a while, a
+#: queue that ran empty) is forfeited beyond this, so a backlog drains at the rate's
+#: pace (at most two slices' worth at once, then one slice a second) instead of
+#: catching up the missed seconds of its window in one burst. Two slices, not one, so a
+#: tick that comes a little late (ticks a second apart at any phase) loses nothing.
+MAX_CATCH_UP_MS = 2 * PACING_SLICE_MS
 
 RateKind = Literal["constant", "variable"]
 
@@ -448,7 +457,13 @@ class _Walk:
     last_at: int | None
 
 
-def _walk(state: MeterState, t_ms: int, limit: int | None, queue_empty: bool) -> _Walk:
+def _walk(
+    state: MeterState,
+    t_ms: int,
+    limit: int | None,
+    queue_empty: bool,
+    catch_up_ms: int | None = None,
+) -> _Walk:
     """Release up to ``limit`` devices (None: as many as allowed) at event time ``t_ms``.
 
     The credit accrues up to the end of ``t_ms``'s pacing slice at the rate in force.
@@ -460,6 +475,11 @@ def _walk(state: MeterState, t_ms: int, limit: int | None, queue_empty: bool) ->
     rate. So the result does not depend on how often the meter is asked: a meter ticked
     once a minute and one ticked every second release the same devices by a window's
     end, and each step lasts its time (1,000 at 1,600/min: 37.5 s).
+
+    ``catch_up_ms`` (a live meter: :data:`MAX_CATCH_UP_MS`) bounds the unused credit:
+    at most that many ms of the rate in force are released at once, whatever the time
+    since the meter was last asked (see :func:`_forfeit_stale_credit`). None keeps all
+    the window's credit: what :func:`plan` uses, as the meter asked every second.
     """
     st = advance(state, t_ms)
     offset = _offset(st, t_ms)
@@ -467,6 +487,10 @@ def _walk(state: MeterState, t_ms: int, limit: int | None, queue_empty: bool) ->
     sched = schedule_for(st.config)
     count = _counted(st)
     credit, at, released = st.credit_units, st.credit_at_ms, st.released_in_window
+    if catch_up_ms is not None:
+        credit, at = _forfeit_stale_credit(
+            credit, at, released, sched.rate_at(count), end, catch_up_ms
+        )
     earliest = max(offset, at) if st.starved else at
     taken, steps, last_at = 0, [], None
     while True:
@@ -504,28 +528,60 @@ def _walk(state: MeterState, t_ms: int, limit: int | None, queue_empty: bool) ->
     return _Walk(taken, after, tuple(steps), last_at)
 
 
-def releasable(state: MeterState, t_ms: int) -> int:
+def _forfeit_stale_credit(
+    credit: int, at: int, released: int, rate: int, end: int, catch_up_ms: int
+) -> tuple[int, int]:
+    """``(credit, at)`` with the unused credit at ``end`` cut to ``catch_up_ms`` of ``rate``.
+
+    A token bucket of ``catch_up_ms`` x ``rate``: the rate has been constant since ``at``
+    (:class:`_Walk`'s invariant) and nothing was released between the last call and
+    this one, so capping the surplus now is the same as capping it all along. Where the
+    cut lies after ``at``, the meter restarts that long before ``end`` with nothing in
+    hand (a step reached later is timed from there); otherwise the credit at ``at``
+    shrinks by the excess.
+    """
+    # At least one device and a slice, so a rate under a device per two slices (10/min:
+    # one every 6 s) still accrues whole devices and loses no fraction of one.
+    bucket = max(rate * catch_up_ms, WINDOW_MS + rate * PACING_SLICE_MS)
+    excess = credit + rate * (end - at) - released * WINDOW_MS - bucket
+    if excess <= 0:
+        return credit, at
+    restart = end - bucket // rate
+    if restart >= at:
+        return released * WINDOW_MS, restart
+    return credit - excess, at
+
+
+def releasable(state: MeterState, t_ms: int, *, catch_up_ms: int | None = None) -> int:
     """How many devices may be released at event time ``t_ms`` (assuming all are waiting).
 
     See :func:`_walk`: one loop round per distinct rate reached, not per device.
+    ``catch_up_ms``: a live meter's bound on unused credit (:data:`MAX_CATCH_UP_MS`).
     """
-    return _walk(state, t_ms, None, False).released
+    return _walk(state, t_ms, None, False, catch_up_ms).released
 
 
 def record_release(
-    state: MeterState, t_ms: int, n: int, *, queue_empty: bool = False
+    state: MeterState,
+    t_ms: int,
+    n: int,
+    *,
+    queue_empty: bool = False,
+    catch_up_ms: int | None = None,
 ) -> MeterState:
     """Record that ``n`` devices were handed their URL at event time ``t_ms``.
 
     ``queue_empty``: no device was left waiting after these (a threshold that later
     devices reach is then reached no earlier than their own release).
+    ``catch_up_ms``: as for :func:`releasable` (pass the same to both).
     Raises :class:`OverReleaseError` when ``n`` exceeds :func:`releasable`.
     """
     if n < 0:
         raise ValueError("n must be >= 0")
-    walk = _walk(state, t_ms, n, queue_empty)  # releases min(n, what is allowed)
+    # releases min(n, what is allowed)
+    walk = _walk(state, t_ms, n, queue_empty, catch_up_ms)
     if walk.released < n:
-        allowed = releasable(state, t_ms)
+        allowed = releasable(state, t_ms, catch_up_ms=catch_up_ms)
         raise OverReleaseError(f"{n} devices released but only {allowed} allowed at {t_ms}")
     return walk.state
 
@@ -597,16 +653,21 @@ class WindowMeter:
     """
 
     state: MeterState
+    #: See :func:`releasable`; a live meter passes :data:`MAX_CATCH_UP_MS`.
+    catch_up_ms: int | None = None
 
     @classmethod
-    def start(cls, config: RateConfig) -> WindowMeter:
-        return cls(MeterState.start(config))
+    def start(cls, config: RateConfig, catch_up_ms: int | None = None) -> WindowMeter:
+        return cls(MeterState.start(config), catch_up_ms)
 
     def releasable(self, t_ms: int) -> int:
-        return releasable(self.state, t_ms)
+        return releasable(self.state, t_ms, catch_up_ms=self.catch_up_ms)
 
     def release(self, t_ms: int, n: int, *, queue_empty: bool = False) -> WindowMeter:
-        return WindowMeter(record_release(self.state, t_ms, n, queue_empty=queue_empty))
+        after = record_release(
+            self.state, t_ms, n, queue_empty=queue_empty, catch_up_ms=self.catch_up_ms
+        )
+        return replace(self, state=after)
 
     def take(self, t_ms: int, waiting: int) -> tuple[int, WindowMeter]:
         """Release as many of ``waiting`` devices as allowed; returns (released, meter)."""
@@ -615,14 +676,14 @@ class WindowMeter:
         return n, self.release(t_ms, n, queue_empty=n == waiting)
 
     def succeed(self, n: int, t_ms: int) -> WindowMeter:
-        return WindowMeter(record_success(self.state, n, t_ms))
+        return replace(self, state=record_success(self.state, n, t_ms))
 
     def unsent(self, n: int, t_ms: int, released_at_ms: int) -> WindowMeter:
-        return WindowMeter(record_unsent(self.state, n, t_ms, released_at_ms))
+        return replace(self, state=record_unsent(self.state, n, t_ms, released_at_ms))
 
     def with_config(self, new_config: RateConfig) -> WindowMeter:
         """New config from the next window (raises :class:`RateTypeChangeError`)."""
-        return WindowMeter(change_config(self.state, new_config))
+        return replace(self, state=change_config(self.state, new_config))
 
     @property
     def rate(self) -> int:

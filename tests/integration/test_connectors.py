@@ -489,7 +489,7 @@ def produce_notifications(
             "batch_id": "b1",
             "firmware": firmware,
             "ext_data": {"wave": str(i % 2)},
-            "event_time": 1_700_000_000_000 + i,
+            "event_time": 1_700_000_000_000,  # released together: no pacing between them
         }
         key = device_key(pk, dn).encode()
         while True:
@@ -565,7 +565,7 @@ def test_egress_publishes_every_notification(stack: devstack.DevStack) -> None:
     assert topic == f"/ota/device/upgrade/{pk}/dev-1"
     assert message == {
         "code": "1000",
-        "id": 1_700_000_000_001,
+        "id": 1_700_000_000_000,  # the release instant
         "message": "success",
         "data": {
             "size": 1025,

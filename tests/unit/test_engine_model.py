@@ -626,7 +626,8 @@ class Model:
                 t.first = None
                 t.retry_at = None
                 t.retries_left = b.retry_count if b.retry_interval_minutes is not None else 0
-                self.move(dev, t, "QUEUED", now, "reupgrade")
+                # A batch that needs the app's confirmation asks again, like a new task.
+                self.move(dev, t, "CONFIRM" if b.need_confirm else "QUEUED", now, "reupgrade")
         self.advance(dev, now)
 
     def target(self, name: str, batch_id: str, now: int) -> None:

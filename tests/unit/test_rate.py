@@ -10,6 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from otaflow.domain.rate import (
+    MAX_CATCH_UP_MS,
     WINDOW_MS,
     MeterState,
     OverReleaseError,
@@ -520,3 +521,85 @@ def test_rate_settings_records_round_trip_exactly() -> None:
         assert from_settings(record) == config
     assert to_settings(RateConfig.variable(1, "2.35", 10, 1))["factor_hundredths"] == 235  # type: ignore[index]
     assert from_settings(None) is None and to_settings(None) is None
+
+
+# --- the rate through faults (issue 16) ------------------------------------------------------
+
+
+def per_second(releases: list[tuple[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for t, n in releases:
+        out[t // 1000] = out.get(t // 1000, 0) + n
+    return out
+
+
+def drive(meter: WindowMeter, ticks: list[int], waiting: int) -> list[tuple[int, int]]:
+    """Release from a queue of ``waiting`` devices at each tick; (tick, released) pairs."""
+    out = []
+    for t in ticks:
+        n, meter = meter.take(t, waiting)
+        waiting -= n
+        out.append((t, n))
+    return out
+
+
+@pytest.mark.parametrize("stall", [(10_500, 40_500), (50_500, 75_500), (30_500, 150_500)])
+def test_a_stalled_meter_drains_its_backlog_at_the_rate_not_in_a_burst(
+    stall: tuple[int, int],
+) -> None:
+    """A worker killed for 30 s mid-window: the next ticks release the rate's pace, never
+    the seconds the stall missed (the old meter released 3,000 in one second here)."""
+    rate, start, end = 6_000, *stall
+    ticks = [t for t in range(500, 240_000, 1000) if not start < t < end]
+    releases = drive(WindowMeter.start(RateConfig.constant(rate), MAX_CATCH_UP_MS), ticks, 10**6)
+    slice_ = rate // 60
+    assert max(per_second(releases).values()) <= 2 * slice_
+    assert dict(releases)[end] == 2 * slice_  # two slices at once at most, then the pace
+    assert all(n == slice_ for t, n in releases if t > end + 1000)
+    per_window: dict[int, int] = {}
+    for t, n in releases:
+        per_window[t // WINDOW_MS] = per_window.get(t // WINDOW_MS, 0) + n
+    assert all(count <= rate for count in per_window.values())
+    assert per_window[3] == rate  # a window after the stall reaches its rate again
+
+
+def test_a_queue_that_was_empty_is_paced_too() -> None:
+    """A dynamic batch's devices arriving after 40 idle seconds are not all sent at once."""
+    meter = WindowMeter.start(RateConfig.constant(600), MAX_CATCH_UP_MS)
+    n, meter = meter.take(40_200, 1_000)
+    assert n == 20  # two slices of 10, not the 410 credit of 41 seconds
+
+
+def test_a_stalled_variable_rate_steps_at_its_pace() -> None:
+    """Variable rate on pushed: after a stall the steps still come one at a time, each at
+    its own rate, and no second releases more than two slices of the rate in force."""
+    meter = WindowMeter(MeterState(config=DOC, window=0, pushed_total=7_000), MAX_CATCH_UP_MS)
+    waiting = 10**6
+    for t in [500, 1_500, *range(30_500, 60_000, 1000)]:
+        n, meter = meter.take(t, waiting)
+        waiting -= n
+        # the rate after the tick is the highest in force during its slice
+        assert n <= 2 * -(-meter.rate // 60)  # the old meter: 3,100 at 30.5 s
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.sampled_from([10, 600, 6_000, 10_000]),
+    ticks=st.lists(st.integers(0, 10 * WINDOW_MS - 1), min_size=1, max_size=300).map(sorted),
+)
+def test_a_live_meter_never_releases_more_than_two_slices_in_a_second(
+    rate: int, ticks: list[int]
+) -> None:
+    releases = drive(WindowMeter.start(RateConfig.constant(rate), MAX_CATCH_UP_MS), ticks, 10**6)
+    assert max(per_second(releases).values()) <= max(1, 2 * rate // 60)
+
+
+@pytest.mark.parametrize("rate", [10, 600, 10_000])
+@pytest.mark.parametrize("phase_ms", [0, 1, 500, 999])
+def test_a_live_meter_ticked_every_second_still_reaches_its_rate(rate: int, phase_ms: int) -> None:
+    ticks = [phase_ms + i * 1000 for i in range(10 * 60)]
+    releases = drive(WindowMeter.start(RateConfig.constant(rate), MAX_CATCH_UP_MS), ticks, 10**6)
+    per_window: dict[int, int] = {}
+    for t, n in releases:
+        per_window[t // WINDOW_MS] = per_window.get(t // WINDOW_MS, 0) + n
+    assert set(per_window.values()) == {rate}
