@@ -35,8 +35,9 @@ unit: $(STAMP)
 integration: setup
 	$(BIN)/pytest tests -q -m integration
 
+# --durations: the slowest tests in CI's output, to keep the suite within its budget.
 test: setup lint
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests -q --durations=25
 
 up: setup
 	$(BIN)/otaflow up
