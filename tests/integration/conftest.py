@@ -193,6 +193,16 @@ class Otaflow:
             value=CODEC.encode("DeviceReport", record),
         )
 
+    def tick_through(self, start: int, end: int, step: int = 1000) -> None:
+        """Ticks every ``step`` ms from ``start`` to ``end`` (included), as the workers'
+        ticker would write them: a rate meter keeps only two seconds of unused credit, so
+        one tick a minute later is a stall, not a minute of pushes (otaflow.domain.rate)."""
+        at = start
+        while at < end:
+            self.tick(at)
+            at += step
+        self.tick(end)
+
     def tick(self, at: int) -> None:
         """Move event time on every partition of the engine's internal topics."""
         tick = {"event_time": at}

@@ -219,7 +219,7 @@ def _rollout(otaflow: Otaflow, telemetry_topic: str, avro_topic: str, kcat: Kcat
     otaflow.flush()
     events = otaflow.task_events()
     events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 8, what="8 queued")
-    otaflow.tick(T0 + MINUTE - 1)
+    otaflow.tick_through(T0 + 2000, T0 + MINUTE - 1)
     events.wait_for(lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 8, what="notified")
     for dn in devices:
         report(dn, "2.0", T0 + 2 * MINUTE)

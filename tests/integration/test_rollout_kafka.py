@@ -65,7 +65,7 @@ def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> No
     otaflow.flush()
     events = otaflow.task_events()
     events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 20, what="20 queued")
-    otaflow.tick(T0 + MINUTE - 1)
+    otaflow.tick_through(T0 + 2000, T0 + MINUTE - 1)
     events.wait_for(lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 20, what="notified")
     notes = otaflow.notifications().wait_for(lambda v: len(v) == 20, what="20 notifications")
     assert {n["device_name"] for n in notes} == set(devices)

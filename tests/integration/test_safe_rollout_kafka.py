@@ -101,7 +101,7 @@ def test_a_batch_wide_pause_holds_the_rate_queue_and_resume_releases_it(otaflow:
     otaflow.flush()
     events = otaflow.task_events()
     events.wait_for(lambda v: sum(e["status"] == "QUEUED" for e in v) == 30, what="queued")
-    otaflow.tick(T0 + MINUTE - 1)  # the first minute: 10 pushes
+    otaflow.tick_through(T0 + 2000, T0 + MINUTE - 1)  # the first minute: 10 pushes
     pushed = events.wait_for(
         lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 10, what="10 pushed"
     )
@@ -110,12 +110,12 @@ def test_a_batch_wide_pause_holds_the_rate_queue_and_resume_releases_it(otaflow:
             otaflow.report(pk, e["device_name"], "PROGRESS", T0 + MINUTE, step=-1)
     otaflow.flush()
     otaflow.reader(topics.ROLLOUT_TRIGGERS).wait_for(lambda v: len(v) == 1, what="trigger")
-    otaflow.tick(T0 + 3 * MINUTE - 1)  # two more minutes: nothing goes out
+    otaflow.tick_through(T0 + MINUTE, T0 + 3 * MINUTE - 1)  # two more minutes: nothing goes out
     otaflow.tick(T0 + 3 * MINUTE)
     otaflow.task_events().poll(1.0)
     assert sum(e["status"] == "NOTIFIED" for e in events.values()) == 10
     otaflow.call("ResumeOTAJob", T0 + 3 * MINUTE + 1, JobId=job_id)
-    otaflow.tick(T0 + 4 * MINUTE - 1)
+    otaflow.tick_through(T0 + 3 * MINUTE + 1000, T0 + 4 * MINUTE - 1)
     after = events.wait_for(
         lambda v: sum(e["status"] == "NOTIFIED" for e in v) == 20, what="10 more after resume"
     )
