@@ -139,8 +139,14 @@ def _chunk_key(batch_id: str, seq: int) -> bytes:
     return f"{batch_id}/{seq:012d}".encode()
 
 
-def pop_tasks(meter: BatchMeter, n: int) -> list[dict[str, Any]]:
-    """Take up to ``n`` tasks from the head of the batch's queue (FIFO)."""
+def pop_tasks(
+    meter: BatchMeter, n: int, consumed: list[bytes] | None = None
+) -> list[dict[str, Any]]:
+    """Take up to ``n`` tasks from the head of the batch's queue (FIFO).
+
+    With ``consumed``, the keys of the chunks used up are put there for the caller to
+    delete once the releases are acknowledged, instead of deleted here.
+    """
     rec = meter.record
     taken: list[dict[str, Any]] = []
     while len(taken) < n and rec["queue_head"] < rec["queue_tail"]:
@@ -155,7 +161,10 @@ def pop_tasks(meter: BatchMeter, n: int) -> list[dict[str, Any]]:
         end = min(len(tasks), start + n - len(taken))
         taken.extend(tasks[start:end])
         if end >= len(tasks):
-            del push_queue[_chunk_key(meter.batch_id, seq)]
+            if consumed is None:
+                del push_queue[_chunk_key(meter.batch_id, seq)]
+            else:
+                consumed.append(_chunk_key(meter.batch_id, seq))
             _head_chunks.pop(meter.batch_id, None)
             rec["queue_head"] = seq + 1
             rec["queue_head_index"] = 0
@@ -179,7 +188,8 @@ async def release_due(meter: BatchMeter, now: int) -> None:
     n = min(rec["queued"], releasable(meter.state, batch_time, catch_up_ms=MAX_CATCH_UP_MS))
     if n <= 0:
         return
-    tasks = pop_tasks(meter, n)
+    consumed: list[bytes] = []
+    tasks = pop_tasks(meter, n, consumed)
     meter.state = record_release(
         meter.state,
         batch_time,
@@ -206,12 +216,24 @@ async def release_due(meter: BatchMeter, now: int) -> None:
         by_partition[partition_for(key.encode(), settings.partitions)].append(
             CODEC.encode("TaskRelease", release)
         )
-    for partition, items in by_partition.items():
+    # The releases are acknowledged before the queue and the meter that record them are
+    # written (the caller saves the meter after this): Faust's changelog and these sends
+    # share no transaction, and a worker killed with the queue's advance delivered but
+    # not the releases left their tasks QUEUED for good (the replay found them popped).
+    # A crash after the releases replays them; the device agent counts the duplicates
+    # unsent.
+    sent = [
         await device_events.send(
             key=None,
             partition=partition,
             value=CODEC.encode("DeviceEventBatch", {"items": items}),
         )
+        for partition, items in by_partition.items()
+    ]
+    for delivery in sent:
+        await delivery
+    for chunk in consumed:
+        del push_queue[chunk]
 
 
 async def process_rate_event(partition: int, value: bytes) -> None:

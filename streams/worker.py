@@ -61,6 +61,7 @@ def main(with_batcher: bool = True) -> int:
     import streams.command_agent
     import streams.device_agent
     import streams.rate_agent
+    import streams.stream_positions
     import streams.ticker  # noqa: F401  (registers agents and timers)
     from streams import observe
     from streams.app import app, declare_changelogs
