@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The Python environment, then Kafka (jars from Maven Central, once) and Mosquitto.
+# `devstack up` also installs with apt-get every program the code and tests run, listed
+# in otaflow/system_packages.py: mosquitto, mosquitto-clients (mosquitto_sub,
+# mosquitto_pub), kcat, jq, chromium, and gcc with the broker plugin's headers.
 setup: $(STAMP)
 	$(BIN)/otaflow devstack up
 
