@@ -446,4 +446,5 @@ def test_idle_keep_alive_connection_after_a_request_is_not_answered_408(api: Ser
                 break
             received += chunk
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
-    assert b"408" not in received
+    # Only a second status line would be a 408: a random RequestId may contain "408".
+    assert received.count(b"HTTP/1.1 ") == 1, received
