@@ -25,7 +25,7 @@ from benchmarks.scenarios import _tick, create_package, end_offsets, wait_progre
 from otaflow import topics
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
-from otaflow.partitioning import device_key
+from otaflow.device_keys import device_key
 
 CODEC = codec()
 MIN_FINISHED = 100

@@ -4,7 +4,7 @@
 
 Prints microseconds per record (median of 5 runs) to encode and decode a device
 report and a device state, and the speed-up of each over the reference library; then
-the device agent's own state encoder (``otaflow.hot_codec``) against cavro
+the device agent's own state encoder (``otaflow.device_avro``) against cavro
 from the dataclass, as the agent would otherwise call it.
 """
 
@@ -21,8 +21,8 @@ import avro.schema
 import fastavro
 
 from otaflow.codec import HEADER_LEN, codec, definition
+from otaflow.device_avro import encode_device_state
 from otaflow.domain.devices import DeviceState
-from otaflow.hot_codec import encode_device_state
 
 N = 20_000
 RUNS = 5
@@ -105,7 +105,7 @@ def main() -> int:
     by_hand = per_record_us(lambda: encode_device_state(state))
     print(
         f"DeviceState from the dataclass: cavro + to_record {by_cavro:.2f} us, "
-        f"hot_codec {by_hand:.2f} us ({by_cavro / by_hand:.1f}x)"
+        f"device_avro {by_hand:.2f} us ({by_cavro / by_hand:.1f}x)"
     )
     return 0
 

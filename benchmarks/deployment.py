@@ -20,7 +20,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from otaflow import config, devstack, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
-from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import CONFLUENT_PARTITIONER
 from otaflow.processes import ProcessGroup
 
 CODEC = codec()

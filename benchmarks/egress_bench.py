@@ -49,7 +49,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from otaflow import config
 from otaflow.codec import codec
 from otaflow.config import Settings
-from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import CONFLUENT_PARTITIONER
 from otaflow.topics import (
     BATCHES,
     DEAD_LETTERS,

@@ -25,8 +25,9 @@ from benchmarks.results import ScenarioResult
 from otaflow import topics
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import partition_for
 from otaflow.packages import PackageStore
-from otaflow.partitioning import device_key, partition_for
 
 CODEC = codec()
 MINUTE = 60_000

@@ -65,8 +65,9 @@ from connectors.process import serve_metrics, start_process
 from otaflow import instances, metrics
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import CONFLUENT_PARTITIONER
 from otaflow.kafka_security import kafka_client_config
-from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS
 
 _log = logging.getLogger("otaflow.ingress")

@@ -1,7 +1,7 @@
 """A plain device's version report applied to its stored state in Avro bytes, no objects.
 
 At fleet scale most reports are a device saying its version, and most devices are
-plain: one module, no task, no group, no region. For such a device, when no dynamic or
+plain (``otaflow.domain.devices.is_plain``). For such a device, when no dynamic or
 group-based batch could match it (the domain's ``DeviceEngine.decides_nothing_on_version``),
 the engine only records what the device said: online, the module's version, the
 later of the last-seen times. Through objects that costs a report decode, a
@@ -18,7 +18,7 @@ the object path, which also gives the errors.
 from __future__ import annotations
 
 from otaflow.codec import HEADER_LEN, codec
-from otaflow.hot_codec import (
+from otaflow.device_avro import (
     DEVICE_STATE_FIELDS,
     NO_REGION_OR_GROUPS,
     NO_TASKS_OR_COUNTS,

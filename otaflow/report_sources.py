@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from otaflow.hot_codec import encode_long, encode_string
+from otaflow.device_avro import encode_long, encode_string
 
 # Imported for its guard too: plain_reports refuses to load if DeviceReport's fields
 # change, and the bytes written here follow the same field order.

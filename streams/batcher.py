@@ -45,8 +45,8 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from otaflow import instances, membership, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.kafka_partitions import partition_for
 from otaflow.kafka_security import kafka_client_config
-from otaflow.partitioning import partition_for
 from otaflow.public_json import to_json
 from otaflow.report_sources import (
     SOURCE_PARTITION_BASE,

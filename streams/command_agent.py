@@ -33,8 +33,9 @@ from otaflow.codec import DecodeError, codec
 from otaflow.control.common import Outcome, Record, schema_of_key
 from otaflow.control.errors import ApiError
 from otaflow.control.plane import ControlPlane
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import partition_for
 from otaflow.packages import PackageStore, file_path_of_url
-from otaflow.partitioning import device_key, partition_for
 from streams.app import (
     app,
     batches_topic,
@@ -47,7 +48,7 @@ from streams.app import (
     settings,
 )
 from streams.effects import send_dead_letter
-from streams.partition_scan import scan_partition
+from streams.table_scan import scan_table_partition
 
 log = logging.getLogger("otaflow.worker")
 
@@ -79,12 +80,12 @@ class TableControlStore:
         return decode_control_value(key, raw)
 
     def scan(self, prefix: str) -> Iterator[tuple[str, Record]]:
-        for raw_key, raw in scan_partition(control_state, 0, prefix.encode()):
+        for raw_key, raw in scan_table_partition(control_state, 0, prefix.encode()):
             key = raw_key.decode()
             yield key, decode_control_value(key, raw)
 
     def keys(self, prefix: str) -> Iterator[str]:
-        for raw_key, _ in scan_partition(control_state, 0, prefix.encode()):
+        for raw_key, _ in scan_table_partition(control_state, 0, prefix.encode()):
             yield raw_key.decode()
 
     def put(self, key: str, record: Record | None) -> None:
@@ -147,7 +148,7 @@ def purge_nonces(now: int) -> None:
     _nonce_purged_at = now
     cutoff = f"{NONCE_PREFIX}{max(now - NONCE_TTL_MS, 0):013d}"
     stale: list[bytes] = []
-    for raw_key, _ in scan_partition(control_state, 0, NONCE_PREFIX.encode()):
+    for raw_key, _ in scan_table_partition(control_state, 0, NONCE_PREFIX.encode()):
         if raw_key.decode() >= cutoff or len(stale) >= 100_000:
             break
         stale.append(raw_key)

@@ -22,17 +22,18 @@ from typing import Any
 
 from otaflow.codec import HEADER_LEN, DecodeError, codec
 from otaflow.domain.batches import Batch, BatchRegistry
+from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.engine import Effects
 from otaflow.domain.groups import Group, GroupRegistry
 from otaflow.domain.open_tasks import OpenTaskWatch
-from otaflow.domain.partition import DeadlineHeap, PartitionEngine
+from otaflow.domain.partition_engine import PartitionEngine
 from otaflow.plain_reports import VersionReport, read_version_report
 from streams import app as streams_app
 from streams import observe
 from streams.app import app, device_events, devices, partition_meta, settings
 from streams.effects import EffectSender
 from streams.envelope_store import EnvelopeStore
-from streams.partition_scan import scan_partition
+from streams.table_scan import scan_table_partition
 from streams.table_writer import TableWriter
 
 CODEC = codec()
@@ -107,7 +108,7 @@ def partition_view(partition: int) -> DevicePartition:
     groups = GroupRegistry()
     offsets: dict[int, int] = {}
     watermark = 0
-    for key, raw in scan_partition(partition_meta, partition, _meta_prefix(partition)):
+    for key, raw in scan_table_partition(partition_meta, partition, _meta_prefix(partition)):
         name, record = CODEC.decode(raw)
         if name == "Batch":
             registry.put(Batch.from_record(record))
@@ -142,7 +143,7 @@ class EnvelopeRun:
         partition = view.partition
         self.store = EnvelopeStore(
             device_writer().reader(partition),
-            lambda prefix: scan_partition(devices, partition, prefix),
+            lambda prefix: scan_table_partition(devices, partition, prefix),
         )
         self.engine = PartitionEngine(
             view.registry,

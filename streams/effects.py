@@ -18,10 +18,10 @@ from otaflow import topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.control.guard import counts_to_params
+from otaflow.device_avro import encode_task_event, encode_tasks_queued
 from otaflow.domain.engine import Effects
-from otaflow.hot_codec import encode_task_event, encode_tasks_queued
+from otaflow.kafka_partitions import CONFLUENT_PARTITIONER
 from otaflow.kafka_security import kafka_client_config
-from otaflow.partitioning import CONFLUENT_PARTITIONER
 from otaflow.public_json import to_json
 from streams.app import dead_letters, settings, topic
 from streams.produce import produce_all

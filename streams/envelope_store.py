@@ -7,7 +7,7 @@ A device is held in one of two forms until the envelope ends:
 - as a ``DeviceState``, for everything the engine decides on;
 - as its new encoded state, for a plain device's version report applied in bytes
   (``otaflow.plain_reports``; most reports at fleet scale) or a fleet-wide START's
-  outcome applied in bytes (``otaflow.plain_starts``).
+  outcome applied in bytes (``otaflow.start_splicer``).
 
 A device is never in both: the byte path is taken only for a device with no object in
 this envelope, and the engine loading a device turns its bytes into an object (so a
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+from otaflow.device_avro import decode_device_state, encode_device_state
 from otaflow.domain.devices import DeviceState
-from otaflow.domain.plain_start import PlainStart
 from otaflow.domain.scopes import Needles, passes
-from otaflow.hot_codec import decode_device_state, encode_device_state
+from otaflow.domain.start_by_kind import PlainStart
 from otaflow.plain_reports import VersionReport, apply_version
-from otaflow.plain_starts import StartSplicer
+from otaflow.start_splicer import StartSplicer
 
 Getter = Callable[[bytes], bytes | None]
 PrefixScan = Callable[[bytes], Iterable[tuple[bytes, bytes]]]
@@ -74,7 +74,7 @@ class EnvelopeStore:
         """The stored devices under ``prefix``; only candidates are decoded, none kept.
 
         With ``start`` (a START over the whole fleet), plain devices get its outcome in
-        bytes (``otaflow.plain_starts``) and are not yielded; their task events are
+        bytes (``otaflow.start_splicer``) and are not yielded; their task events are
         kept in ``task_events``.
         """
         # Rare (a batch start, a group change): the byte-path devices become objects

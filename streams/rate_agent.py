@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from otaflow.codec import DecodeError, codec
+from otaflow.device_keys import device_key
 from otaflow.domain.rate import (
     MAX_CATCH_UP_MS,
     MeterState,
@@ -22,10 +23,10 @@ from otaflow.domain.rate import (
 )
 from otaflow.domain.rate_settings import from_settings, to_settings
 from otaflow.domain.rate_windows import meter_time
-from otaflow.partitioning import device_key, partition_for
+from otaflow.kafka_partitions import partition_for
 from streams.app import app, batch_meters, device_events, push_queue, rate_events, settings
 from streams.effects import send_dead_letter
-from streams.partition_scan import scan_partition
+from streams.table_scan import scan_table_partition
 
 CODEC = codec()
 
@@ -121,7 +122,7 @@ def active_batches(partition: int) -> set[str]:
     active = _active.get(partition)
     if active is None:
         active = _active[partition] = set()
-        for key, raw in scan_partition(batch_meters, partition):
+        for key, raw in scan_table_partition(batch_meters, partition):
             record = CODEC.decode_as("BatchMeter", raw)
             if record["queued"] > 0 and not record["canceled"]:
                 active.add(key.decode())

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from otaflow.device_keys import device_key
 from otaflow.domain.tasks import ACTIVE, Task, TaskStatus
-from otaflow.partitioning import device_key
 
 
 @dataclass(slots=True)
@@ -107,6 +107,35 @@ class DeviceState:
             dynamic_groups=rec["dynamic_groups"],
             group_matches=rec.get("group_matches", []),
         )
+
+
+# -- the plain device ---------------------------------------------------------------------
+# Most of a fleet: a device of one module (or none yet) with no match count, region or
+# group, and no task. This is the one definition: the state encoder's compact layout
+# (``otaflow.device_avro``; it also writes a plain device's tasks), the byte paths that
+# read that layout back (``device_avro.plain_layout``: a plain device of one module with
+# short strings) and splice reports and START outcomes into it (``otaflow.plain_reports``,
+# ``otaflow.start_splicer``), and the engine's version-report shortcut
+# (``DeviceEngine.on_report``) all ask these two functions or read the bytes they say.
+# ``tests/unit/test_plain_devices.py`` checks the byte reader against them.
+
+
+def plain_but_tasks(state: DeviceState) -> bool:
+    """At most one module; no match count, region or group (tasks or not)."""
+    return (
+        len(state.modules) <= 1
+        and not state.match_counts
+        and state.province is None
+        and state.city is None
+        and not state.groups
+        and not state.dynamic_groups
+        and not state.group_matches
+    )
+
+
+def is_plain(state: DeviceState) -> bool:
+    """A plain device: ``plain_but_tasks`` and no task."""
+    return not state.tasks and plain_but_tasks(state)
 
 
 MINUTE_MS = 60_000

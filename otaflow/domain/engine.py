@@ -1,7 +1,7 @@
 """The device engine: what one device-scoped record does to one device.
 
 Pure Python over ``DeviceState``, a ``BatchRegistry`` and a ``GroupRegistry``; no
-Kafka. ``otaflow.domain.partition`` feeds it the records of one partition (and the
+Kafka. ``otaflow.domain.partition_engine`` feeds it the records of one partition (and the
 devices a batch start or a tick concerns); the device agent writes down the
 ``Effects`` it collects: task events, tasks to queue for a push slot,
 notifications, and success counts for the rate agent.
@@ -48,8 +48,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from otaflow.device_keys import device_key
 from otaflow.domain.batches import Batch, BatchRegistry
-from otaflow.domain.devices import MINUTE_MS, DeviceState, task_timer, timeout_deadline
+from otaflow.domain.devices import MINUTE_MS, DeviceState, is_plain, task_timer, timeout_deadline
 from otaflow.domain.groups import GroupRegistry
 from otaflow.domain.holds import next_open, push_hold
 from otaflow.domain.matching import admit, dynamic_candidates
@@ -63,7 +64,6 @@ from otaflow.domain.schedule import (
 )
 from otaflow.domain.scopes import in_static_scope
 from otaflow.domain.tasks import ACTIVE, FAILURE_STEPS, FINAL, Task, TaskStatus
-from otaflow.partitioning import device_key
 
 # Finished tasks kept in a device's state (older ones live on the task-events topic).
 KEEP_FINISHED_TASKS = 8
@@ -275,14 +275,10 @@ class DeviceEngine:
         return self._on_report(state, report, fx)
 
     def _nothing_to_decide(self, state: DeviceState, report: Record) -> bool:
-        """No task to move, no group to evaluate, no dynamic batch for the module."""
-        return (
-            not state.tasks
-            and not state.dynamic_groups
-            and not state.group_matches
-            and self.decides_nothing_on_version(
-                state.product_key, report.get("module") or "default"
-            )
+        """A plain device (no task to move, no group to evaluate: ``devices.is_plain``),
+        and no dynamic batch for the module: the byte path's condition, on objects."""
+        return is_plain(state) and self.decides_nothing_on_version(
+            state.product_key, report.get("module") or "default"
         )
 
     def decides_nothing_on_version(self, product_key: str, module: str) -> bool:

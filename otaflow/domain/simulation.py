@@ -11,6 +11,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from otaflow.device_keys import device_key
 from otaflow.domain.batches import (
     Batch,
     BatchKind,
@@ -19,12 +20,12 @@ from otaflow.domain.batches import (
     BatchStatus,
     FirmwareOffer,
 )
+from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, Effects
 from otaflow.domain.groups import GroupRegistry
 from otaflow.domain.open_tasks import OpenTaskWatch
-from otaflow.domain.partition import DeadlineHeap, MemoryDeviceStore, PartitionEngine
-from otaflow.partitioning import device_key
+from otaflow.domain.partition_engine import MemoryDeviceStore, PartitionEngine
 
 Record = dict[str, Any]
 PK = "pk"
@@ -202,7 +203,7 @@ class Partition:
         self.unsent: Counter[tuple[str, int]] = Counter()
         # Abort rules' counts not yet taken by a control plane (``take_outcomes``).
         self.outcomes: dict[str, Counter[str]] = {}
-        self.last: Effects = Effects()
+        self.last_effects: Effects = Effects()
         self.open_tasks = OpenTaskWatch()
         # (schema, record) the partition sent the control plane (PhasedCount, OpenTaskCount).
         self.control_reports: list[tuple[str, Record]] = []
@@ -216,21 +217,21 @@ class Partition:
             self.keep_finished,
             open_tasks=self.open_tasks,
         )
-        fx = Effects()
-        engine.apply(name, record, fx)
+        effects = Effects()
+        engine.apply(name, record, effects)
         self.deadlines = engine.deadlines
         self.store.commit()
-        self.events.extend(e for _, e in fx.task_events)
-        self.notifications.extend(n for _, n in fx.notifications)
-        for batch_id, tasks in fx.queued.items():
+        self.events.extend(e for _, e in effects.task_events)
+        self.notifications.extend(n for _, n in effects.notifications)
+        for batch_id, tasks in effects.queued.items():
             self.push_queue.extend((batch_id, t) for t in tasks)
-        self.succeeded.update(fx.succeeded)
-        self.unsent.update(fx.unsent)
-        for batch_id, counts in fx.outcomes.items():
+        self.succeeded.update(effects.succeeded)
+        self.unsent.update(effects.unsent)
+        for batch_id, counts in effects.outcomes.items():
             self.outcomes.setdefault(batch_id, Counter()).update(counts)
-        self.control_reports.extend(fx.control_reports)
-        self.last = fx
-        return fx
+        self.control_reports.extend(effects.control_reports)
+        self.last_effects = effects
+        return effects
 
     # -- device reports --------------------------------------------------------------------
 

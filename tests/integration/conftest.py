@@ -25,7 +25,8 @@ from otaflow import config, devstack, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.control.client import ControlClient
-from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key, partition_for
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import CONFLUENT_PARTITIONER, partition_for
 
 REPO = Path(__file__).resolve().parents[2]
 CODEC = codec()

@@ -39,10 +39,11 @@ from otaflow.api.signature import sign_request
 from otaflow.api.views import TaskViewConsumer
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import partition_for
 from otaflow.ops_cli import add_parsers
 from otaflow.package_server import make_app
 from otaflow.packages import PackageStore, file_path_of_url
-from otaflow.partitioning import device_key, partition_for
 from tests.integration.conftest import Otaflow
 from tests.integration.uploads import post_object
 

@@ -32,7 +32,8 @@ from connectors.ingress import IngressConnector, producer_config
 from otaflow import devstack
 from otaflow.codec import codec
 from otaflow.config import MqttAddress, Settings
-from otaflow.partitioning import device_key, partition_for
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import partition_for
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS, NOTIFICATIONS, TopicSpec, ensure_topics
 from tests.integration.conftest import scratch
 from tests.mqtt_logins import service_client

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from alibabacloud_iot20180120 import models as m
 
+from otaflow.device_keys import device_key
+from otaflow.kafka_partitions import partition_for
 from otaflow.ops_cli import add_parsers
-from otaflow.partitioning import device_key, partition_for
 from tests.integration.test_api_openapi import (
     AK,
     SK,

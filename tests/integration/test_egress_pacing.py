@@ -17,7 +17,7 @@ from connectors.egress import EgressConnector
 from connectors.ingress import producer_config
 from otaflow import devstack
 from otaflow.codec import codec
-from otaflow.partitioning import device_key
+from otaflow.device_keys import device_key
 from otaflow.topics import NOTIFICATIONS
 from tests.integration.test_connectors import (
     UpgradeSubscriber,

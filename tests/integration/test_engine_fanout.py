@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from otaflow.device_keys import device_key
 from otaflow.domain.simulation import make_batch
-from otaflow.partitioning import device_key, partition_for
+from otaflow.kafka_partitions import partition_for
 from tests.integration.conftest import Otaflow
 from tests.integration.test_engine_support import FAST, T0, EngineDriver
 

@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from otaflow import topics
 from otaflow.api.views import TaskView
 from otaflow.codec import codec
+from otaflow.device_keys import device_key
 from otaflow.domain.batches import Batch
 from otaflow.domain.simulation import (
     command_record,
@@ -32,7 +33,7 @@ from otaflow.domain.simulation import (
     report_record,
     target_record,
 )
-from otaflow.partitioning import CONFLUENT_PARTITIONER, device_key, partition_for
+from otaflow.kafka_partitions import CONFLUENT_PARTITIONER, partition_for
 from tests.integration.conftest import Otaflow
 
 CODEC = codec()

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from otaflow import metrics, topics
+from otaflow.device_keys import device_key
 from otaflow.ops_cli import ApiCallError, OpsClient
-from otaflow.partitioning import device_key
 from tests.integration.conftest import Otaflow
 from tests.integration.test_engine_support import T0
 from tests.integration.test_rollout_kafka import MINUTE, dynamic_batch

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 
 from otaflow import config, devstack, topics
-from otaflow.partitioning import CONFLUENT_PARTITIONER, partition_for
+from otaflow.kafka_partitions import CONFLUENT_PARTITIONER, partition_for
 from streams.produce import produce_all
 from tests.integration.conftest import scratch
 

@@ -8,8 +8,8 @@ import pytest
 
 from otaflow import topics
 from otaflow.codec import codec
+from otaflow.device_keys import device_key
 from otaflow.packages import PackageStore
-from otaflow.partitioning import device_key
 from tests.integration.conftest import Otaflow, statuses_by_task
 from tests.integration.test_engine_support import T0
 

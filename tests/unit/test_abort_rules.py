@@ -216,7 +216,7 @@ def test_rules_parse_with_defaults() -> None:
 
 def test_the_partition_counts_outcomes_of_reports_the_agent_hands_it_directly() -> None:
     from otaflow.domain.engine import Effects
-    from otaflow.domain.partition import PartitionEngine
+    from otaflow.domain.partition_engine import PartitionEngine
     from otaflow.domain.simulation import report_record
 
     batch = make_batch("B", at=T, abort_rules=(rule(),))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from otaflow.partitioning import partition_for
+from otaflow.kafka_partitions import partition_for
 from streams.batcher import SAMPLE_EVERY, Router
 
 PARTITIONS = 8

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otaflow.codec import codec
-from otaflow.partitioning import partition_for
+from otaflow.kafka_partitions import partition_for
 from otaflow.report_sources import ReportSource, SourceMapper
 from streams.batcher import Router, map_telemetry
 

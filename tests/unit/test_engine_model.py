@@ -30,11 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otaflow.codec import codec
+from otaflow.device_avro import decode_device_state
+from otaflow.device_keys import device_key
 from otaflow.domain.batches import Batch, BatchKind, BatchScope, BatchStatus
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, Effects, make_task_id
 from otaflow.domain.groups import compile_expression
-from otaflow.domain.partition import PartitionEngine
+from otaflow.domain.partition_engine import PartitionEngine
 from otaflow.domain.simulation import (
     DAY,
     HOUR,
@@ -45,8 +47,6 @@ from otaflow.domain.simulation import (
     group_batch,
     make_batch,
 )
-from otaflow.hot_codec import decode_device_state
-from otaflow.partitioning import device_key
 from otaflow.plain_reports import read_version_report
 from streams.envelope_store import EnvelopeStore
 
@@ -779,7 +779,7 @@ class EnvelopePartition(Partition):
         for batch_id, tasks in fx.queued.items():
             self.push_queue.extend((batch_id, t) for t in tasks)
         self.succeeded.update(fx.succeeded)
-        self.last = fx
+        self.last_effects = fx
         return fx
 
     def state(self, dn: str, pk: str = PK) -> DeviceState:

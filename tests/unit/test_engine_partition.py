@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from otaflow.domain.batches import BatchScope
+from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.engine import Effects
-from otaflow.domain.partition import DeadlineHeap, MemoryDeviceStore, PartitionEngine
+from otaflow.domain.partition_engine import MemoryDeviceStore, PartitionEngine
 from otaflow.domain.simulation import DAY, HOUR, Partition, dynamic_batch, make_batch
 
 T = 3_000_000

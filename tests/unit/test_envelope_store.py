@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from otaflow.codec import codec
+from otaflow.device_avro import decode_device_state, encode_device_state
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.simulation import report_record
-from otaflow.hot_codec import decode_device_state, encode_device_state
 from otaflow.plain_reports import VersionReport, read_version_report
 from streams.envelope_store import EnvelopeStore
 

@@ -9,11 +9,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from otaflow.codec import codec
+from otaflow.device_avro import _long, decode_device_state, encode_device_state
 from otaflow.domain.batches import BatchRegistry
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import DeviceEngine, Effects
 from otaflow.domain.simulation import report_record
-from otaflow.hot_codec import _long, decode_device_state, encode_device_state
 from otaflow.plain_reports import apply_version, read_version_report
 
 LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(0, 2**42)

@@ -8,7 +8,7 @@ import orjson
 
 from otaflow import topics
 from otaflow.codec import codec
-from otaflow.hot_codec import encode_task_event
+from otaflow.device_avro import encode_task_event
 from otaflow.public_json import to_json
 
 CODEC = codec()

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from otaflow import hot_codec
+from otaflow import device_avro
 from otaflow.codec import NAMESPACE, SCHEMA_DIR, Codec, DecodeError, codec
+from otaflow.device_avro import decode_device_state, encode_device_state, plain_layout
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.simulation import report_record
-from otaflow.hot_codec import decode_device_state, encode_device_state, plain_layout
 from otaflow.plain_reports import apply_version, read_version_report
 from otaflow.schema_releases import problems, release, release_dirs
 from tests.schema_support import Transcoder, previous_release
@@ -173,7 +173,7 @@ def test_an_old_device_state_leaves_the_byte_paths_for_the_resolving_path(
     with pytest.raises(DecodeError, match="unknown schema fingerprint"):
         decode_device_state(old)  # what every release so far did: the worker stopped
     upgraded = Codec(released=[previous_dir])
-    monkeypatch.setattr(hot_codec, "codec", lambda: upgraded)
+    monkeypatch.setattr(device_avro, "codec", lambda: upgraded)
     assert decode_device_state(old) == state
     again = encode_device_state(decode_device_state(old))
     assert plain_layout(again) is not None and decode_device_state(again) == state

@@ -10,7 +10,7 @@ others (``python -m benchmarks.codec_bench``). Tasks, task events and queued tas
 written the same way: a batch start over a fleet writes one of each per device.
 
 The output is byte for byte what cavro writes from the schema (``codec().encode``;
-``tests/unit/test_hot_codec.py`` checks it on generated records). Reading: a batch
+``tests/unit/test_device_avro.py`` checks it on generated records). Reading: a batch
 start reads every device of the fleet and a returning device is read on each report;
 the plain state is parsed here (~3 vs ~5 us through cavro and ``from_record``), any
 other shape or anything unexpected goes through cavro, which also gives the errors.
@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from otaflow.codec import HEADER_LEN, DecodeError, codec, definition
-from otaflow.domain.devices import DeviceState
+from otaflow.domain.devices import DeviceState, plain_but_tasks
 from otaflow.domain.tasks import Task, TaskStatus
 
 DEVICE_STATE_FIELDS = (
@@ -111,7 +111,7 @@ def _check_schemas() -> None:
         if names != fields:
             raise RuntimeError(
                 f"schema {schema['name']} has fields {names}; "
-                f"otaflow/hot_codec.py writes {fields}: update the encoder (and "
+                f"otaflow/device_avro.py writes {fields}: update the encoder (and "
                 "keep the change compatible: docs/schema-evolution.md)"
             )
     if set(STATUS_SYMBOLS) != {status.value for status in TaskStatus}:
@@ -163,7 +163,7 @@ def _long(n: int) -> bytes:
     return _unsigned((n << 1) ^ (n >> 63))
 
 
-# For otaflow.plain_reports and otaflow.plain_starts, which splice plain device states
+# For otaflow.plain_reports and otaflow.start_splicer, which splice plain device states
 # and task events from bytes.
 STATE_HEADER = _HEADER
 TASK_EVENT_HEADER = _TASK_EVENT_SCHEMA.header
@@ -195,21 +195,13 @@ def _repeated_string(text: str) -> bytes:
 
 def encode_device_state(state: DeviceState) -> bytes:
     """The single-object Avro encoding of ``state`` (header included)."""
-    if (
-        len(state.modules) == 1
-        and not state.match_counts
-        and state.province is None
-        and state.city is None
-        and not state.groups
-        and not state.dynamic_groups
-        and not state.group_matches
-    ):
+    if state.modules and plain_but_tasks(state):  # plain, with its module
         return _encode_plain(state)
     return _encode_any(state)
 
 
 def _encode_plain(state: DeviceState) -> bytes:
-    """Most devices of a fleet: one module, no group, no region; tasks or not."""
+    """A plain device of one module (``otaflow.domain.devices.plain_but_tasks``), tasks or not."""
     repeated = _repeated.get
     ((module, version),) = state.modules.items()
     tasks = state.tasks
@@ -384,11 +376,12 @@ PlainLayout = tuple[int, int, int, int, int, int]
 
 
 def plain_layout(raw: bytes) -> PlainLayout | None:
-    """Where the parts of a plain device state without tasks are, with every string under
-    64 bytes (a one-byte length); None for any other bytes. UTF-8 is not checked.
+    """Where the parts of a plain device state are (``otaflow.domain.devices.is_plain``,
+    one module), with every string under 64 bytes (a one-byte length); None for any
+    other bytes. UTF-8 is not checked.
 
     The one reader of that layout: the state decoder below, and the byte paths that
-    splice new states from stored ones (``otaflow.plain_reports``, ``plain_starts``).
+    splice new states from stored ones (``otaflow.plain_reports``, ``start_splicer``).
     """
     try:
         if raw[:HEADER_LEN] != _HEADER:

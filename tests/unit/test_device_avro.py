@@ -6,9 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otaflow.codec import DecodeError, codec, definition
-from otaflow.domain.devices import DeviceState
-from otaflow.domain.tasks import Task, TaskStatus
-from otaflow.hot_codec import (
+from otaflow.device_avro import (
     DEVICE_STATE_FIELDS,
     STATUS_SYMBOLS,
     TASK_EVENT_FIELDS,
@@ -21,6 +19,8 @@ from otaflow.hot_codec import (
     encode_task_event,
     encode_tasks_queued,
 )
+from otaflow.domain.devices import DeviceState
+from otaflow.domain.tasks import Task, TaskStatus
 
 # Every range the encoder's varint tables treat apart (2**14, 2**28, 2**42), and beyond.
 LONGS = st.one_of(

@@ -1,14 +1,14 @@
 """A static batch's START over plain devices, decided once per kind of device. Pure.
 
 A START over the whole fleet (scope ALL) asks the engine the same question of every
-device of the product. For a plain device (one module, no task, group, region or
-match count) the answer depends only on what the engine can see of it besides its
-name: online or not, its module and version, registered or not. So the engine is
-run once per such kind, on a prototype device, and its answer, the new task, the
-task event, whether the task joins the push queue, the next deadline, is applied to
-every device of that kind; only the task id (a hash of the device key) and the
+device of the product. For a plain device (``devices.is_plain``, of one module) the
+answer depends only on what the engine can see of it besides its name: online or
+not, its module and version, registered or not. So the engine is run once per such
+kind, on a prototype device, and its answer, the new task, the task event, whether
+the task joins the push queue, the next deadline, is applied to every device of that
+kind; only the task id (a hash of the device key) and the
 names differ. ``streams.envelope_store`` applies it to the stored bytes
-(``otaflow.plain_starts``), and ``tests/unit/test_plain_start.py`` checks that the
+(``otaflow.start_splicer``), and ``tests/unit/test_start_by_kind.py`` checks that the
 result is what the engine decides for each device itself.
 
 Whatever the prototype's run does beyond one new task, a task event and at most one
@@ -19,15 +19,13 @@ kind go through the engine device by device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from otaflow.domain.batches import Batch, BatchScope
+from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import DeviceEngine, Effects, make_task_id
 from otaflow.domain.tasks import Task
-
-if TYPE_CHECKING:  # partition imports this module
-    from otaflow.domain.partition import DeadlineHeap
 
 Record = dict[str, Any]
 

@@ -16,16 +16,3 @@ CONFLUENT_PARTITIONER = "murmur2_random"
 
 def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def device_key(product_key: str, device_name: str) -> str:
-    """The key of every device-scoped record: ``productKey/deviceName``.
-
-    '/' can appear in neither part on the platform, so the key splits back unambiguously.
-    """
-    return f"{product_key}/{device_name}"
-
-
-def split_device_key(key: str) -> tuple[str, str]:
-    product_key, _, device_name = key.partition("/")
-    return product_key, device_name

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otaflow.device_avro import encode_device_state, encode_task_event
 from otaflow.domain.batches import Batch, BatchRegistry, BatchScope
+from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import DeviceEngine, Effects
-from otaflow.domain.partition import DeadlineHeap
-from otaflow.domain.plain_start import UNCHANGED, PlainStart, applies_to
 from otaflow.domain.simulation import PK, firmware, make_batch
-from otaflow.hot_codec import encode_device_state, encode_task_event
-from otaflow.plain_starts import StartSplicer
+from otaflow.domain.start_by_kind import UNCHANGED, PlainStart, applies_to
+from otaflow.start_splicer import StartSplicer
 
 NOW = 1_800_000_000_000
 VERSIONS = st.sampled_from(["1.0", "1.1", "2.0", "é"])

@@ -24,23 +24,23 @@ start or cancel costs a decode per *candidate* device, not per device.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from otaflow.device_keys import device_key
 from otaflow.domain import phased
 from otaflow.domain.abort_rules import count_outcomes
 from otaflow.domain.batches import Batch, BatchKind, BatchRegistry, BatchScope, BatchStatus
+from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
 from otaflow.domain.groups import Group, GroupRegistry
 from otaflow.domain.open_tasks import OpenTaskWatch, count_tasks, report_id
-from otaflow.domain.plain_start import PlainStart, applies_to
 from otaflow.domain.schedule import takes_new_tasks
 from otaflow.domain.scopes import Needles, passes, scan_needles, scans_at_start, version_needles
+from otaflow.domain.start_by_kind import PlainStart, applies_to
 from otaflow.domain.tasks import TaskStatus
-from otaflow.partitioning import device_key
 
 Record = dict[str, Any]
 
@@ -62,35 +62,8 @@ class DeviceStore(Protocol):
 
         States already loaded or put in this envelope are yielded as those objects.
         With ``start``, a store may apply that START's outcome to plain devices itself
-        (``otaflow.domain.plain_start``) and yield only the others; ignoring it is correct.
+        (``otaflow.domain.start_by_kind``) and yield only the others; ignoring it is correct.
         """
-
-
-class DeadlineHeap:
-    """Devices by next deadline, with lazy invalidation (a device's last note wins)."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, str]] = []
-        self._at: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._at)
-
-    def note(self, key: str, deadline: int | None) -> None:
-        if deadline is None:
-            self._at.pop(key, None)
-        elif self._at.get(key) != deadline:
-            self._at[key] = deadline
-            heapq.heappush(self._heap, (deadline, key))
-
-    def pop_due(self, now: int) -> list[str]:
-        due = []
-        while self._heap and self._heap[0][0] <= now:
-            deadline, key = heapq.heappop(self._heap)
-            if self._at.get(key) == deadline:
-                del self._at[key]
-                due.append(key)
-        return due
 
 
 class PartitionEngine:
@@ -253,7 +226,7 @@ class PartitionEngine:
         if batch.kind is BatchKind.STATIC:
             if not scans_at_start(batch) or not takes_new_tasks(batch, now):
                 return
-            # Over the whole fleet, plain devices are decided once per kind (plain_start).
+            # Over the whole fleet, plain devices are decided once per kind (start_by_kind).
             start = (
                 PlainStart(self.engine, batch, now, fx, self.deadlines)
                 if applies_to(batch)
@@ -403,7 +376,7 @@ class MemoryDeviceStore:
     """
 
     def __init__(self) -> None:
-        from otaflow.hot_codec import decode_device_state, encode_device_state
+        from otaflow.device_avro import decode_device_state, encode_device_state
 
         self.encode = encode_device_state
         self.decode = decode_device_state

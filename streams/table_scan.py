@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from otaflow.partitioning import partition_for
+from otaflow.kafka_partitions import partition_for
 
 FAUST_OFFSET_KEY = b"__faust\0offset__"
 
 
-def scan_partition(
+def scan_table_partition(
     table: Any, partition: int, prefix: bytes = b""
 ) -> Iterator[tuple[bytes, bytes]]:
     store = table.data

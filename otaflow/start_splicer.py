@@ -1,4 +1,4 @@
-"""A static START's outcome for plain devices (``otaflow.domain.plain_start``) applied to
+"""A static START's outcome for plain devices (``otaflow.domain.start_by_kind``) applied to
 their stored Avro bytes, with the task event written from a template.
 
 Through objects each device of a fleet-wide START costs a state decode, the engine's
@@ -7,7 +7,7 @@ here the engine's answer for the device's kind is encoded once, and each device'
 state and task event are spliced from its stored bytes and that template: the task
 goes into the empty task list, the task id and the device name into the event.
 
-It must reach exactly the bytes the object path writes: ``tests/unit/test_plain_start.py``
+It must reach exactly the bytes the object path writes: ``tests/unit/test_start_by_kind.py``
 compares the two. A device not in the plain layout, or of a kind the domain leaves to
 the engine, returns None and goes through the engine.
 """
@@ -17,14 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from otaflow.codec import HEADER_LEN
-from otaflow.domain.plain_start import PROTOTYPE_NAME, PlainOutcome, PlainStart
-from otaflow.hot_codec import (
+from otaflow.device_avro import (
     TASK_EVENT_HEADER,
     encode_string,
     encode_task_event,
     encode_task_tail,
     plain_layout,
 )
+from otaflow.domain.start_by_kind import PROTOTYPE_NAME, PlainOutcome, PlainStart
 
 _ONE_TASK = b"\x00\x02"  # end of modules; a task block of one entry
 _END_TASKS_NO_COUNTS = b"\x00\x00"
@@ -121,7 +121,7 @@ class StartSplicer:
         middle = encode_string(event["batch_id"]) + encode_string(event["product_key"])
         name = encode_string(PROTOTYPE_NAME)
         if not prototype.startswith(head + middle + name):
-            return None  # the event's field order changed: hot_codec refuses to import first
+            return None  # the event's field order changed: device_avro refuses to import first
         return _Template(
             outcome,
             encode_task_tail(outcome.task),
