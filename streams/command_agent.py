@@ -21,19 +21,13 @@ write's answer always sees that write; their answers are not remembered.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from otaflow.codec import DecodeError, codec
-from otaflow.control.common import Outcome, Record, schema_of_key
+from otaflow.codec import DecodeError
+from otaflow.control.common import Outcome, Record
 from otaflow.control.errors import ApiError
 from otaflow.control.plane import ControlPlane
-from otaflow.device_keys import device_key
 from otaflow.kafka_partitions import partition_for
 from otaflow.packages import PackageStore, file_path_of_url
 from streams.app import (
@@ -47,53 +41,31 @@ from streams.app import (
     rollout_triggers,
     settings,
 )
+from streams.command_records import (
+    CODEC,
+    NonceExpiry,
+    PreparedOutcome,
+    TableControlStore,
+    encode_control_value,
+    envelopes,
+    expired,
+    failure,
+    nonce_key,
+    prepare_outcome,
+    result_json,
+)
 from streams.effects import send_dead_letter
 from streams.table_scan import scan_table_partition
 
-log = logging.getLogger("otaflow.worker")
-
-CODEC = codec()
 log = logging.getLogger("otaflow.command_agent")
-# Kafka's default message limit is 1 MB; stay well below it with the envelope's overhead.
-ENVELOPE_LIMIT = 700_000
-_AVRO_MARKER = b"\xc3\x01"
 
 
-def decode_control_value(key: str, raw: bytes) -> Record:
-    if not raw.startswith(_AVRO_MARKER):  # index entries written as JSON by early versions
-        value: Record = json.loads(raw)
-        return value
-    return CODEC.decode_as(schema_of_key(key), raw)
+def _scan_control(prefix: bytes) -> Any:
+    return scan_table_partition(control_state, 0, prefix)
 
 
-def encode_control_value(key: str, record: Record) -> bytes:
-    return CODEC.encode(schema_of_key(key), record)
-
-
-class TableControlStore:
-    """ControlPlane's view of the control table (values are Avro records named by key)."""
-
-    def get(self, key: str) -> Record | None:
-        raw = control_state.get(key.encode())
-        if raw is None:
-            return None
-        return decode_control_value(key, raw)
-
-    def scan(self, prefix: str) -> Iterator[tuple[str, Record]]:
-        for raw_key, raw in scan_table_partition(control_state, 0, prefix.encode()):
-            key = raw_key.decode()
-            yield key, decode_control_value(key, raw)
-
-    def keys(self, prefix: str) -> Iterator[str]:
-        for raw_key, _ in scan_table_partition(control_state, 0, prefix.encode()):
-            yield raw_key.decode()
-
-    def put(self, key: str, record: Record | None) -> None:
-        if record is None:
-            if key.encode() in control_state:
-                del control_state[key.encode()]
-        else:
-            control_state[key.encode()] = encode_control_value(key, record)
+def _partition_of(key: str) -> int:
+    return partition_for(key.encode(), settings.partitions)
 
 
 _packages = PackageStore(settings)
@@ -107,7 +79,8 @@ def read_name_list(url: str) -> str:
     return path.read_text(encoding="utf-8-sig", errors="replace")
 
 
-store = TableControlStore()
+store = TableControlStore(control_state, _scan_control)
+nonces = NonceExpiry(control_state, _scan_control)
 # CreateOTAFirmware takes a package's size and digests from the stored file.
 plane = ControlPlane(
     store,
@@ -117,62 +90,6 @@ plane = ControlPlane(
     device_partitions=settings.partitions,
     device_key=settings.device_key,
 )
-
-
-def result_json(outcome: Outcome) -> str:
-    """CommandResult.data_json: the answer's Data, or Data plus top-level fields."""
-    if not outcome.top:
-        return json.dumps(outcome.data)
-    return json.dumps({"_otaflow_body": True, "Data": outcome.data, **outcome.top})
-
-
-#: How long a used signature nonce is remembered, by the commands' event time: the API
-#: accepts a request only within 15 minutes of its signed date, so after 30 minutes
-#: a replay fails the date check anyway.
-NONCE_TTL_MS = 30 * 60 * 1000
-NONCE_PREFIX = "nonce/"
-_nonce_purged_at = 0
-
-
-def nonce_key(nonce: str) -> str:
-    """``nonce`` is ``{signed date, 13-digit ms}/{AccessKey}/{nonce}`` (the API's form):
-    keys sort by date, so the expired ones are a prefix of the scan."""
-    return NONCE_PREFIX + nonce
-
-
-def purge_nonces(now: int) -> None:
-    """Forget nonces signed more than ``NONCE_TTL_MS`` before ``now`` (at most once a minute)."""
-    global _nonce_purged_at
-    if now - _nonce_purged_at < 60_000:
-        return
-    _nonce_purged_at = now
-    cutoff = f"{NONCE_PREFIX}{max(now - NONCE_TTL_MS, 0):013d}"
-    stale: list[bytes] = []
-    for raw_key, _ in scan_table_partition(control_state, 0, NONCE_PREFIX.encode()):
-        if raw_key.decode() >= cutoff or len(stale) >= 100_000:
-            break
-        stale.append(raw_key)
-    for raw_key in stale:
-        del control_state[raw_key]
-
-
-def failure(request_id: str, now: int, code: str, message: str) -> Record:
-    return {
-        "request_id": request_id,
-        "success": False,
-        "code": code,
-        "message": message,
-        "data_json": "null",
-        "event_time": now,
-    }
-
-
-def expired(command: dict[str, Any]) -> bool:
-    """The API told its caller the call failed (503) once ``deadline`` passed; a command
-    applied after that would be a write nobody was told about (and a retry would make
-    it twice). Wall clock on purpose: the deadline is the caller's, not the stream's."""
-    deadline = command.get("deadline")
-    return deadline is not None and time.time() * 1000 > deadline
 
 
 async def apply_command(command: dict[str, Any], raw: bytes = b"", offset: int = -1) -> None:
@@ -217,7 +134,7 @@ async def _apply_command(command: dict[str, Any]) -> None:
     remember = True
     nonce = command.get("nonce")
     if nonce is not None:
-        purge_nonces(now)
+        nonces.purge(now)
         key = nonce_key(nonce).encode()
         if key in control_state:
             # The same signed request again, through this or another API process.
@@ -244,7 +161,7 @@ async def _apply_command(command: dict[str, Any]) -> None:
         result["data_json"] = result_json(outcome)
         # Every record is encoded before the first is written: a value the records
         # cannot hold fails here, with nothing half-applied.
-        prepared = prepare_outcome(outcome)
+        prepared = prepare_outcome(outcome, _partition_of)
     if expired(command):  # checking a large call may have taken a while
         await answer_expired(command)
         return
@@ -272,71 +189,6 @@ async def answer_expired(command: dict[str, Any]) -> None:
     # Remembered: a retry with the same request id gets the same answer, never a late write.
     control_state[f"request/{request_id}".encode()] = encoded
     await command_results.send(key=request_id.encode(), value=encoded)
-
-
-@dataclass
-class PreparedOutcome:
-    """An outcome's records, all encoded (see ``prepare_outcome``)."""
-
-    table: list[tuple[bytes, bytes | None]] = field(default_factory=list)
-    batches: list[tuple[bytes, bytes]] = field(default_factory=list)
-    # (batch id, RateEvent for the rate agent, envelope for every device partition)
-    controls: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
-    broadcasts: list[bytes] = field(default_factory=list)
-    per_partition: dict[int, list[bytes]] = field(default_factory=dict)
-    # INFO lines for the operator, written once the outcome is applied.
-    logged: list[str] = field(default_factory=list)
-    # (key, record) for the public rollout-trigger topic.
-    public: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-def prepare_outcome(outcome: Outcome) -> PreparedOutcome:
-    out = PreparedOutcome()
-    for key, record in outcome.writes.items():
-        value = None if record is None else encode_control_value(key, record)
-        out.table.append((key.encode(), value))
-    for batch in outcome.batches:
-        out.batches.append((batch["batch_id"].encode(), CODEC.encode("Batch", batch)))
-    for control in outcome.controls:
-        batch = control["batch"]
-        rate_event = CODEC.encode("RateEvent", {"body": ("otaflow.BatchControl", control)})
-        envelope = CODEC.encode(
-            "DeviceEventBatch", {"items": [CODEC.encode("BatchControl", control)]}
-        )
-        out.controls.append((batch["batch_id"].encode(), rate_event, envelope))
-        out.logged.append(
-            f"worker: batch {batch['batch_id']} {control['action']} "
-            f"({batch['kind']}, status {batch['status']})"
-        )
-    for _topic, key, schema, record in outcome.public_records:
-        # One public topic so far (ota.rollout.triggers).
-        out.public.append((key.encode(), CODEC.encode(schema, record)))
-    for schema, record in outcome.broadcasts:
-        out.broadcasts.append(
-            CODEC.encode("DeviceEventBatch", {"items": [CODEC.encode(schema, record)]})
-        )
-    per_partition: dict[int, list[bytes]] = defaultdict(list)
-    for item in outcome.device_items:
-        partition = partition_for(
-            device_key(item.product_key, item.device_name).encode(), settings.partitions
-        )
-        per_partition[partition].append(CODEC.encode(item.schema, item.record))
-    for targets in outcome.targets:
-        for name in targets.device_names:
-            partition = partition_for(
-                device_key(targets.product_key, name).encode(), settings.partitions
-            )
-            target = {
-                "batch_id": targets.batch_id,
-                "product_key": targets.product_key,
-                "device_name": name,
-                "event_time": targets.event_time,
-            }
-            per_partition[partition].append(CODEC.encode("BatchTarget", target))
-    for partition, schema, record in outcome.partition_items:
-        per_partition[partition].append(CODEC.encode(schema, record))
-    out.per_partition = dict(per_partition)
-    return out
 
 
 async def write_outcome(prepared: PreparedOutcome) -> None:
@@ -371,21 +223,7 @@ async def write_outcome(prepared: PreparedOutcome) -> None:
 
 
 async def apply_outcome(outcome: Outcome) -> None:
-    await write_outcome(prepare_outcome(outcome))
-
-
-def envelopes(items: list[bytes], limit: int = ENVELOPE_LIMIT) -> Iterator[bytes]:
-    """Pack items into as few DeviceEventBatch records as stay under ``limit`` bytes."""
-    chunk: list[bytes] = []
-    size = 0
-    for item in items:
-        if chunk and size + len(item) + 8 > limit:
-            yield CODEC.encode("DeviceEventBatch", {"items": chunk})
-            chunk, size = [], 0
-        chunk.append(item)
-        size += len(item) + 8  # Avro's length prefix per item, generously
-    if chunk:
-        yield CODEC.encode("DeviceEventBatch", {"items": chunk})
+    await write_outcome(prepare_outcome(outcome, _partition_of))
 
 
 async def broadcast_envelope(envelope: bytes) -> None:

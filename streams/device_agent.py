@@ -7,7 +7,10 @@ agent, ticks). Per envelope it decodes once, runs the pure ``PartitionEngine`` o
 every item, then writes each changed device once and sends the effects. The agent
 is thin: every decision lives in ``otaflow.domain``. A plain device's version report,
 when the domain says it decides nothing on it, is applied to the stored bytes without
-the engine (``otaflow.plain_reports``, through ``streams.envelope_store``).
+the engine (``otaflow.plain_reports``, through ``streams.envelope_store``). This
+module only wires Faust to that work: the envelope's logic (offset de-duplication,
+dispatch, the byte-path gate and its cache, the watermark) is
+``streams.device_envelopes``, which imports no Faust and has unit tests.
 
 Per partition it keeps in memory (rebuilt after a rebalance from the
 ``device-partition-meta`` table): the batches and groups it was told about, how far
@@ -17,29 +20,17 @@ watermark, and a heap of device deadlines (built on the first tick).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from otaflow.codec import HEADER_LEN, DecodeError, codec
-from otaflow.domain.batches import Batch, BatchRegistry
-from otaflow.domain.deadlines import DeadlineHeap
-from otaflow.domain.engine import Effects
-from otaflow.domain.groups import Group, GroupRegistry
-from otaflow.domain.open_tasks import OpenTaskWatch
-from otaflow.domain.partition_engine import PartitionEngine
-from otaflow.plain_reports import VersionReport, read_version_report
+from otaflow.codec import DecodeError
 from streams import app as streams_app
 from streams import observe
 from streams.app import app, device_events, devices, partition_meta, settings
+from streams.device_envelopes import CODEC, DevicePartition, EnvelopeRun, meta_prefix
 from streams.effects import EffectSender
 from streams.envelope_store import EnvelopeStore
 from streams.table_scan import scan_table_partition
 from streams.table_writer import TableWriter
-
-CODEC = codec()
-# Batcher items are DeviceReports: decoded straight by their schema (see ``apply``).
-REPORT_HEADER = CODEC.schema("DeviceReport").header
-decode_report = CODEC.schema("DeviceReport").coder.binary_decode
 
 # Device states are written once per envelope in one RocksDB batch, with their
 # changelog through librdkafka (see table_writer: Faust's per-key write was the cap).
@@ -61,63 +52,14 @@ def effect_sender() -> EffectSender:
     return _effect_sender
 
 
-# Records the partition engine applies (by schema name).
-HANDLED = frozenset(
-    {
-        "DeviceReport",
-        "TaskRelease",
-        "BatchControl",
-        "BatchTarget",
-        "DeviceRegistration",
-        "GroupControl",
-        "TaskCommand",
-        "Tick",
-        "PhasedQuota",
-        "OpenTaskProbe",
-    }
-)
-
-
-@dataclass
-class DevicePartition:
-    """What the agent keeps in memory for one partition it owns; rebuilt after a rebalance."""
-
-    partition: int
-    registry: BatchRegistry
-    groups: GroupRegistry
-    # Source partition of ota.device.reports -> the last offset applied from it.
-    source_offsets: dict[int, int]
-    watermark: int
-    deadlines: DeadlineHeap | None = None
-    # Static batches to count again (otaflow.domain.open_tasks); a new one after a rebuild.
-    open_tasks: OpenTaskWatch = field(default_factory=OpenTaskWatch)
-
-
 _views: dict[int, DevicePartition] = {}
-
-
-def _meta_prefix(partition: int) -> bytes:
-    return f"{partition}/".encode()
 
 
 def partition_view(partition: int) -> DevicePartition:
     view = _views.get(partition)
-    if view is not None:
-        return view
-    registry = BatchRegistry()
-    groups = GroupRegistry()
-    offsets: dict[int, int] = {}
-    watermark = 0
-    for key, raw in scan_table_partition(partition_meta, partition, _meta_prefix(partition)):
-        name, record = CODEC.decode(raw)
-        if name == "Batch":
-            registry.put(Batch.from_record(record))
-        elif name == "GroupControl":
-            groups.put(Group.from_control(record))
-        elif name == "PartitionProgress" and key == f"{partition}/progress".encode():
-            offsets = {int(p): offset for p, offset in record["source_offsets"].items()}
-            watermark = record["watermark"]
-    view = _views[partition] = DevicePartition(partition, registry, groups, offsets, watermark)
+    if view is None:
+        meta = scan_table_partition(partition_meta, partition, meta_prefix(partition))
+        view = _views[partition] = DevicePartition.rebuild(partition, meta)
     return view
 
 
@@ -132,159 +74,47 @@ async def _forget_views_on_assign(*args: Any, **kwargs: Any) -> None:
     _views.clear()
 
 
-class EnvelopeRun:
-    """One envelope's worth of work over the partition's devices (``EnvelopeStore``)."""
+def _write_meta(key: bytes, value: bytes) -> None:
+    partition_meta[key] = value
 
-    def __init__(self, view: DevicePartition) -> None:
-        self.view = view
-        self.fx = Effects()
-        self.dead: list[tuple[str, str, bytes]] = []
-        self.meta_dirty = False
-        partition = view.partition
-        self.store = EnvelopeStore(
-            device_writer().reader(partition),
-            lambda prefix: scan_table_partition(devices, partition, prefix),
-        )
-        self.engine = PartitionEngine(
-            view.registry,
-            view.groups,
-            self.store,
-            view.deadlines,
-            partition=partition,
-            open_tasks=view.open_tasks,
-        )
-        # (product key, module) -> whether a version report can only be recorded:
-        # asked once per pair and envelope (only reports come between the asks).
-        self._nothing_to_decide: dict[tuple[bytes, bytes], bool] = {}
 
-    # -- records ------------------------------------------------------------------------
+def envelope_run(view: DevicePartition) -> EnvelopeRun:
+    partition = view.partition
+    store = EnvelopeStore(
+        device_writer().reader(partition),
+        lambda prefix: scan_table_partition(devices, partition, prefix),
+    )
+    return EnvelopeRun(view, store, _write_meta)
 
-    def apply(self, item: bytes, source_partition: int, offset: int) -> None:
-        """Apply one item: a report the batcher copied from ``source_partition`` at
-        ``offset``, or (``source_partition`` -1) a record another agent sent."""
-        if item[:HEADER_LEN] == REPORT_HEADER:
-            # Most items: a plain device's version report, applied in bytes.
-            version = read_version_report(item)
-            if version is not None and self._record_version(version):
-                return
-            # Other reports go straight to the engine (no schema lookup, no dispatch
-            # by name).
-            try:
-                report = decode_report(item[HEADER_LEN:])
-            except Exception as exc:  # cavro raises several types for corrupt bodies
-                reason = f"corrupt DeviceReport body: {exc}"
-                self.dead.append((self._source(source_partition, offset), reason, item))
-                return
-            self._saw(report["event_time"])
-            self.engine.report(report, self.fx)
-            self.engine.count_settling(report["event_time"], self.fx)
-            return
-        try:
-            name, record = CODEC.decode(item)
-        except DecodeError as exc:
-            self.dead.append((self._source(source_partition, offset), str(exc), item))
-            return
-        if name not in HANDLED or (source_partition >= 0 and name != "DeviceReport"):
-            # The public reports topic carries device reports only: a tick or a task
-            # command produced there by mistake must not act on the engine.
-            reason = f"unexpected record type {name}"
-            self.dead.append((self._source(source_partition, offset), reason, item))
-            return
-        self._nothing_to_decide.clear()  # a batch or group may have changed
-        now = record.get("event_time")
-        if isinstance(now, int):
-            self._saw(now)
-        self.engine.apply(name, record, self.fx)
-        partition = self.view.partition
-        if name == "BatchControl":
-            batch_id = record["batch"]["batch_id"]
-            partition_meta[f"{partition}/batch/{batch_id}".encode()] = CODEC.encode(
-                "Batch", record["batch"]
-            )
-        elif name == "GroupControl":
-            partition_meta[f"{partition}/group/{record['group_id']}".encode()] = item
 
-    def _record_version(self, report: VersionReport) -> bool:
-        """The byte path, where the domain decides nothing on this version (see
-        ``otaflow.plain_reports``); False when the engine must see the report."""
-        _, _, product, module, _, now, _ = report
-        nothing = self._nothing_to_decide.get((product, module))
-        if nothing is None:
-            # The module as written carries its length byte (short strings only).
-            nothing = self.engine.engine.decides_nothing_on_version(
-                product.decode(), module[1:].decode()
-            )
-            self._nothing_to_decide[(product, module)] = nothing
-        if not nothing or not self.store.record_version(report):
-            return False
-        key = report[0].decode()
-        # What the engine does for a report: the device is touched (a later record of
-        # the envelope settles it again), and a device without tasks has no deadline.
-        self.fx.touched.add(key)
-        deadlines = self.engine.deadlines
-        if deadlines is not None:
-            deadlines.note(key, None)
-        self._saw(now)
-        return True
-
-    def _saw(self, now: int) -> None:
-        """A record at event time ``now`` was applied: the partition's time moves on."""
-        if now > self.view.watermark:
-            self.view.watermark = now
-            self.meta_dirty = True
-
-    def _source(self, source_partition: int, offset: int) -> str:
-        """Where a dead-lettered item came from (built only for those)."""
-        if source_partition >= 0:
-            return f"reports/{source_partition}/{offset}"
-        return f"device-events/{self.view.partition}"
-
-    def release(self) -> None:
-        """Drop the envelope's states and effects now.
-
-        The partition engine refers to itself (its handler table), so it and the store
-        it holds would wait for the cyclic collector, which the worker runs rarely (see
-        ``streams.gc_tuning``), and the states with them.
-        """
-        self.store.clear()
-        self.fx = Effects()
-        self.dead.clear()
-
-    async def finish(self) -> None:
-        view = self.view
-        view.deadlines = self.engine.deadlines
-        # Effects first, acknowledged, then the states that record them: a crash in
-        # between replays the envelope, and the engine (deterministic task ids) sends
-        # the same events again. The other order would lose them: the replay would
-        # find the tasks already in the states and send nothing.
-        sender = effect_sender()
-        # The byte path's task events first: a device it handled and the engine then
-        # loaded (a later record of the envelope) has its later events in fx.
-        sender.send_task_events(self.store.task_events)
-        sender.send(self.fx, view.watermark)
-        for source, reason, raw in self.dead:
-            sender.dead_letter(source, reason, raw, view.watermark)
-        sender.flush()
-        writes = self.store.writes()
-        if writes:
-            writer = device_writer()
-            writer.write(view.partition, writes)
-            # Acknowledged before this envelope is, so no committed offset outruns state.
-            writer.flush()
-        if self.meta_dirty:
-            partition_meta[f"{view.partition}/progress".encode()] = CODEC.encode(
-                "PartitionProgress",
-                {
-                    # An Avro map: its keys are strings.
-                    "source_offsets": {str(p): o for p, o in view.source_offsets.items()},
-                    "watermark": view.watermark,
-                },
-            )
+async def finish(run: EnvelopeRun) -> None:
+    view = run.view
+    view.deadlines = run.engine.deadlines
+    # Effects first, acknowledged, then the states that record them: a crash in
+    # between replays the envelope, and the engine (deterministic task ids) sends
+    # the same events again. The other order would lose them: the replay would
+    # find the tasks already in the states and send nothing.
+    sender = effect_sender()
+    # The byte path's task events first: a device it handled and the engine then
+    # loaded (a later record of the envelope) has its later events in fx.
+    sender.send_task_events(run.store.task_events)
+    sender.send(run.fx, view.watermark)
+    for source, reason, raw in run.dead:
+        sender.dead_letter(source, reason, raw, view.watermark)
+    sender.flush()
+    writes = run.store.writes()
+    if writes:
+        writer = device_writer()
+        writer.write(view.partition, writes)
+        # Acknowledged before this envelope is, so no committed offset outruns state.
+        writer.flush()
+    if run.meta_dirty:
+        key, value = view.progress()
+        partition_meta[key] = value
 
 
 async def process_envelope(partition: int, value: bytes) -> None:
     view = partition_view(partition)
-    run = EnvelopeRun(view)
     try:
         envelope = CODEC.decode_as("DeviceEventBatch", value)
     except DecodeError as exc:
@@ -293,24 +123,9 @@ async def process_envelope(partition: int, value: bytes) -> None:
         sender.dead_letter(source, str(exc), value, view.watermark)
         sender.flush()
         return
-    sources = envelope["source_partitions"]
-    offsets = envelope["source_offsets"]
-    applied = view.source_offsets
-    apply = run.apply
-    reports = 0
-    for i, item in enumerate(envelope["items"]):
-        if sources and (source_partition := sources[i]) >= 0:
-            # Reports the batcher re-sent after a restart are skipped, not applied twice.
-            offset = offsets[i]
-            if offset <= applied.get(source_partition, -1):
-                continue
-            applied[source_partition] = offset
-            run.meta_dirty = True
-            apply(item, source_partition, offset)
-            reports += 1
-        else:
-            apply(item, -1, -1)
-    await run.finish()
+    run = envelope_run(view)
+    reports = run.apply_envelope(envelope)
+    await finish(run)
     run.release()
     observe.applied(1, reports)  # per envelope: a metric per report would cost as much
 

@@ -36,7 +36,6 @@ from otaflow.domain.batches import Batch, BatchKind, BatchScope, BatchStatus
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, Effects, make_task_id
 from otaflow.domain.groups import compile_expression
-from otaflow.domain.partition_engine import PartitionEngine
 from otaflow.domain.simulation import (
     DAY,
     HOUR,
@@ -47,7 +46,7 @@ from otaflow.domain.simulation import (
     group_batch,
     make_batch,
 )
-from otaflow.plain_reports import read_version_report
+from streams.device_envelopes import DevicePartition, EnvelopeRun
 from streams.envelope_store import EnvelopeStore
 
 CODEC = codec()
@@ -727,9 +726,9 @@ class EnvelopePartition(Partition):
     ``EnvelopeRun``): each record encoded, in an envelope of its own, through an
     ``EnvelopeStore`` over the partition's encoded states, and its writes stored as bytes.
 
-    A version report takes the byte path where the agent's does: the engine decides
-    nothing on the version and the store splices it (the agent's gate, repeated here
-    since the agent cannot be imported without Faust). A START's byte-path task events
+    Each record goes through the agent's own ``streams.device_envelopes.EnvelopeRun``, so a
+    version report takes the byte path exactly where the agent's does (its gate and
+    cache, not a copy of them). A START's byte-path task events
     come before the engine's, as the agent sends them. ``byte_paths`` counts both.
     """
 
@@ -744,26 +743,16 @@ class EnvelopePartition(Partition):
 
     def apply(self, name: str, record: dict[str, Any]) -> Effects:
         store = EnvelopeStore(self.table.get, self._scan)
-        engine = PartitionEngine(
-            self.batches, self.groups, store, self.deadlines, self.keep_finished
+        view = DevicePartition(
+            0, self.batches, self.groups, {}, 0, self.deadlines, open_tasks=self.open_tasks
         )
-        fx = Effects()
-        item = CODEC.encode(name, record)
-        version = read_version_report(item) if name == "DeviceReport" else None
-        if (
-            version is not None
-            and engine.engine.decides_nothing_on_version(
-                version[2].decode(), version[3][1:].decode()
-            )
-            and store.record_version(version)
-        ):
+        run = EnvelopeRun(view, store, lambda key, value: None, self.keep_finished)
+        engine = run.engine
+        run.apply(CODEC.encode(name, record), -1, -1)
+        assert not run.dead
+        fx = run.fx
+        if name == "DeviceReport" and store.spliced:
             self.byte_paths["version report"] += 1
-            key = version[0].decode()
-            fx.touched.add(key)
-            if engine.deadlines is not None:
-                engine.deadlines.note(key, None)
-        else:
-            engine.apply(*CODEC.decode(item), fx)
         self.deadlines = engine.deadlines
         started = [CODEC.decode_as("TaskEvent", e["value"]) for e in store.task_events]
         self.byte_paths["start"] += len(started)
