@@ -70,9 +70,10 @@ def control(action: str, batch: Any, at: int) -> bytes:
     return CODEC.encode("BatchControl", control_record(action, batch, at))
 
 
-def test_the_logic_modules_import_neither_faust_nor_aiokafka() -> None:
+def test_the_logic_modules_and_the_domain_import_neither_faust_nor_aiokafka() -> None:
     code = (
-        "import sys, streams.device_envelopes, streams.rate_queues, streams.command_records; "
+        "import sys, streams.device_envelopes, streams.rate_queues, streams.command_records, "
+        "otaflow.domain.simulation; "
         "print(sorted(m for m in ('faust', 'aiokafka', 'mode') if m in sys.modules))"
     )
     out = subprocess.run(
