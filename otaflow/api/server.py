@@ -371,7 +371,7 @@ class Api:
         request_id = _new_request_id()
         query = {k: v for k, v in request.query.items()}
         try:
-            self.verifier.precheck(request.headers)
+            prechecked = self.verifier.precheck(request.headers)
         except SignatureError as exc:
             refused = json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
             if request.body_exists:
@@ -384,7 +384,7 @@ class Api:
             return body
         try:
             signed = self.verifier.verify_request(
-                request.method, request.path, query, request.headers, body
+                request.method, request.path, query, request.headers, body, prechecked=prechecked
             )
         except SignatureError as exc:
             return json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
