@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -26,8 +27,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PARSED_BODY = 256 * 1024
 
 
+#: Where an answer built by the API carries its code and request id for the middleware.
+ANSWER_LABEL = web.ResponseKey("otaflow.answer", tuple[str, str])
+
+
+def label_answer(response: web.StreamResponse, body: Mapping[str, Any]) -> None:
+    """Note an answer's code and request id on it, from the body it was encoded from,
+    so the middleware does not parse the JSON again (a task page is 30 KB)."""
+    code = "Success" if body.get("Success") is True else str(body.get("Code") or response.status)
+    response[ANSWER_LABEL] = (code, str(body.get("RequestId", "-")))
+
+
 def answer_code(response: web.StreamResponse) -> tuple[str, str]:
     """(code, request id) of an answer."""
+    labelled = response.get(ANSWER_LABEL)
+    if labelled is not None:
+        return labelled
     if isinstance(response, web.Response) and response.content_type == "application/json":
         body = response.body
         if isinstance(body, bytes) and len(body) <= MAX_PARSED_BODY:

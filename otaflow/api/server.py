@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
@@ -108,8 +109,28 @@ def _gateway_body(request_id: str, code: str, message: str) -> dict[str, Any]:
     }
 
 
+def json_response(body: Mapping[str, Any], status: int = 200) -> web.Response:
+    """A JSON answer encoded with orjson: a page of 100 tasks takes about a tenth of the
+    standard library's time, which is most of a list call's cost on the event loop.
+    A value orjson refuses (an integer over 64 bits) falls back to the standard encoder."""
+    try:
+        encoded = orjson.dumps(body)
+    except TypeError:
+        encoded = json.dumps(body).encode()
+    response = web.Response(
+        body=encoded, status=status, content_type="application/json", charset="utf-8"
+    )
+    observe.label_answer(response, body)
+    return response
+
+
 def _gateway_error(request_id: str, code: str, message: str, status: int) -> web.Response:
-    return web.json_response(_gateway_body(request_id, code, message), status=status)
+    return json_response(_gateway_body(request_id, code, message), status=status)
+
+
+#: View reads served at once: two, so one page's answer overlaps the next one's I/O;
+#: more only lets page reads crowd out other calls on the one event loop.
+VIEW_LANE_SIZE = 2
 
 
 def _new_request_id() -> str:
@@ -252,7 +273,7 @@ class ApiRunner(web.AppRunner):
 
 
 def _business_error(request_id: str, code: str, message: str) -> web.Response:
-    return web.json_response(
+    return json_response(
         {"RequestId": request_id, "Success": False, "Code": code, "ErrorMessage": message}
     )
 
@@ -261,7 +282,7 @@ def _success(request_id: str, data: Any, top: Mapping[str, Any]) -> web.Response
     body: dict[str, Any] = {"RequestId": request_id, "Success": True, "Code": "", **top}
     if data is not None:
         body["Data"] = data
-    return web.json_response(body)
+    return json_response(body)
 
 
 def split_result(data: Any) -> tuple[Any, dict[str, Any]]:
@@ -293,6 +314,9 @@ class Api:
         self.command_timeout = command_timeout
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
+        # Reads of the task view take their own lane (see ``handle``); created lazily so
+        # the semaphore belongs to the loop that serves.
+        self._view_lane: asyncio.Semaphore | None = None
 
     async def read_body(self, request: web.Request, request_id: str) -> bytes | web.Response:
         """The body, once the headers passed every check that needs no body; a body over
@@ -329,12 +353,27 @@ class Api:
         return b"".join(chunks)
 
     async def handle(self, request: web.Request) -> web.Response:
+        """One call. Reads of the task view (a page of a 100,000-task batch) are served
+        at most ``VIEW_LANE_SIZE`` at a time, in arrival order; the rest wait, parked,
+        before any work is spent on them. So twenty clients paging a big batch keep one
+        lane busy and no more, and every other call (a write, a device query) is served
+        between two pages instead of behind all twenty. The lane is chosen from the
+        ``x-acs-action`` header that every ACS3 call is signed with; a call without it is
+        served in the general lane, which only costs it its place in the queue."""
+        if request.headers.get("x-acs-action", "") in VIEW_ACTIONS:
+            if self._view_lane is None:
+                self._view_lane = asyncio.Semaphore(VIEW_LANE_SIZE)
+            async with self._view_lane:
+                return await self._handle(request)
+        return await self._handle(request)
+
+    async def _handle(self, request: web.Request) -> web.Response:
         request_id = _new_request_id()
         query = {k: v for k, v in request.query.items()}
         try:
-            self.verifier.precheck(request.headers)
+            prechecked = self.verifier.precheck(request.headers)
         except SignatureError as exc:
-            refused = web.json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
+            refused = json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
             if request.body_exists:
                 refused.force_close()  # the body is not read: the connection is not reused
             return refused
@@ -345,10 +384,10 @@ class Api:
             return body
         try:
             signed = self.verifier.verify_request(
-                request.method, request.path, query, request.headers, body
+                request.method, request.path, query, request.headers, body, prechecked=prechecked
             )
         except SignatureError as exc:
-            return web.json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
+            return json_response(exc.to_body(request_id, HOST_ID), status=exc.http_status)
         try:
             rpc = parse_rpc_request(request.method, query, request.headers, body)
         except ParamError as exc:

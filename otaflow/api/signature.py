@@ -37,6 +37,7 @@ Errors use the Alibaba Cloud POP gateway's codes and messages (see ``SignatureEr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import hmac
@@ -292,6 +293,12 @@ def format_acs_date(moment: datetime | float | None = None) -> str:
 
 def parse_acs_date(value: str) -> datetime:
     """Parse an ``x-acs-date`` (ISO 8601 UTC with ``Z``, optional fractional seconds)."""
+    value = value.strip()
+    if len(value) == 20 and value[10] == "T" and value[19] == "Z" and value[:19].isascii():
+        # The form every SDK sends; fromisoformat reads it in a tenth of strptime's time
+        # (it is parsed on every call). Anything else takes the strict formats below.
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value[:19]).replace(tzinfo=UTC)
     for fmt in (_ACS_DATE_FORMAT, "%Y-%m-%dT%H:%M:%S.%fZ"):
         try:
             return datetime.strptime(value.strip(), fmt).replace(tzinfo=UTC)
@@ -508,9 +515,12 @@ class SignatureVerifier:
         headers: Mapping[str, str],
         body: bytes,
         now: datetime | float | None = None,
+        prechecked: SignedRequest | None = None,
     ) -> SignedRequest:
-        """``verify``, returning who signed it, when, and with which nonce."""
-        signed_request = self.precheck(headers, now)
+        """``verify``, returning who signed it, when, and with which nonce.
+        ``prechecked``: what ``precheck`` answered for these headers, when the caller
+        ran it before reading the body (it is not run twice)."""
+        signed_request = prechecked or self.precheck(headers, now)
         auth = signed_request.auth
         secret = self._keys[auth.access_key_id]
         grouped = _lower_headers(headers)

@@ -7,6 +7,7 @@ Everything here is pure: no Kafka, no clock, no files.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -228,8 +229,15 @@ def utc(ms: int | None) -> str | None:
     """The platform's Utc* fields: ISO-8601 UTC with milliseconds."""
     if ms is None:
         return None
-    moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_utc_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _utc_second(seconds: int) -> str:
+    # A task page formats two times per task; a rollout's events crowd into few seconds,
+    # so formatting each second once takes strftime off a list call's path.
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def gmt(ms: int | None) -> str | None:

@@ -1,0 +1,187 @@
+"""Reads of the task view have their own lane in the API (issue 16: "one big batch does
+not slow other calls"), and a task page is rendered as the platform shapes it.
+
+The server runs for real (aiohttp, ``ApiRunner``, signatures checked) on a free port in
+this test's event loop; the view's answer is held on an event, so the test sees how many
+reads the server lets in at once and whether another call gets through meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import ClientSession, web
+
+from otaflow import config
+from otaflow.api import observe
+from otaflow.api.server import VIEW_LANE_SIZE, ApiRunner, create_app, json_response
+from otaflow.api.signature import sign_request
+from otaflow.api.views import TaskView
+from otaflow.control.client import CommandResult
+from otaflow.control.common import utc
+from otaflow.packages import PackageStore
+
+AK, SK = "laneAK", "laneSecret"
+JOB = "lane-job"
+HELD_READS = 20
+
+
+class InstantCommands:
+    def call(self, action: str, params: Mapping[str, str], **_: Any) -> CommandResult:
+        return CommandResult("r", True, None, None, {"ProductKey": "pk"})
+
+
+class HeldView(TaskView):
+    """A view whose answers wait until the test lets them go, counting how many wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.inside = 0
+        self.most_inside = 0
+        self._count = threading.Lock()
+
+    def answer(self, action: str, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        with self._count:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            assert self.release.wait(30)
+            return super().answer(action, p)
+        finally:
+            with self._count:
+                self.inside -= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _call(session: ClientSession, port: int, action: str, query: dict[str, str]) -> Any:
+    host = f"127.0.0.1:{port}"
+    headers = sign_request(
+        access_key_id=AK,
+        access_key_secret=SK,
+        method="POST",
+        host=host,
+        query=query,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        action=action,
+        version="2018-01-20",
+    )
+    async with session.post(f"http://{host}/", params=query, headers=headers, data=b"") as r:
+        return await r.json()
+
+
+def test_twenty_held_page_reads_take_one_lane_and_another_call_is_answered_meanwhile() -> None:
+    view = HeldView()
+    for i in range(10):
+        view.apply_task_event(_event(i, "QUEUED"))
+
+    async def scenario() -> None:
+        port = _free_port()
+        settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
+        packages = PackageStore(settings, root=Path(tempfile.mkdtemp()))
+        app = create_app(settings, InstantCommands(), view, packages=packages)
+        runner = ApiRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with ClientSession() as session:
+                reads = [
+                    asyncio.create_task(
+                        _call(session, port, "ListOTATaskByJob", {"JobId": JOB, "PageSize": "5"})
+                    )
+                    for _ in range(HELD_READS)
+                ]
+                while view.inside < VIEW_LANE_SIZE:
+                    await asyncio.sleep(0.01)
+                # Every page read has arrived and waits; an unrelated call still gets its
+                # answer (before the lane, twenty reads held every worker thread).
+                other = await asyncio.wait_for(
+                    _call(session, port, "QueryProduct", {"ProductKey": "pk"}), 10
+                )
+                assert other["Success"] is True, other
+                assert view.most_inside == VIEW_LANE_SIZE
+                view.release.set()
+                pages = await asyncio.gather(*reads)
+        finally:
+            view.release.set()
+            await runner.cleanup()
+        assert all(p["Success"] is True and p["Total"] == 10 for p in pages), pages[0]
+        assert view.most_inside == VIEW_LANE_SIZE
+
+    asyncio.run(scenario())
+
+
+def _event(i: int, status: str) -> dict[str, Any]:
+    return {
+        "batch_id": JOB,
+        "task_id": f"task-{i:03d}",
+        "product_key": "pk",
+        "device_name": f"dev-{i:03d}",
+        "module": "default",
+        "src_version": "1.0" if i % 2 else None,
+        "dest_version": "2.0",
+        "status": status,
+        "progress": 0,
+        "desc": "failed: 3" if i == 3 else None,
+        "event_time": 1_700_000_000_000 + i * 1_001,
+    }
+
+
+def test_a_task_page_shows_what_the_platform_shows_and_leaves_out_what_is_empty() -> None:
+    view = TaskView()
+    for i in range(4):
+        view.apply_task_event(_event(i, "FAILED" if i == 3 else "QUEUED"))
+    data, top = view.answer("ListOTATaskByJob", {"JobId": JOB, "PageSize": "10"})
+    rows = data["SimpleOTATaskInfo"]
+    assert top["Total"] == 4
+    assert rows[0] == {
+        "TaskId": "task-000",
+        "JobId": JOB,
+        "ProductKey": "pk",
+        "DeviceName": "dev-000",
+        "IotId": rows[0]["IotId"],
+        "DestVersion": "2.0",
+        "TaskStatus": "QUEUED",
+        "UtcCreate": "2023-11-14T22:13:20.000Z",
+        "UtcModified": "2023-11-14T22:13:20.000Z",
+        "Progress": "0",
+    }
+    assert len(rows[0]["IotId"]) == 20
+    assert rows[1]["SrcVersion"] == "1.0" and rows[3]["TaskDesc"] == "failed: 3"
+    assert rows[3]["UtcCreate"] == "2023-11-14T22:13:23.003Z"
+
+
+def test_utc_formats_milliseconds_around_second_and_epoch_boundaries() -> None:
+    assert utc(None) is None
+    assert utc(0) == "1970-01-01T00:00:00.000Z"
+    assert utc(999) == "1970-01-01T00:00:00.999Z"
+    assert utc(1000) == "1970-01-01T00:00:01.000Z"
+    assert utc(-1) == "1969-12-31T23:59:59.999Z"
+    assert utc(1_700_000_000_007) == "2023-11-14T22:13:20.007Z"
+
+
+def test_an_answer_is_labelled_with_its_code_so_the_middleware_need_not_parse_it() -> None:
+    ok = json_response({"RequestId": "R1", "Success": True, "Code": "", "Data": {}})
+    business = json_response({"RequestId": "R2", "Success": False, "Code": "iot.x.Y"})
+    gateway = json_response({"RequestId": "R3", "Code": "Throttling"}, status=429)
+    assert observe.answer_code(ok) == ("Success", "R1")
+    assert observe.answer_code(business) == ("iot.x.Y", "R2")
+    assert observe.answer_code(gateway) == ("Throttling", "R3")
+    assert ok.content_type == "application/json" and ok.charset == "utf-8"
+    # A body orjson cannot hold (over 64 bits) still answers, through the standard encoder.
+    big = json_response({"RequestId": "R4", "Success": True, "Data": 2**70})
+    assert isinstance(big.body, bytes)
+    assert orjson.loads(big.body.replace(b"1180591620717411303424", b"0"))["Data"] == 0
