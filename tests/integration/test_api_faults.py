@@ -26,7 +26,7 @@ from alibabacloud_iot20180120.client import Client
 from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
 
-from otaflow import devstack, topics
+from otaflow import topics
 from otaflow.api.server import ApiRunner, create_app
 from otaflow.api.signature import sign_request
 from otaflow.api.views import TaskViewConsumer
@@ -34,6 +34,7 @@ from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.control.client import ControlClient
 from otaflow.control.errors import ApiError
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow
 

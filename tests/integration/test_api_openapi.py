@@ -33,13 +33,14 @@ from alibabacloud_tea_openapi.models import Config
 from alibabacloud_tea_util import models as util_models
 from Tea.exceptions import TeaException
 
-from otaflow import devstack, topics
+from otaflow import topics
 from otaflow.api.server import create_app
 from otaflow.api.signature import sign_request
 from otaflow.api.views import TaskViewConsumer
+from otaflow.cli.ops import add_parsers
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
-from otaflow.ops_cli import add_parsers
+from otaflow.dev import devstack
 from otaflow.package_server import make_app
 from otaflow.packages import PackageStore, file_path_of_url
 from otaflow.partitioning import device_key, partition_for

@@ -25,13 +25,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
-
 from connectors.device_payloads import MalformedPayload, parse_report
+
 from connectors.egress import EgressConnector
 from connectors.ingress import IngressConnector, producer_config
-from otaflow import devstack
 from otaflow.codec import codec
 from otaflow.config import MqttAddress, Settings
+from otaflow.dev import devstack
 from otaflow.partitioning import device_key, partition_for
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS, NOTIFICATIONS, TopicSpec, ensure_topics
 from tests.integration.conftest import scratch

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from alibabacloud_iot20180120 import models as m
 
-from otaflow.ops_cli import add_parsers
+from otaflow.cli.ops import add_parsers
 from otaflow.partitioning import device_key, partition_for
 from tests.integration.test_api_openapi import (
     AK,

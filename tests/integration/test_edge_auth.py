@@ -24,7 +24,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from otaflow import devstack, topics
+from otaflow import topics
+from otaflow.dev import devstack
 from otaflow.edge.broker import AuthSettings, start_broker
 from otaflow.edge.credentials import device_login, device_secret
 from otaflow.packages import PackageStore

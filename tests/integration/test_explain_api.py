@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from otaflow import devstack
-from otaflow.ops_cli import add_parsers
+from otaflow.cli.ops import add_parsers
+from otaflow.dev import devstack
 from tests.integration.test_api_openapi import (
     AK,
     SK,

@@ -22,7 +22,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Producer
-
 from connectors.device_payloads import (
     DOWNLOAD_CODE_BAD_REQUEST,
     DOWNLOAD_CODE_UNKNOWN_STREAM,
@@ -32,11 +31,12 @@ from connectors.device_payloads import (
     mqtt_stream_ids,
     parse_download_reply,
 )
+
 from connectors.file_download import FileDownloadResponder
 from connectors.ingress import producer_config
-from otaflow import devstack
 from otaflow.codec import codec
 from otaflow.config import MqttAddress, Settings
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS, ensure_topics
 from tests.integration.conftest import scratch

@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from connectors.ingress import IngressConnector
-from otaflow import devstack
 from otaflow.codec import codec
+from otaflow.dev import devstack
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS
 from tests.integration.test_connectors import TopicReader, make_settings, publish_all, running
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from otaflow import devstack
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow
 from tests.mqtt_logins import device_client

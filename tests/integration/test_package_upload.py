@@ -18,7 +18,7 @@ from alibabacloud_iot20180120 import models as m
 from alibabacloud_iot20180120.client import Client
 from alibabacloud_tea_openapi.models import Config
 
-from otaflow import devstack
+from otaflow.dev import devstack
 from tests.integration.conftest import Otaflow
 from tests.integration.uploads import post_object
 

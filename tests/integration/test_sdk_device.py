@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from otaflow import devstack
 from otaflow.config import MqttAddress
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow
 from tests.sdkdevice import SdkDevice

@@ -52,9 +52,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from otaflow import config, safe_cli, watch_cli
+from otaflow import config
 from otaflow.api.params import API_VERSION, flatten
 from otaflow.api.signature import sign_request
+from otaflow.cli import safe_rollout, watch
 
 __all__ = ["ApiCallError", "OpsClient", "add_parsers", "main"]
 
@@ -368,7 +369,7 @@ def batch_create(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
             params["ScheduleTime"] = a.schedule
         if a.schedule_end is not None:
             params["ScheduleFinishTime"] = a.schedule_end
-    params.update(safe_cli.rule_params(a.abort_rule, a.window))
+    params.update(safe_rollout.rule_params(a.abort_rule, a.window))
     try:
         body = c.call(action, params)
     except ApiCallError as exc:
@@ -476,7 +477,7 @@ def batch_edit(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     params.update(_tags(tags, "Tags"))
     if a.timeout is not None:
         params["TimeoutInMinutes"] = a.timeout
-    params.update(safe_cli.rule_params(a.abort_rule, a.window))
+    params.update(safe_rollout.rule_params(a.abort_rule, a.window))
     body = c.call("UpdateOTAJob", params)
     out(f"updated {a.job_id}")
     return body
@@ -685,7 +686,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--overwrite-mode", type=int, choices=(1, 2))
     p.add_argument("--protocol", choices=("HTTPS", "MQTT"))
     p.add_argument("--tag", action="append", help="KEY=VALUE (repeatable)")
-    safe_cli.add_rule_arguments(p)
+    safe_rollout.add_rule_arguments(p)
     p = _command(batch, "show", batch_show, "show one batch")
     p.add_argument("job_id")
     p = _command(batch, "list", batch_list, "list the batches of an update package")
@@ -696,16 +697,16 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--strategy", action="store_true", help="stop a dynamic batch matching")
     for flag in ("queued", "notified", "in-progress", "unconfirmed", "scheduled"):
         p.add_argument(f"--{flag}", action="store_true", help=f"cancel {flag} tasks")
-    p = _command(batch, "watch", watch_cli.batch_watch, "a batch's live board until it completes")
-    watch_cli.add_arguments(p)
+    p = _command(batch, "watch", watch.batch_watch, "a batch's live board until it completes")
+    watch.add_arguments(p)
     p = _command(batch, "edit", batch_edit, "change a running batch")
     p.add_argument("job_id")
     p.add_argument("--rate", type=int)
     p.add_argument("--src-version", action="append", help="dynamic version-based batches")
     p.add_argument("--timeout", type=int, help="dynamic batches")
     p.add_argument("--tag", action="append", help="KEY=VALUE; replaces the batch's tags")
-    safe_cli.add_rule_arguments(p)
-    safe_cli.add_parsers(subparsers, batch, _command)
+    safe_rollout.add_rule_arguments(p)
+    safe_rollout.add_parsers(subparsers, batch, _command)
 
     task = subparsers.add_parser("task", help="update tasks").add_subparsers(
         dest="task_command", required=True
@@ -811,7 +812,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m otaflow.ops_cli ...``) until otaflow's CLI wires it."""
+    """Stand-alone entry (``python -m otaflow.cli.ops ...``) until otaflow's CLI wires it."""
     parser = argparse.ArgumentParser(prog="otaflow")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
