@@ -25,10 +25,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
-from connectors.device_payloads import MalformedPayload, parse_report
 
+from connectors.device_json import MalformedPayload
 from connectors.egress import EgressConnector
 from connectors.ingress import IngressConnector, producer_config
+from connectors.ota_messages import parse_report
 from otaflow.codec import codec
 from otaflow.config import MqttAddress, Settings
 from otaflow.dev import devstack

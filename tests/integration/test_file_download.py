@@ -22,7 +22,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Producer
-from connectors.device_payloads import (
+
+from connectors.download_frames import (
     DOWNLOAD_CODE_BAD_REQUEST,
     DOWNLOAD_CODE_UNKNOWN_STREAM,
     DownloadReply,
@@ -31,7 +32,6 @@ from connectors.device_payloads import (
     mqtt_stream_ids,
     parse_download_reply,
 )
-
 from connectors.file_download import FileDownloadResponder
 from connectors.ingress import producer_config
 from otaflow.codec import codec

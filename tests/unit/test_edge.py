@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from connectors.device_payloads import MalformedPayload
 
+from connectors.device_json import MalformedPayload
 from connectors.ingress import IngressConnector
 from connectors.presence import parse_status
 from otaflow import config
