@@ -12,7 +12,7 @@ import pytest
 
 from otaflow.cli.ops import add_parsers
 from otaflow.dev import devstack
-from tests.integration.test_api_openapi import (
+from tests.integration.api_support import (
     AK,
     SK,
     Deployment,
