@@ -20,8 +20,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from otaflow.cli.ops import ApiCallError, OpsClient
 from otaflow.dev import system_packages
 from tests.integration.conftest import REPO, Otaflow, free_port
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import MINUTE, create_package
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, create_package
 
 pytestmark = pytest.mark.integration
 

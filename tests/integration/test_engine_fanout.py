@@ -12,7 +12,7 @@ import pytest
 from otaflow.domain.simulation import make_batch
 from otaflow.partitioning import device_key, partition_for
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import FAST, T0, EngineDriver
+from tests.integration.engine_support import FAST, T0, EngineDriver
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from otaflow import metrics, topics
 from otaflow.cli.ops import ApiCallError, OpsClient
 from otaflow.partitioning import device_key
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import MINUTE, dynamic_batch
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, dynamic_batch
 
 pytestmark = pytest.mark.integration
 
