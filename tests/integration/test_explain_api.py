@@ -21,6 +21,7 @@ from tests.integration.api_support import (
     new_product,
     ok,
     report_versions,
+    running_deployment,
     upload_firmware,
 )
 
@@ -31,11 +32,7 @@ pytestmark = pytest.mark.integration
 def deployment(
     stack: devstack.DevStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    made = Deployment(stack, tmp_path_factory.mktemp("explain"))
-    try:
-        yield made
-    finally:
-        made.close()
+    yield from running_deployment(stack, tmp_path_factory)
 
 
 def test_explain_reads_why_through_the_api_and_the_cli(
