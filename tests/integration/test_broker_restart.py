@@ -18,8 +18,8 @@ import pytest
 
 from otaflow.dev import devstack
 from tests.integration.conftest import Otaflow
+from tests.integration.connector_support import PrivateMosquitto, wait_for
 from tests.integration.rollout_support import create_package
-from tests.integration.test_connectors import PrivateMosquitto, wait_for
 
 pytestmark = pytest.mark.integration
 

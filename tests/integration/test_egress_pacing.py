@@ -19,7 +19,7 @@ from otaflow.codec import codec
 from otaflow.dev import devstack
 from otaflow.partitioning import device_key
 from otaflow.topics import NOTIFICATIONS
-from tests.integration.test_connectors import (
+from tests.integration.connector_support import (
     UpgradeSubscriber,
     make_settings,
     mqtt_client,

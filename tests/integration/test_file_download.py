@@ -40,7 +40,7 @@ from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS, ensure_topics
 from tests.integration.conftest import scratch
-from tests.integration.test_connectors import TopicReader, running
+from tests.integration.connector_support import TopicReader, running
 from tests.mqtt_logins import device_client
 
 pytestmark = pytest.mark.integration
