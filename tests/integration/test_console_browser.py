@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from otaflow.cli.ops import ApiCallError, OpsClient
+from otaflow.api.client import ApiCallError, OpsClient
 from otaflow.dev import system_packages
 from tests.integration.conftest import REPO, Otaflow, free_port
 from tests.integration.engine_support import T0

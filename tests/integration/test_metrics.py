@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from otaflow import metrics, topics
-from otaflow.cli.ops import ApiCallError, OpsClient
+from otaflow.api.client import ApiCallError, OpsClient
 from otaflow.partitioning import device_key
 from tests.integration.conftest import Otaflow
 from tests.integration.engine_support import T0

@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from otaflow import config
-from otaflow.cli.ops import OpsClient
+from otaflow.api.client import OpsClient
 from otaflow.dev import devstack
 from tests.integration.conftest import REPO, Otaflow
 
