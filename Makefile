@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # The Python environment, then Kafka (jars from Maven Central, once) and Mosquitto.
 # `devstack up` also installs with apt-get every program the code and tests run, listed
-# in otaflow/system_packages.py: mosquitto, mosquitto-clients (mosquitto_sub,
+# in otaflow/dev/system_packages.py: mosquitto, mosquitto-clients (mosquitto_sub,
 # mosquitto_pub), kcat, jq, chromium, and gcc with the broker plugin's headers.
 setup: $(STAMP)
 	$(BIN)/otaflow devstack up

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from otaflow import config, devstack, topics
+from otaflow import config, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
+from otaflow.dev import devstack
 from otaflow.device_keys import device_key
 from otaflow.kafka_partitions import CONFLUENT_PARTITIONER
 from otaflow.processes import ProcessGroup

@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the runs and median here")
     args = parser.parse_args(argv)
-    from otaflow import devstack
+    from otaflow.dev import devstack
 
     stack = devstack.up()
     base = dataclasses.replace(

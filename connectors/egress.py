@@ -7,7 +7,7 @@
         PULL_REPLY  -> /sys/{pk}/{dn}/thing/ota/firmware/get_reply
         unusable    -> ota.deadletter (source "topic/partition/offset")
 
-The payloads are built by :func:`connectors.device_payloads.build_upgrade_message`.
+The payloads are built by :func:`connectors.ota_messages.build_upgrade_message`.
 
 No lost notification
 --------------------
@@ -73,11 +73,11 @@ from urllib.parse import quote
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from connectors.device_payloads import build_upgrade_message, needs_url
 from connectors.ingress import producer_config
 from connectors.mqtt_login import tls_context
 from connectors.mqtt_publisher import QoS1Publisher, check_topic
 from connectors.offer_pacing import DEFAULT_PULL_OFFERS_PER_MINUTE, EventTimePacer, PullSlots
+from connectors.ota_messages import build_upgrade_message, needs_url
 from connectors.process import serve_metrics, start_process
 from otaflow import membership, metrics
 from otaflow.codec import DecodeError, codec

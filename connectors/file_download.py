@@ -1,7 +1,7 @@
 """MQTT file download: answers devices fetching a package block by block over MQTT.
 
 A push with ``"dProtocol":"mqtt"`` (packages of one file up to 16 MiB, see
-:func:`connectors.device_payloads.uses_mqtt_download`) tells the device a ``streamId``
+:func:`connectors.download_frames.uses_mqtt_download`) tells the device a ``streamId``
 and ``streamFileId``; the device then asks for blocks::
 
     devices --/sys/{pk}/{dn}/thing/file/download--> Mosquitto
@@ -10,7 +10,7 @@ and ``streamFileId``; the device then asks for blocks::
     otaflow.batches (compacted) --> streamId -> package file (in memory)
     malformed requests --> ota.deadletter (and an error reply when it can be addressed)
 
-The frame and its CRC are built by :mod:`connectors.device_payloads` (pure, unit
+The frame and its CRC are built by :mod:`connectors.download_frames` (pure, unit
 tested). The stream map comes from every ``Batch`` record: a batch whose firmware is
 offered over MQTT maps ``mqtt_stream_ids(firmware_id)`` to its ``file_path`` in the
 package store. It is read to the end before the responder subscribes, then followed.
@@ -58,7 +58,7 @@ from confluent_kafka import (
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from connectors.device_payloads import (
+from connectors.download_frames import (
     DOWNLOAD_CODE_BAD_REQUEST,
     DOWNLOAD_CODE_SERVER_ERROR,
     DOWNLOAD_CODE_UNKNOWN_STREAM,

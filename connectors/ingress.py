@@ -58,8 +58,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from connectors.device_payloads import MAX_PAYLOAD_BYTES, MalformedPayload, parse_report
+from connectors.device_json import MAX_PAYLOAD_BYTES, MalformedPayload
 from connectors.mqtt_login import configure_paho
+from connectors.ota_messages import parse_report
 from connectors.presence import STATUS_TOPIC_FILTER, is_status_topic, parse_status
 from connectors.process import serve_metrics, start_process
 from otaflow import instances, metrics

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.device_payloads import MalformedPayload, _json_object, _level
+from connectors.device_json import MalformedPayload, json_object, topic_level
 
 STATUS_TOPIC_PREFIX = "/as/mqtt/status/"
 STATUS_TOPIC_FILTER = f"{STATUS_TOPIC_PREFIX}+/+"
@@ -38,9 +38,9 @@ def parse_status(mqtt_topic: str, payload: bytes, now_ms: int) -> dict[str, Any]
     levels = mqtt_topic[len(STATUS_TOPIC_PREFIX) :].split("/")
     if not is_status_topic(mqtt_topic) or len(levels) != 2:
         raise MalformedPayload(f"topic {mqtt_topic!r} is not a device status topic")
-    product_key = _level(levels[0], "product key")
-    device_name = _level(levels[1], "device name")
-    body = _json_object(payload)
+    product_key = topic_level(levels[0], "product key")
+    device_name = topic_level(levels[1], "device name")
+    body = json_object(payload)
     kind = _KINDS.get(str(body.get("status")).lower())
     if kind is None:
         raise MalformedPayload(

@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from otaflow import config, system_packages
+from otaflow import config
 from otaflow.config import cache_dir
+from otaflow.dev import system_packages
 
 SOURCE = Path(__file__).with_name("otaflow_auth.c")
 

@@ -1,7 +1,7 @@
 """otaflow's web console: packages, batches with live counts and push rate, devices.
 
 A thin client of otaflow's own OpenAPI: every page and every action is one or a few
-signed calls with the signed-in operator's access key (``otaflow.ops_cli.OpsClient``),
+signed calls with the signed-in operator's access key (``otaflow.api.client.OpsClient``),
 so the console shows exactly what the API answers and refuses with the API's own codes
 and messages; it holds no state of its own besides sessions and the push-rate samples
 of the batches someone is watching.
@@ -29,9 +29,9 @@ from typing import Any
 from aiohttp import web
 
 from otaflow import config
+from otaflow.api.client import ApiCallError, OpsClient
 from otaflow.config import Settings
 from otaflow.domain.rate import RateConfig, plan
-from otaflow.ops_cli import ApiCallError, OpsClient
 from otaflow.web.pages import environment
 
 log = logging.getLogger("otaflow.console")

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from otaflow import config, devstack, topics
+from otaflow import config, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.control.client import ControlClient
+from otaflow.dev import devstack
 from otaflow.device_keys import device_key
 from otaflow.kafka_partitions import CONFLUENT_PARTITIONER, partition_for
 

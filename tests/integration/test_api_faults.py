@@ -8,9 +8,6 @@ behind the same keys would have), on free ports with ``ApiRunner``.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,22 +17,21 @@ from typing import Any
 
 import pytest
 import requests
-from aiohttp import web
 from alibabacloud_iot20180120 import models as m
-from alibabacloud_iot20180120.client import Client
-from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
 
-from otaflow import devstack, topics
-from otaflow.api.server import ApiRunner, create_app
+from otaflow import topics
+from otaflow.api.server import create_app
 from otaflow.api.signature import sign_request
 from otaflow.api.views import TaskViewConsumer
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.control.client import ControlClient
 from otaflow.control.errors import ApiError
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow
+from tests.served_api import ServedApi, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -43,18 +39,12 @@ AK, SK = "faultAK", "faultSecret"
 CODEC = codec()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ApiProcess:
+class ApiProcess(ServedApi):
     """One API replica: its own Kafka clients, view, verifier and port."""
 
     def __init__(self, settings: Settings, tmp: Path, command_timeout: float = 60.0) -> None:
-        self.port = free_port()
-        self.settings = replace(settings, api_port=self.port, access_keys={AK: SK})
+        port = free_port()
+        self.settings = replace(settings, api_port=port, access_keys={AK: SK})
         self.control = ControlClient(self.settings)
         self.feed = TaskViewConsumer(self.settings)
         app = create_app(
@@ -64,41 +54,10 @@ class ApiProcess:
             packages=PackageStore(self.settings, root=tmp / "packages"),
             command_timeout=command_timeout,
         )
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.runner = ApiRunner(app)
-            self.loop.run_until_complete(self.runner.setup())
-            site = web.TCPSite(self.runner, "127.0.0.1", self.port)
-            self.loop.run_until_complete(site.start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        assert ready.wait(20)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def sdk(self) -> Client:
-        return Client(
-            Config(
-                access_key_id=AK,
-                access_key_secret=SK,
-                endpoint=self.host,
-                protocol="http",
-                read_timeout=90_000,
-            )
-        )
+        super().__init__(app, port, (AK, SK), ready_timeout_s=20, sdk_read_timeout_ms=90_000)
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().close()
         self.feed.close()
         self.control.close()
 

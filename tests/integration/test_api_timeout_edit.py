@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from alibabacloud_iot20180120 import models as m
 
-from tests.integration.test_api_openapi import (
+from tests.integration.api_support import (
     Deployment,
     api,  # noqa: F401  (the module's deployment fixture)
     dynamic_job,

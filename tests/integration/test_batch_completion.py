@@ -1,42 +1,32 @@
 """A static batch becomes COMPLETED when every task is final (issue 12), through the
-official API SDK against a running otaflow (the deployment of ``test_api_openapi``, its
+official API SDK against a running otaflow (the deployment of ``api_support``, its
 own instance for this module): then its package can be deleted, and every read says so.
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 from alibabacloud_iot20180120 import models as m
 
 from otaflow import topics
 from otaflow.domain.open_tasks import REPORT_EVERY_MS
-from tests.integration.test_api_openapi import (
+from tests.integration.api_support import (
     Deployment,
     api,
     eventually,
     new_product,
+    now_ms,
     ok,
     refused,
     register,
     report_versions,
     static_job,
-    tasks_of,
+    task_statuses,
     upload_firmware,
 )
 
 pytestmark = pytest.mark.integration
 __all__ = ["api"]  # the module-scoped deployment fixture
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def task_statuses(api: Deployment, job_id: str) -> dict[str, str]:
-    body = ok(tasks_of(api, job_id))
-    return {t.device_name: t.task_status for t in body.data.simple_otatask_info}
 
 
 def job_status(api: Deployment, job_id: str) -> str:

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from tests.integration.conftest import REPO, Otaflow
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import MINUTE, create_package
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, create_package
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,6 @@ the test's own, which the test stops and starts again; the shared one is not tou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -17,10 +16,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from otaflow import devstack
-from otaflow.packages import PackageStore
+from otaflow.dev import devstack
 from tests.integration.conftest import Otaflow
-from tests.integration.test_connectors import PrivateMosquitto, wait_for
+from tests.integration.connector_support import PrivateMosquitto, wait_for
+from tests.integration.rollout_support import create_package
 
 pytestmark = pytest.mark.integration
 
@@ -101,25 +100,11 @@ def test_a_broker_restart_mid_push_leaves_no_task_unfinished(
     fleet: Fleet | None = None
     try:
         pk = f"pkRestart{now_ms() % 100000}"
-        store = PackageStore(otaflow.settings, root=otaflow.tmp / "packages")
-        payload = b"fw 2.0" * 100
-        stored = store.add_bytes(f"{pk}/fw.bin", payload)
-        firmware = otaflow.call(
-            "CreateOTAFirmware",
-            now_ms(),
-            ProductKey=pk,
-            FirmwareName="fw-2_0",
-            DestVersion="2.0",
-            FirmwareUrl=store.url(stored.file_path),
-            FirmwareSign=hashlib.sha256(payload).hexdigest(),
-            SignMethod="SHA256",
-            FirmwareSize=len(payload),
-            NeedToVerify="false",
-        )
+        firmware_id = create_package(otaflow, pk, at=now_ms())
         otaflow.call(
             "CreateOTADynamicUpgradeJob",
             now_ms(),
-            FirmwareId=firmware["FirmwareId"],
+            FirmwareId=firmware_id,
             ProductKey=pk,
             **{"SrcVersion.1": "1.0"},
             MaximumPerMinute=RATE,

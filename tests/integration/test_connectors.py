@@ -7,36 +7,40 @@ run in threads with a stop Event; every wait polls a condition with a deadline.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import random
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from connectors.device_payloads import MalformedPayload, parse_report
+from connectors.device_json import MalformedPayload
 from connectors.egress import EgressConnector
 from connectors.ingress import IngressConnector, producer_config
-from otaflow import devstack
+from connectors.ota_messages import parse_report
 from otaflow.codec import codec
-from otaflow.config import MqttAddress, Settings
+from otaflow.config import Settings
+from otaflow.dev import devstack
 from otaflow.device_keys import device_key
 from otaflow.kafka_partitions import partition_for
-from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS, NOTIFICATIONS, TopicSpec, ensure_topics
-from tests.integration.conftest import scratch
-from tests.mqtt_logins import service_client
+from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS, NOTIFICATIONS
+from tests.integration.conftest import free_port
+from tests.integration.connector_support import (
+    PrivateMosquitto,
+    TopicReader,
+    UpgradeSubscriber,
+    make_settings,
+    mqtt_client,
+    publish_all,
+    running,
+    signer,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,166 +48,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack() -> devstack.DevStack:
     return devstack.up()
-
-
-def make_settings(stack: devstack.DevStack, mqtt_address: MqttAddress | None = None) -> Settings:
-    settings = scratch(
-        Settings(
-            kafka_bootstrap=stack.kafka_bootstrap,
-            mqtt=mqtt_address or MqttAddress.parse(stack.mqtt_url),
-        )
-    )
-    ensure_topics(settings.kafka_bootstrap, settings, [DEVICE_REPORTS, DEAD_LETTERS, NOTIFICATIONS])
-    return settings
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def running(target: Callable[[threading.Event], None]) -> Iterator[threading.Thread]:
-    """Run a connector's ``run(stop)`` in a thread; stop it and check it ended cleanly."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            target(stop)
-        except BaseException as exc:
-            errors.append(exc)
-            raise
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive(), "the connector did not stop"
-    assert not errors, f"the connector failed: {errors!r}"
-
-
-class TopicReader:
-    """Reads a whole topic from the beginning, incrementally."""
-
-    def __init__(self, settings: Settings, spec: TopicSpec) -> None:
-        self.topic = spec.full_name(settings)
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-            }
-        )
-        self.consumer.assign(
-            [
-                TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                for p in range(spec.partition_count(settings))
-            ]
-        )
-        self.messages: list[Message] = []
-
-    def read(
-        self, condition: Callable[[list[Message]], bool], timeout: float, what: str
-    ) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        while not condition(self.messages):
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout:.0f}s waiting for {what} "
-                    f"({len(self.messages)} records read)"
-                )
-            for msg in self.consumer.consume(num_messages=1000, timeout=0.2):
-                if msg.error() is None:
-                    self.messages.append(msg)
-        return self.messages
-
-    def read_to_end(self, timeout: float = 30) -> list[Message]:
-        """Everything written so far (up to the current high watermarks)."""
-        ends = {}
-        for tp in self.consumer.assignment():
-            ends[tp.partition] = self.consumer.get_watermark_offsets(tp, timeout=10)[1]
-
-        def caught_up(messages: list[Message]) -> bool:
-            seen: dict[int, int] = {}
-            for m in messages:
-                partition, offset = m.partition(), m.offset()
-                assert partition is not None and offset is not None
-                seen[partition] = max(seen.get(partition, -1), offset)
-            return all(seen.get(p, -1) + 1 >= end for p, end in ends.items())
-
-        return self.read(caught_up, timeout, "the end of the topic")
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-@contextlib.contextmanager
-def mqtt_client(
-    address: MqttAddress, client_id: str | None = None, clean_session: bool = True
-) -> Iterator[mqtt.Client]:
-    # The harness publishes for many devices and watches every offer: the service login.
-    client = service_client(address, client_id, clean_session=clean_session)
-    client.max_inflight_messages_set(200)
-    client.reconnect_delay_set(min_delay=1, max_delay=2)
-    connected = threading.Event()
-    client.on_connect = lambda *_: connected.set()
-    client.connect(address.host, address.port, keepalive=30)
-    client.loop_start()
-    try:
-        assert connected.wait(10), "the test client could not connect"
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def publish_all(address: MqttAddress, messages: list[tuple[str, bytes]]) -> None:
-    with mqtt_client(address) as client:
-        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(timeout=60)
-            assert info.is_published()
-
-
-class UpgradeSubscriber:
-    """Collects the task ids of the upgrade offers a product's devices receive."""
-
-    def __init__(self, product_key: str) -> None:
-        self.filter = f"/ota/device/upgrade/{product_key}/+"
-        self.task_ids: set[str] = set()
-        self.received = 0
-        self.messages: dict[str, tuple[str, dict[str, Any]]] = {}
-        self.subscribed = threading.Event()
-        self._lock = threading.Lock()
-
-    def attach(self, client: mqtt.Client) -> None:
-        def on_connect(c: mqtt.Client, *_: Any) -> None:
-            c.subscribe(self.filter, qos=1)  # again after each reconnect: harmless
-
-        client.on_connect = on_connect
-        client.on_subscribe = lambda *_: self.subscribed.set()
-        client.on_message = self.on_message
-        client.subscribe(self.filter, qos=1)
-        assert self.subscribed.wait(10), "no SUBACK"
-
-    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        message = json.loads(msg.payload)
-        task_id = message["data"]["taskId"]
-        with self._lock:
-            self.received += 1
-            self.task_ids.add(task_id)
-            self.messages[task_id] = (msg.topic, message)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.task_ids)
 
 
 # --------------------------------------------------------------------------- ingress
@@ -524,10 +368,6 @@ def committed_at_end(settings: Settings, group_id: str) -> bool:
         consumer.close()
 
 
-def signer(file_path: str) -> str:
-    return f"https://packages.test/packages/{file_path}?Signature=x"
-
-
 def test_egress_publishes_every_notification(stack: devstack.DevStack) -> None:
     settings = make_settings(stack)
     pk = f"pk{uuid.uuid4().hex[:8]}"
@@ -584,65 +424,6 @@ def test_egress_publishes_every_notification(stack: devstack.DevStack) -> None:
 
 
 # --------------------------------------------------------------------------- broker loss
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class PrivateMosquitto:
-    """A Mosquitto of the test's own, with persistence, that the test can stop and restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("mosquitto") or next(
-            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)),
-            None,
-        )
-        if binary is None:
-            pytest.skip("mosquitto is not installed")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {workdir}/\n"
-            "max_queued_messages 100000\n"
-            "max_inflight_messages 1000\n"
-            # Running as root, mosquitto would switch to its own user, which cannot
-            # write the persistence file into the test's private directory.
-            "user root\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> MqttAddress:
-        return MqttAddress("127.0.0.1", self.port)
-
-    def start(self) -> None:
-        log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-        )
-        wait_for(lambda: port_open(self.port), 15, "the private mosquitto to listen")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto writes its persistence file and exits
-            self.proc.wait(15)
-        self.proc = None
 
 
 def test_egress_survives_the_broker_going_away(

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from otaflow import system_packages
-from otaflow.ops_cli import ApiCallError, OpsClient
+from otaflow.api.client import ApiCallError, OpsClient
+from otaflow.dev import system_packages
 from tests.integration.conftest import REPO, Otaflow, free_port
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import MINUTE, create_package
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, create_package
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ SCREENSHOTS = Path(os.environ.get("OTAFLOW_SCREENSHOTS", REPO / "build" / "scree
 
 
 def ensure_chromium() -> str:
-    """Debian's chromium, which `make setup` installs (otaflow.system_packages)."""
+    """Debian's chromium, which `make setup` installs (otaflow.dev.system_packages)."""
     found = system_packages.find("chromium")
     if found is None:
         pytest.fail("chromium is missing: `make setup` (otaflow devstack up) installs it")

@@ -1,23 +1,22 @@
 """The console doc's rules (issue 12) through the official API SDK, against a running otaflow.
 
-Reuses the deployment of ``test_api_openapi`` (its own instance for this module): the
+Reuses the deployment of ``api_support`` (its own instance for this module): the
 worker as a real process on the real Kafka, the API and package servers in process.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alibabacloud_iot20180120 import models as m
 
+from otaflow.cli.ops import add_parsers
 from otaflow.device_keys import device_key
 from otaflow.kafka_partitions import partition_for
-from otaflow.ops_cli import add_parsers
-from tests.integration.test_api_openapi import (
+from tests.integration.api_support import (
     AK,
     SK,
     Deployment,
@@ -26,26 +25,19 @@ from tests.integration.test_api_openapi import (
     eventually,
     job_ids,
     new_product,
+    now_ms,
     ok,
     refused,
     register,
     report_versions,
     static_job,
+    task_statuses,
     tasks_of,
     upload_firmware,
 )
 
 pytestmark = pytest.mark.integration
 __all__ = ["api"]  # the module-scoped deployment fixture
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def task_statuses(api: Deployment, job_id: str) -> dict[str, str]:
-    body = ok(tasks_of(api, job_id))
-    return {t.device_name: t.task_status for t in body.data.simple_otatask_info}
 
 
 def pull_reply(api: Deployment, pk: str, name: str, message_id: str) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import pytest
 
-from otaflow import config, devstack, topics
+from otaflow import config, topics
+from otaflow.dev import devstack
 from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.integration

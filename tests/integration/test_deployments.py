@@ -17,8 +17,8 @@ import pytest
 
 from otaflow import topics
 from tests.integration.conftest import REPO, Otaflow
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import create_package, dynamic_batch
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import create_package, dynamic_batch
 from tests.mqtt_logins import service_client
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from otaflow import devstack, topics
+from otaflow import topics
 from otaflow.config import MqttAddress, Settings
+from otaflow.dev import devstack
 from tests.integration.conftest import scratch
 from tests.mqtt_logins import service_client
 

@@ -9,7 +9,6 @@ the same way (``otaflow.edge.credentials.device_login``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import threading
@@ -24,11 +23,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from otaflow import devstack, topics
+from otaflow import topics
+from otaflow.dev import devstack
 from otaflow.edge.broker import AuthSettings, start_broker
 from otaflow.edge.credentials import device_login, device_secret
-from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow, free_port
+from tests.integration.rollout_support import create_package
 from tests.sdkdevice import SdkDevice
 
 pytestmark = pytest.mark.integration
@@ -176,24 +176,11 @@ def firmware_and_batch(edge: Edge, **batch: Any) -> tuple[dict[str, Any], bytes]
     otaflow = edge.otaflow
     pk = edge.product_key
     payload = b"otaflow firmware 2.0\n" * 500
-    store = PackageStore(otaflow.settings, root=otaflow.tmp / "packages")
-    stored = store.add_bytes(f"{pk}/fw-2.0.bin", payload)
-    firmware = otaflow.call(
-        "CreateOTAFirmware",
-        now_ms(),
-        ProductKey=pk,
-        FirmwareName="fw-2_0",
-        DestVersion="2.0",
-        FirmwareUrl=store.url(stored.file_path),
-        FirmwareSign=hashlib.sha256(payload).hexdigest(),
-        SignMethod="SHA256",
-        FirmwareSize=len(payload),
-        NeedToVerify="false",  # no verification batch in this test
-    )
+    firmware_id = create_package(otaflow, pk, at=now_ms(), payload=payload)
     job = otaflow.call(
         "CreateOTADynamicUpgradeJob",
         now_ms(),
-        FirmwareId=firmware["FirmwareId"],
+        FirmwareId=firmware_id,
         ProductKey=pk,
         **{"SrcVersion.1": "1.0"},
         MaximumPerMinute=100,

@@ -15,11 +15,11 @@ from confluent_kafka import Producer
 
 from connectors.egress import EgressConnector
 from connectors.ingress import producer_config
-from otaflow import devstack
 from otaflow.codec import codec
+from otaflow.dev import devstack
 from otaflow.device_keys import device_key
 from otaflow.topics import NOTIFICATIONS
-from tests.integration.test_connectors import (
+from tests.integration.connector_support import (
     UpgradeSubscriber,
     make_settings,
     mqtt_client,

@@ -7,7 +7,7 @@ import pytest
 from otaflow.domain.batches import BatchStatus
 from otaflow.domain.simulation import dynamic_batch, firmware, group_batch
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import (
+from tests.integration.engine_support import (
     T0,
     EngineDriver,
     S,

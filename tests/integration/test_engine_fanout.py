@@ -13,7 +13,7 @@ from otaflow.device_keys import device_key
 from otaflow.domain.simulation import make_batch
 from otaflow.kafka_partitions import partition_for
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import FAST, T0, EngineDriver
+from tests.integration.engine_support import FAST, T0, EngineDriver
 
 pytestmark = pytest.mark.integration
 

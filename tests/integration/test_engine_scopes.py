@@ -7,7 +7,7 @@ import pytest
 from otaflow.domain.batches import BatchScope
 from otaflow.domain.simulation import firmware, make_batch
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import (
+from tests.integration.engine_support import (
     FAST,
     T0,
     EngineDriver,

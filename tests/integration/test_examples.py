@@ -20,8 +20,8 @@ from confluent_kafka import Consumer
 
 from otaflow import topics
 from tests.integration.conftest import REPO, Otaflow
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import dynamic_batch
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import dynamic_batch
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from otaflow import devstack
-from otaflow.ops_cli import add_parsers
-from tests.integration.test_api_openapi import (
+from otaflow.cli.ops import add_parsers
+from otaflow.dev import devstack
+from tests.integration.api_support import (
     AK,
     SK,
     Deployment,
@@ -21,6 +21,7 @@ from tests.integration.test_api_openapi import (
     new_product,
     ok,
     report_versions,
+    running_deployment,
     upload_firmware,
 )
 
@@ -31,11 +32,7 @@ pytestmark = pytest.mark.integration
 def deployment(
     stack: devstack.DevStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    made = Deployment(stack, tmp_path_factory.mktemp("explain"))
-    try:
-        yield made
-    finally:
-        made.close()
+    yield from running_deployment(stack, tmp_path_factory)
 
 
 def test_explain_reads_why_through_the_api_and_the_cli(

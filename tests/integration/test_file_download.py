@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Producer
 
-from connectors.device_payloads import (
+from connectors.download_frames import (
     DOWNLOAD_CODE_BAD_REQUEST,
     DOWNLOAD_CODE_UNKNOWN_STREAM,
     DownloadReply,
@@ -34,13 +34,13 @@ from connectors.device_payloads import (
 )
 from connectors.file_download import FileDownloadResponder
 from connectors.ingress import producer_config
-from otaflow import devstack
 from otaflow.codec import codec
 from otaflow.config import MqttAddress, Settings
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS, ensure_topics
 from tests.integration.conftest import scratch
-from tests.integration.test_connectors import TopicReader, running
+from tests.integration.connector_support import TopicReader, running
 from tests.mqtt_logins import device_client
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import uuid
 import pytest
 
 from connectors.ingress import IngressConnector
-from otaflow import devstack
 from otaflow.codec import codec
+from otaflow.dev import devstack
 from otaflow.topics import DEAD_LETTERS, DEVICE_REPORTS
-from tests.integration.test_connectors import TopicReader, make_settings, publish_all, running
+from tests.integration.connector_support import TopicReader, make_settings, publish_all, running
 
 pytestmark = pytest.mark.integration
 

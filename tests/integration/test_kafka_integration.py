@@ -25,8 +25,8 @@ from confluent_kafka.admin import AdminClient
 
 from otaflow import topics
 from tests.integration.conftest import Otaflow, statuses_by_task
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import dynamic_batch
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import dynamic_batch
 
 pytestmark = pytest.mark.integration
 

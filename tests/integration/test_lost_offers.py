@@ -7,7 +7,6 @@ gets the offer again, through the rate agent, with no new status.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from otaflow import devstack
-from otaflow.packages import PackageStore
+from otaflow.dev import devstack
 from tests.integration.conftest import Otaflow
+from tests.integration.rollout_support import create_package
 from tests.mqtt_logins import device_client
 
 pytestmark = pytest.mark.integration
@@ -40,25 +39,11 @@ def now_ms() -> int:
 
 def test_a_version_report_while_notified_brings_a_lost_offer_again(live: Otaflow) -> None:
     pk, dn = f"pkLost{int(time.time()) % 100000}", "lost-offer-1"
-    store = PackageStore(live.settings, root=live.tmp / "packages")
-    payload = b"fw 2.0" * 100
-    stored = store.add_bytes(f"{pk}/fw.bin", payload)
-    firmware = live.call(
-        "CreateOTAFirmware",
-        now_ms(),
-        ProductKey=pk,
-        FirmwareName="fw-2_0",
-        DestVersion="2.0",
-        FirmwareUrl=store.url(stored.file_path),
-        FirmwareSign=hashlib.sha256(payload).hexdigest(),
-        SignMethod="SHA256",
-        FirmwareSize=len(payload),
-        NeedToVerify="false",  # no verification batch in this test
-    )
+    firmware_id = create_package(live, pk, at=now_ms())
     live.call(
         "CreateOTADynamicUpgradeJob",
         now_ms(),
-        FirmwareId=firmware["FirmwareId"],
+        FirmwareId=firmware_id,
         ProductKey=pk,
         **{"SrcVersion.1": "1.0"},
         MaximumPerMinute=100,

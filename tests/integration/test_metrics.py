@@ -13,11 +13,11 @@ from collections.abc import Callable
 import pytest
 
 from otaflow import metrics, topics
+from otaflow.api.client import ApiCallError, OpsClient
 from otaflow.device_keys import device_key
-from otaflow.ops_cli import ApiCallError, OpsClient
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import MINUTE, dynamic_batch
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, dynamic_batch
 
 pytestmark = pytest.mark.integration
 

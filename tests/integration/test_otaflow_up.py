@@ -27,7 +27,8 @@ from alibabacloud_iot20180120 import models as m
 from alibabacloud_iot20180120.client import Client
 from alibabacloud_tea_openapi.models import Config
 
-from otaflow import config, devstack
+from otaflow import config
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from tests.sdkdevice import SdkDevice
 

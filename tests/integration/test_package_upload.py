@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -18,12 +18,12 @@ from alibabacloud_iot20180120 import models as m
 from alibabacloud_iot20180120.client import Client
 from alibabacloud_tea_openapi.models import Config
 
-from otaflow import devstack
+from otaflow.dev import devstack
+from tests.integration.api_support import eventually, ok
 from tests.integration.conftest import Otaflow
 from tests.integration.uploads import post_object
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 
 
 class Deployment:
@@ -59,22 +59,6 @@ def api(stack: devstack.DevStack, tmp_path_factory: pytest.TempPathFactory) -> I
         yield deployment
     finally:
         deployment.otaflow.close()
-
-
-def eventually(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s; last: {value!r}")
-        time.sleep(0.1)
-
-
-def ok(body: Any) -> Any:
-    assert body.success, f"{body.code}: {body.error_message}"
-    return body
 
 
 def code_of(body: Any) -> str:

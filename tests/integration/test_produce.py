@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from otaflow import config, devstack, topics
+from otaflow import config, topics
+from otaflow.dev import devstack
 from otaflow.kafka_partitions import CONFLUENT_PARTITIONER, partition_for
 from streams.produce import produce_all
 from tests.integration.conftest import scratch

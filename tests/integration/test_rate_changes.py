@@ -8,7 +8,8 @@ import pytest
 
 from otaflow.domain.rate import RateCondition, RateConfig, plan
 from tests.integration.conftest import Otaflow
-from tests.integration.test_rollout_kafka import MINUTE, T0, dynamic_batch
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, dynamic_batch, tick_minutes
 
 pytestmark = pytest.mark.integration
 
@@ -20,12 +21,6 @@ def queue_devices(otaflow: Otaflow, pk: str, count: int) -> None:
     otaflow.task_events().wait_for(
         lambda v: sum(e["status"] == "QUEUED" for e in v) == count, timeout=120, what="queued"
     )
-
-
-def tick_minutes(otaflow: Otaflow, first: int, last: int) -> None:
-    for minute in range(first, last + 1):
-        for second in range(1, 61):
-            otaflow.tick(T0 + minute * MINUTE + second * 1000 - 1)
 
 
 def pushes_per_minute(otaflow: Otaflow, expected: int) -> Counter[int]:

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from tests.integration.conftest import Otaflow
-from tests.integration.test_rollout_kafka import MINUTE, T0
-from tests.integration.test_worker_restart import start_rollout
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, start_rollout
 
 pytestmark = pytest.mark.integration
 

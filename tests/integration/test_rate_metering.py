@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from tests.integration.conftest import Otaflow
-from tests.integration.test_rollout_kafka import MINUTE, T0, create_package
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, create_package
 
 pytestmark = pytest.mark.integration
 

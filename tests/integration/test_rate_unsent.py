@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 
 from tests.integration.conftest import Otaflow
-from tests.integration.test_rate_changes import tick_minutes
-from tests.integration.test_rollout_kafka import MINUTE, T0, create_package
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, create_package, tick_minutes
 
 pytestmark = pytest.mark.integration
 

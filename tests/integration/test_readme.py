@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 import requests
 
-from otaflow import config, devstack
-from otaflow.ops_cli import OpsClient
+from otaflow import config
+from otaflow.api.client import OpsClient
+from otaflow.dev import devstack
 from tests.integration.conftest import REPO, Otaflow
 
 pytestmark = pytest.mark.integration

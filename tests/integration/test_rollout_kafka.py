@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from otaflow import topics
 from otaflow.codec import codec
 from otaflow.device_keys import device_key
-from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow, statuses_by_task
-from tests.integration.test_engine_support import T0
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import MINUTE, dynamic_batch
 
 CODEC = codec()
 
 pytestmark = pytest.mark.integration
-
-MINUTE = 60_000
-
-
-def create_package(otaflow: Otaflow, pk: str, version: str = "2.0", **extra: str) -> str:
-    payload = f"firmware {version}".encode() * 100
-    store = PackageStore(otaflow.settings, root=otaflow.tmp / "packages")
-    stored = store.add_bytes(f"{pk}/fw-{version}.bin", payload)
-    data = otaflow.call(
-        "CreateOTAFirmware",
-        T0,
-        ProductKey=pk,
-        FirmwareName=f"fw {version}",
-        DestVersion=version,
-        FirmwareUrl=store.url(stored.file_path),
-        FirmwareSign=hashlib.sha256(payload).hexdigest(),
-        SignMethod="SHA256",
-        FirmwareSize=len(payload),
-        **{"NeedToVerify": "false", **extra},
-    )
-    return str(data["FirmwareId"])
-
-
-def dynamic_batch(otaflow: Otaflow, pk: str, **rate: object) -> str:
-    """A package 2.0 and a dynamic batch from source version 1.0 at ``rate``; its job id."""
-    firmware_id = create_package(otaflow, pk)
-    job = otaflow.call(
-        "CreateOTADynamicUpgradeJob",
-        T0,
-        FirmwareId=firmware_id,
-        ProductKey=pk,
-        **{"SrcVersion.1": "1.0"},
-        **rate,
-    )
-    return str(job["JobId"])
 
 
 def test_dynamic_batch_matches_pushes_and_finishes_tasks(otaflow: Otaflow) -> None:

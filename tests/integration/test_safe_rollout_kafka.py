@@ -7,8 +7,8 @@ import pytest
 
 from otaflow import topics
 from tests.integration.conftest import Otaflow
-from tests.integration.test_engine_support import T0
-from tests.integration.test_rollout_kafka import create_package
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import create_package
 
 pytestmark = pytest.mark.integration
 

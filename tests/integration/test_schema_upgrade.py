@@ -18,8 +18,8 @@ from rocksdict import Options, Rdict
 from otaflow import topics
 from otaflow.codec import Codec
 from tests.integration.conftest import Otaflow
-from tests.integration.test_rollout_kafka import MINUTE, T0
-from tests.integration.test_worker_restart import DEVICES, RATE, start_rollout, tick_minute
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import DEVICES, MINUTE, RATE, start_rollout, tick_minute
 from tests.schema_support import Transcoder, previous_release
 
 pytestmark = pytest.mark.integration

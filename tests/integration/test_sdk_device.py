@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from otaflow import devstack
 from otaflow.config import MqttAddress
+from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from tests.integration.conftest import Otaflow
+from tests.integration.rollout_support import create_package
 from tests.sdkdevice import SdkDevice
 
 pytestmark = pytest.mark.integration
@@ -48,25 +49,12 @@ def test_sdk_device_is_updated_from_1_0_to_2_0(live_otaflow: Otaflow, tmp_path: 
     pk = product["ProductKey"]
     secret = otaflow.call("RegisterDevice", now_ms(), ProductKey=pk, DeviceName=dn)["DeviceSecret"]
     payload = b"otaflow firmware 2.0\n" * 2000
-    store = PackageStore(otaflow.settings, root=otaflow.tmp / "packages")
-    stored = store.add_bytes(f"{pk}/fw-2.0.bin", payload)
     sign = hashlib.sha256(payload).hexdigest()
-    firmware = otaflow.call(
-        "CreateOTAFirmware",
-        now_ms(),
-        ProductKey=pk,
-        FirmwareName="fw-2_0",
-        DestVersion="2.0",
-        FirmwareUrl=store.url(stored.file_path),
-        FirmwareSign=sign,
-        SignMethod="SHA256",
-        FirmwareSize=len(payload),
-        NeedToVerify="false",
-    )
+    firmware_id = create_package(otaflow, pk, at=now_ms(), payload=payload)
     job = otaflow.call(
         "CreateOTADynamicUpgradeJob",
         now_ms(),
-        FirmwareId=firmware["FirmwareId"],
+        FirmwareId=firmware_id,
         ProductKey=pk,
         **{"SrcVersion.1": "1.0", "Tag.1.Key": "wave", "Tag.1.Value": "one"},
         MaximumPerMinute=100,

@@ -8,36 +8,10 @@ from collections import Counter
 import pytest
 
 from tests.integration.conftest import Otaflow
-from tests.integration.test_rollout_kafka import MINUTE, T0, create_package
+from tests.integration.engine_support import T0
+from tests.integration.rollout_support import DEVICES, MINUTE, RATE, start_rollout, tick_minute
 
 pytestmark = pytest.mark.integration
-
-RATE = 300
-DEVICES = 900
-
-
-def start_rollout(otaflow: Otaflow, pk: str) -> None:
-    otaflow.start_worker()
-    firmware_id = create_package(otaflow, pk)
-    otaflow.call(
-        "CreateOTADynamicUpgradeJob",
-        T0,
-        FirmwareId=firmware_id,
-        ProductKey=pk,
-        **{"SrcVersion.1": "1.0"},
-        MaximumPerMinute=RATE,
-    )
-    for i in range(DEVICES):
-        otaflow.report(pk, f"d{i}", "VERSION", T0 + 100, version="1.0")
-    otaflow.flush()
-    otaflow.task_events().wait_for(
-        lambda v: sum(e["status"] == "QUEUED" for e in v) == DEVICES, what="queued"
-    )
-
-
-def tick_minute(otaflow: Otaflow, minute: int) -> None:
-    for second in range(1, 61):
-        otaflow.tick(T0 + minute * MINUTE + second * 1000 - 1)
 
 
 def notified(otaflow: Otaflow) -> list[str]:

@@ -259,7 +259,7 @@ def test_unconfirmed_tasks_canceled_count_as_rejected() -> None:
 
 
 def test_cli_rule_and_window_flags_become_the_api_parameters() -> None:
-    from otaflow.safe_cli import rule_params
+    from otaflow.cli.safe_rollout import rule_params
 
     params = rule_params(["ALL:30:50:PAUSE:SRC_VERSION", "TIMEOUT:5.5:10"], ["* 01:00 60 UTC"])
     assert params == {

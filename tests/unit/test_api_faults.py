@@ -8,10 +8,8 @@ record it would put on Kafka and refuses one over Kafka's 1 MB record limit.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,20 +18,18 @@ from typing import Any
 
 import pytest
 import requests
-from aiohttp import web
 from alibabacloud_iot20180120 import models as m
-from alibabacloud_iot20180120.client import Client
-from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
 
 from otaflow import config
 from otaflow.api import server as api_server
-from otaflow.api.server import ApiRequestHandler, ApiRunner, create_app
+from otaflow.api.server import ApiRequestHandler, create_app
 from otaflow.api.signature import sign_request
 from otaflow.api.views import TaskView
 from otaflow.codec import codec
 from otaflow.control.client import CommandResult, CommandTimeout
 from otaflow.packages import PackageStore
+from tests.served_api import ServedApi, free_port
 
 AK, SK = "faultAK", "faultSecret"
 CODEC = codec()
@@ -72,48 +68,18 @@ class RecordingCommands:
         return self.answer or CommandResult(request_id or "r", True, None, None, {"Ok": 1})
 
 
-class Server:
+class Server(ServedApi):
     def __init__(self, tmp: Path, commands: RecordingCommands, view: TaskView) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        settings = replace(config.load(), access_keys={AK: SK}, api_port=self.port)
-        self.app = create_app(
+        port = free_port()
+        settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
+        app = create_app(
             settings,
             commands,
             view,
             packages=PackageStore(settings, root=tmp),
             body_timeout_s=1.0,
         )
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.runner = ApiRunner(self.app)
-            self.loop.run_until_complete(self.runner.setup())
-            site = web.TCPSite(self.runner, "127.0.0.1", self.port)
-            self.loop.run_until_complete(site.start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def sdk(self) -> Client:
-        return Client(
-            Config(access_key_id=AK, access_key_secret=SK, endpoint=self.host, protocol="http")
-        )
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__(app, port, (AK, SK))
 
 
 @pytest.fixture
@@ -164,6 +130,23 @@ def signed_post(
         nonce=nonce,
     )
     return requests.post(f"http://{api.host}/", params=query, data=body, headers=signed, timeout=30)
+
+
+def signed_head(api: Server, action: str, body: bytes, content_length: int) -> bytes:
+    """A raw request's line and headers, signed for ``body``, announcing ``content_length``
+    bytes: what a client that stops or lies about its body would send first."""
+    signed = sign_request(
+        access_key_id=AK,
+        access_key_secret=SK,
+        method="POST",
+        host=api.host,
+        action=action,
+        version="2018-01-20",
+        headers={"content-type": FORM},
+        body=body,
+    )
+    lines = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+    return f"POST / HTTP/1.1\r\n{lines}Content-Length: {content_length}\r\n\r\n".encode()
 
 
 def gateway_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -349,36 +332,16 @@ def test_unsigned_large_body_is_refused_before_it_is_read(api: Server) -> None:
 
 
 def test_signed_body_over_the_limit_is_refused_from_its_length(api: Server) -> None:
-    signed = sign_request(
-        access_key_id=AK,
-        access_key_secret=SK,
-        method="POST",
-        host=api.host,
-        action="BatchCheckDeviceNames",
-        version="2018-01-20",
-        headers={"content-type": FORM},
-        body=b"",
-    )
-    lines = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
-    head = f"POST / HTTP/1.1\r\n{lines}Content-Length: 62914560\r\n\r\n".encode()
+    # Signed for an empty body, announcing 60 MB.
+    head = signed_head(api, "BatchCheckDeviceNames", b"", content_length=62_914_560)
     received = raw_exchange(api, head)
     assert received.startswith(b"HTTP/1.1 413"), received[:200]
     assert b'"RequestEntityTooLarge"' in received
 
 
 def test_body_that_stops_arriving_is_answered_408(api: Server) -> None:
-    signed = sign_request(
-        access_key_id=AK,
-        access_key_secret=SK,
-        method="POST",
-        host=api.host,
-        action="QueryProduct",
-        version="2018-01-20",
-        headers={"content-type": FORM},
-        body=b"ProductKey=pk",
-    )
-    lines = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
-    head = f"POST / HTTP/1.1\r\n{lines}Content-Length: 100\r\n\r\nProductKey".encode()
+    # Signed for the whole body, announcing 100 bytes, sending 10 of them.
+    head = signed_head(api, "QueryProduct", b"ProductKey=pk", content_length=100) + b"ProductKey"
     started = time.monotonic()
     received = raw_exchange(api, head)
     assert time.monotonic() - started < 6
@@ -418,18 +381,7 @@ def test_command_timeout_is_a_json_503(api: Server, commands: RecordingCommands)
 
 def test_idle_keep_alive_connection_after_a_request_is_not_answered_408(api: Server) -> None:
     body = b"ProductKey=pk"
-    signed = sign_request(
-        access_key_id=AK,
-        access_key_secret=SK,
-        method="POST",
-        host=api.host,
-        action="QueryProduct",
-        version="2018-01-20",
-        headers={"content-type": FORM},
-        body=body,
-    )
-    lines = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
-    head = f"POST / HTTP/1.1\r\n{lines}Content-Length: {len(body)}\r\n\r\n".encode()
+    head = signed_head(api, "QueryProduct", body, content_length=len(body))
     # Headers and body in two writes, then the connection stays idle past the timeout.
     with socket.create_connection(("127.0.0.1", api.port)) as sock:
         sock.sendall(head)

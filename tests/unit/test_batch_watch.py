@@ -7,8 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from otaflow import watch_cli
-from otaflow.watch_cli import Snapshot, Watch
+from otaflow.cli.watch import Snapshot, Watch, board, watch_batch
 
 
 def job(status: str = "IN_PROGRESS", selection: str = "STATIC", **stats: int) -> dict[str, Any]:
@@ -47,7 +46,7 @@ def run(
     fake = Fake(answers)
     out = io.StringIO()
     console = Console(file=out, force_terminal=terminal, width=80, color_system=None)
-    status = watch_cli.watch_batch(
+    status = watch_batch(
         fake.query, console, interval=10, timeout=timeout, clock=lambda: fake.now, sleep=fake.sleep
     )
     return status, out.getvalue(), fake
@@ -93,7 +92,7 @@ def test_the_board_fits_80_columns_and_shows_rate_against_the_plan() -> None:
     watch.add(Snapshot(0.0, job(Queued=1_000_000)))
     watch.add(Snapshot(60.0, job(Queued=999_400, Notified=600)))
     console = Console(width=80, record=True, file=io.StringIO(), color_system=None)
-    console.print(watch_cli.board(watch))
+    console.print(board(watch))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "600/min (rate 600/min)" in text
@@ -115,7 +114,7 @@ def test_until_idle_ends_a_dynamic_batch_once_its_tasks_have_ended() -> None:
     ]
     fake = Fake(answers)
     console = Console(file=io.StringIO(), width=80, color_system=None)
-    status = watch_cli.watch_batch(
+    status = watch_batch(
         fake.query,
         console,
         interval=10,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from otaflow import ops_cli
+from otaflow.cli import ops
 
 JOB_ID = "Xq3vB9kLmN2pR7sT4uWy8z"  # 22 characters, as the control plane makes them
 FIRMWARE_ID = "Fw7hJ2kL9mN4pQ6rS8tU1v"
@@ -117,9 +117,7 @@ def render(func: Any, **args: Any) -> list[str]:
     out = io.StringIO()
     console = Console(file=out, width=80, color_system=None, legacy_windows=False)
     client: Any = FakeApi(ANSWERS)
-    status = ops_cli.run(
-        func, argparse.Namespace(json=False, **args), console=console, client=client
-    )
+    status = ops.run(func, argparse.Namespace(json=False, **args), console=console, client=client)
     assert status == 0
     return out.getvalue().splitlines()
 
@@ -134,19 +132,19 @@ def line_with(lines: list[str], text: str) -> str:
     ("func", "args", "ids", "statuses"),
     [
         (
-            ops_cli.task_list,
+            ops.task_list,
             {"job_id": JOB_ID, "page": 1, "page_size": 50, "status": None},
             [TASK_ID, TASK_ID[::-1]],
             ["IN_PROGRESS", "SUCCEEDED"],
         ),
         (
-            ops_cli.batch_list,
+            ops.batch_list,
             {"firmware_id": FIRMWARE_ID, "page": 1, "page_size": 20},
             [JOB_ID, JOB_ID[::-1]],
             ["IN_PROGRESS", "COMPLETED"],
         ),
         (
-            ops_cli.firmware_list,
+            ops.firmware_list,
             {"product": None, "page": 1, "page_size": 20},
             [FIRMWARE_ID, FIRMWARE_ID[::-1], PRODUCT_KEY],
             ["verify failed", "verified"],
@@ -166,7 +164,7 @@ def test_list_tables_fit_80_columns_with_whole_ids_and_named_statuses(
 
 
 def test_a_task_table_keeps_one_line_per_task() -> None:
-    lines = render(ops_cli.task_list, job_id=JOB_ID, page=1, page_size=50, status=None)
+    lines = render(ops.task_list, job_id=JOB_ID, page=1, page_size=50, status=None)
     row = line_with(lines, TASK_ID)
     # The long description is cut on the task's own line, not wrapped under it.
     assert "download" in row and row.rstrip().endswith("…")
@@ -174,13 +172,13 @@ def test_a_task_table_keeps_one_line_per_task() -> None:
 
 
 def test_firmware_show_names_its_verification_status() -> None:
-    lines = render(ops_cli.firmware_show, firmware_id=FIRMWARE_ID)
+    lines = render(ops.firmware_show, firmware_id=FIRMWARE_ID)
     status = line_with(lines, "Status")
     assert "verifying" in status and " 2 " not in status + " "
 
 
 def test_batch_list_shows_kind_and_minute_of_creation() -> None:
-    lines = render(ops_cli.batch_list, firmware_id=FIRMWARE_ID, page=1, page_size=20)
+    lines = render(ops.batch_list, firmware_id=FIRMWARE_ID, page=1, page_size=20)
     row = line_with(lines, JOB_ID)
     assert "DYNAMIC" in row and "2026-11-29 20:13" in row
     assert "VERIFY" in line_with(lines, JOB_ID[::-1])
@@ -192,5 +190,5 @@ def test_an_empty_list_keeps_its_title_on_one_line() -> None:
     out = io.StringIO()
     client: Any = FakeApi({"ListOTATaskByJob": empty})
     args = argparse.Namespace(json=False, job_id=JOB_ID, page=3000, page_size=50, status=None)
-    ops_cli.run(ops_cli.task_list, args, console=Console(file=out, width=80), client=client)
+    ops.run(ops.task_list, args, console=Console(file=out, width=80), client=client)
     line_with(out.getvalue().splitlines(), f"tasks of {JOB_ID} (100000)")

@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 from otaflow.codec import DecodeError, codec, definition
 from otaflow.device_avro import (
-    DEVICE_STATE_FIELDS,
     STATUS_SYMBOLS,
     TASK_EVENT_FIELDS,
     TASK_FIELDS,
@@ -114,11 +113,6 @@ def test_a_typical_device_in_bytes() -> None:
         b"\x00\x00"  # province, city: null
         b"\x00\x00\x00"  # groups, dynamic groups, group matches
     )
-
-
-def test_the_encoder_follows_the_schemas_field_order() -> None:
-    fields = codec().schema("DeviceState").parsed["fields"]
-    assert tuple(field["name"] for field in fields) == DEVICE_STATE_FIELDS
 
 
 def test_the_task_encoder_follows_the_task_schema() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.device_payloads import MalformedPayload
+from connectors.device_json import MalformedPayload
 from connectors.ingress import IngressConnector
 from connectors.presence import parse_status
 from otaflow import config
@@ -172,7 +172,7 @@ def test_otaflow_logs_in_to_the_dev_broker_as_the_service_by_default(
 def test_the_dev_broker_takes_no_anonymous_client(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from otaflow import devstack
+    from otaflow.dev import devstack
     from otaflow.edge import broker as edge_broker
 
     plugin = tmp_path / "otaflow_auth-x.so"

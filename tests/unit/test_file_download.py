@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.device_payloads import (
+from connectors.device_json import MalformedPayload
+from connectors.download_frames import (
     DOWNLOAD_CODE_BAD_REQUEST,
     DOWNLOAD_CODE_SERVER_ERROR,
     DOWNLOAD_CODE_UNKNOWN_STREAM,
     MAX_DOWNLOAD_BLOCK,
     MalformedDownloadRequest,
-    MalformedPayload,
     build_download_block,
     build_download_error,
     crc16_ibm,

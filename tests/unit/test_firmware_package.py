@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connectors.device_payloads import build_upgrade_message
+from connectors.ota_messages import build_upgrade_message
 from otaflow.control.common import DictStore, Outcome
 from otaflow.control.errors import ApiError
 from otaflow.control.firmware import (

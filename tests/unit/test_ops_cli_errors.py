@@ -19,7 +19,7 @@ KEYS = ["--access-key-id", "ak", "--access-key-secret", "sk"]
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "otaflow.ops_cli", *args],
+        [sys.executable, "-m", "otaflow.cli.ops", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.device_payloads import MalformedPayload, parse_report
+from connectors.device_json import MalformedPayload
+from connectors.ota_messages import parse_report
 from otaflow.api.limits import MAX_VALUE_CHARS, check_params
 from otaflow.api.params import ParamError
 from otaflow.control.errors import ApiError

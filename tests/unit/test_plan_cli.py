@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from otaflow import plan_cli
+from otaflow.cli import plan
 
 DOC_ARGS = [
     "--base-rate", "50", "--factor", "2", "--max-rate", "10000",
@@ -22,7 +22,7 @@ BASE_OVER_MAX_ARGS = [
 
 
 def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
-    assert plan_cli.main([*argv, "--json"]) == 0
+    assert plan.main([*argv, "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1  # one JSON object on one line
     return json.loads(out)
@@ -75,7 +75,7 @@ def test_succeeded_with_ratio_is_slower_than_pushed(capsys: pytest.CaptureFixtur
 
 
 def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plan_cli.main(DOC_ARGS) == 0
+    assert plan.main(DOC_ARGS) == 0
     out = capsys.readouterr().out
     with pytest.raises(json.JSONDecodeError):
         json.loads(out)
@@ -87,7 +87,7 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_table_constant(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plan_cli.main(["--max-rate", "10", "--devices", "1500"]) == 0
+    assert plan.main(["--max-rate", "10", "--devices", "1500"]) == 0
     out = capsys.readouterr().out
     assert "Constant rate 10/min" in out
     assert "Total: 150 minutes (2h 30m)" in out
@@ -105,7 +105,7 @@ def test_table_constant(capsys: pytest.CaptureFixture[str]) -> None:
 def test_invalid_settings_exit_2_with_code(
     capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
 ) -> None:
-    assert plan_cli.main(argv) == plan_cli.EXIT_INVALID == 2
+    assert plan.main(argv) == plan.EXIT_INVALID == 2
     captured = capsys.readouterr()
     assert needle in captured.err
     assert captured.out == ""
@@ -122,24 +122,24 @@ def test_invalid_settings_exit_2_with_code(
 )
 def test_malformed_arguments_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        plan_cli.main(argv)
+        plan.main(argv)
     assert exc.value.code == 2
 
 
 def test_add_parser_wires_run_into_a_main_cli(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="otaflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    plan_parser = plan_cli.add_parser(sub)
+    plan_parser = plan.add_parser(sub)
     assert plan_parser.prog.endswith("plan")
     args = parser.parse_args(["plan", "--max-rate", "600", "--devices", "1200", "--json"])
-    assert args.func is plan_cli.run
+    assert args.func is plan.run
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["total_minutes"] == 2
 
 
 def test_python_dash_m_entry_point() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "otaflow.plan_cli", "--max-rate", "600", "--devices", "601",
+        [sys.executable, "-m", "otaflow.cli.plan", "--max-rate", "600", "--devices", "601",
          "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from otaflow.plan_cli import main
+from otaflow.cli.plan import main
 
 
 def test_plan_with_a_window_across_dst_says_when_the_last_device_is_pushed(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from otaflow.cli import main
+from otaflow.cli.main import main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "telemetry-source.toml"
 

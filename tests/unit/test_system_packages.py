@@ -3,7 +3,7 @@
 A fresh machine once failed ``make test`` because the egress benchmark called
 ``mosquitto_sub`` and nothing installed it: the developers' machines had it by chance.
 This reads the tree for the ways otaflow finds a program and checks each name against
-:mod:`otaflow.system_packages` (what set-up installs) or the machine the README asks for.
+:mod:`otaflow.dev.system_packages` (what set-up installs) or the machine the README asks for.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from otaflow import system_packages
+from otaflow.dev import system_packages
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("otaflow", "streams", "connectors", "benchmarks", "tests", "examples")
@@ -51,7 +51,7 @@ def test_every_program_looked_up_is_installed_by_setup_or_asked_of_the_machine()
     }
     assert not unprovided, (
         "programs looked up but installed by nothing: add each to "
-        f"otaflow.system_packages.PROGRAMS: {unprovided}"
+        f"otaflow.dev.system_packages.PROGRAMS: {unprovided}"
     )
 
 

@@ -27,9 +27,10 @@ from rich.live import Live
 from rich.table import Table
 
 from benchmarks.fleet import SimulatedFleet
-from otaflow import config, devstack, membership, topics
+from otaflow import config, membership, topics
 from otaflow.codec import codec
 from otaflow.control.client import ControlClient
+from otaflow.dev import devstack
 from otaflow.kafka_security import kafka_client_config
 from otaflow.packages import PackageStore, package_dir
 from otaflow.processes import ProcessGroup

@@ -185,7 +185,7 @@ def watch_batch(
 
 
 def batch_watch(c: Any, a: argparse.Namespace, out: Callable[[Any], None]) -> Any:
-    """``otaflow batch watch`` through ``ops_cli.run`` (the client and error handling)."""
+    """``otaflow batch watch`` through ``ops.run`` (the client and error handling)."""
 
     def query() -> dict[str, Any]:
         data: dict[str, Any] = c.call("QueryOTAJob", {"JobId": a.job_id})["Data"]

@@ -9,16 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.device_payloads import (
-    MAX_DESC_CHARS,
-    MAX_PAYLOAD_BYTES,
-    MQTT_DOWNLOAD_MAX_BYTES,
-    MalformedPayload,
-    build_upgrade_message,
-    mqtt_stream_ids,
-    needs_url,
-    parse_report,
-)
+from connectors.device_json import MAX_PAYLOAD_BYTES, MalformedPayload
+from connectors.download_frames import MQTT_DOWNLOAD_MAX_BYTES, mqtt_stream_ids
+from connectors.ota_messages import MAX_DESC_CHARS, build_upgrade_message, needs_url, parse_report
 from otaflow.codec import codec
 
 NOW = 1_700_000_000_123

@@ -19,7 +19,9 @@ import sys
 import time
 from typing import Any
 
-from otaflow import config, devstack, plan_cli, source_cli, topics
+from otaflow import config, topics
+from otaflow.cli import plan, source
+from otaflow.dev import devstack
 from otaflow.processes import COMPONENTS, ProcessGroup
 from otaflow.supervision import Supervisor
 
@@ -120,21 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("devstack", help="provision and start Kafka and Mosquitto on loopback")
     stack.add_argument("rest", nargs=argparse.REMAINDER, help="up | down | status [--json]")
     stack.set_defaults(func=cmd_devstack)
-    plan_cli.add_parser(sub)
-    source_cli.add_parser(sub)
+    plan.add_parser(sub)
+    source.add_parser(sub)
     bench = sub.add_parser("bench", help="run a benchmark scenario (all, smoke, ingest, ...)")
     bench.add_argument("scenario")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="--devices N, --out DIR")
     bench.set_defaults(func=cmd_bench)
-    from otaflow import demo
+    from otaflow.dev import demo
 
     demo.add_parser(sub)
     try:
-        ops_cli = importlib.import_module("otaflow.ops_cli")
+        ops = importlib.import_module("otaflow.cli.ops")
     except ImportError:
         pass
     else:
-        ops_cli.add_parsers(sub)
+        ops.add_parsers(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from otaflow.ops_cli import OpsClient, Out
+    from otaflow.cli.ops import OpsClient, Out
 
 RULE_HELP = (
     "KIND:PERCENT:MIN_FINISHED[:PAUSE|CANCEL[:BATCH|SRC_VERSION|MODULE|REGION|GROUP]], "
@@ -46,7 +46,7 @@ def batch_resume(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
 
 
 def explain(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
-    from otaflow.ops_cli import Column, _table
+    from otaflow.cli.ops import Column, _table
 
     product_key, _, device_name = a.device.partition("/")
     if not device_name:

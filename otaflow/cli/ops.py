@@ -33,18 +33,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 from rich import box
 from rich.console import Console
@@ -52,107 +47,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from otaflow import config, safe_cli, watch_cli
-from otaflow.api.params import API_VERSION, flatten
-from otaflow.api.signature import sign_request
+from otaflow import config
+from otaflow.api.client import ApiCallError, OpsClient
+from otaflow.cli import safe_rollout, watch
 
 __all__ = ["ApiCallError", "OpsClient", "add_parsers", "main"]
 
 EXIT_REFUSED = 1
-
-
-class ApiCallError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class OpsClient:
-    """A minimal signed RPC client for otaflow's API (and the platform's)."""
-
-    def __init__(self, endpoint: str, access_key_id: str, access_key_secret: str) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        self.host = urlsplit(self.endpoint).netloc
-        self.access_key_id = access_key_id
-        self.access_key_secret = access_key_secret
-
-    def call(self, action: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Send one operation; returns the answer body or raises ``ApiCallError``."""
-        query = flatten(dict(params or {}))
-        headers = sign_request(
-            access_key_id=self.access_key_id,
-            access_key_secret=self.access_key_secret,
-            method="POST",
-            host=self.host,
-            query=query,
-            action=action,
-            version=API_VERSION,
-            # urllib sends this content type with every POST: sign it (the body is empty).
-            headers={
-                "accept": "application/json",
-                "content-type": "application/x-www-form-urlencoded",
-            },
-        )
-        url = f"{self.endpoint}/?{urlencode(query)}" if query else f"{self.endpoint}/"
-        request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                body: dict[str, Any] = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                err = json.loads(exc.read())
-            except ValueError:
-                raise ApiCallError(f"HTTP{exc.code}", str(exc)) from None
-            raise ApiCallError(err.get("Code", f"HTTP{exc.code}"), err.get("Message", "")) from None
-        except urllib.error.URLError as exc:
-            raise ApiCallError("ConnectionFailed", f"{self.endpoint}: {exc.reason}") from None
-        except (OSError, http.client.HTTPException) as exc:  # reset, timeout, not HTTP
-            raise ApiCallError("ConnectionFailed", f"{self.endpoint}: {exc}") from None
-        except ValueError:
-            raise ApiCallError(
-                "NotTheOtaApi", f"{self.endpoint} answered, but not as otaflow's OpenAPI"
-            ) from None
-        if not isinstance(body, dict):
-            raise ApiCallError(
-                "NotTheOtaApi", f"{self.endpoint} answered, but not as otaflow's OpenAPI"
-            )
-        if body.get("Success") is False:
-            raise ApiCallError(str(body.get("Code")), str(body.get("ErrorMessage")))
-        return body
-
-    def upload(self, fields: Mapping[str, Any], data: bytes) -> None:
-        """Upload a file with the object store's PostObject form a Generate*URL answer
-        describes (multipart POST to Host; every field before ``file``)."""
-        boundary = f"otaflow-{uuid.uuid4().hex}"
-        form = {
-            "key": fields["Key"],
-            "policy": fields["Policy"],
-            "OSSAccessKeyId": fields.get("OSSAccessKeyId") or fields.get("AccessKeyId"),
-            "Signature": fields["Signature"],
-            "success_action_status": "200",
-        }
-        body = bytearray()
-        for name, value in form.items():
-            body += (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-            ).encode()
-        body += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="file"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        body += data + f"\r\n--{boundary}--\r\n".encode()
-        request = urllib.request.Request(
-            fields["Host"],
-            data=bytes(body),
-            method="POST",
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=300):
-                pass
-        except urllib.error.HTTPError as exc:
-            raise ApiCallError(f"Upload{exc.code}", exc.read().decode(errors="replace")) from None
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -368,7 +269,7 @@ def batch_create(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
             params["ScheduleTime"] = a.schedule
         if a.schedule_end is not None:
             params["ScheduleFinishTime"] = a.schedule_end
-    params.update(safe_cli.rule_params(a.abort_rule, a.window))
+    params.update(safe_rollout.rule_params(a.abort_rule, a.window))
     try:
         body = c.call(action, params)
     except ApiCallError as exc:
@@ -476,7 +377,7 @@ def batch_edit(c: OpsClient, a: argparse.Namespace, out: Out) -> Any:
     params.update(_tags(tags, "Tags"))
     if a.timeout is not None:
         params["TimeoutInMinutes"] = a.timeout
-    params.update(safe_cli.rule_params(a.abort_rule, a.window))
+    params.update(safe_rollout.rule_params(a.abort_rule, a.window))
     body = c.call("UpdateOTAJob", params)
     out(f"updated {a.job_id}")
     return body
@@ -685,7 +586,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--overwrite-mode", type=int, choices=(1, 2))
     p.add_argument("--protocol", choices=("HTTPS", "MQTT"))
     p.add_argument("--tag", action="append", help="KEY=VALUE (repeatable)")
-    safe_cli.add_rule_arguments(p)
+    safe_rollout.add_rule_arguments(p)
     p = _command(batch, "show", batch_show, "show one batch")
     p.add_argument("job_id")
     p = _command(batch, "list", batch_list, "list the batches of an update package")
@@ -696,16 +597,16 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--strategy", action="store_true", help="stop a dynamic batch matching")
     for flag in ("queued", "notified", "in-progress", "unconfirmed", "scheduled"):
         p.add_argument(f"--{flag}", action="store_true", help=f"cancel {flag} tasks")
-    p = _command(batch, "watch", watch_cli.batch_watch, "a batch's live board until it completes")
-    watch_cli.add_arguments(p)
+    p = _command(batch, "watch", watch.batch_watch, "a batch's live board until it completes")
+    watch.add_arguments(p)
     p = _command(batch, "edit", batch_edit, "change a running batch")
     p.add_argument("job_id")
     p.add_argument("--rate", type=int)
     p.add_argument("--src-version", action="append", help="dynamic version-based batches")
     p.add_argument("--timeout", type=int, help="dynamic batches")
     p.add_argument("--tag", action="append", help="KEY=VALUE; replaces the batch's tags")
-    safe_cli.add_rule_arguments(p)
-    safe_cli.add_parsers(subparsers, batch, _command)
+    safe_rollout.add_rule_arguments(p)
+    safe_rollout.add_parsers(subparsers, batch, _command)
 
     task = subparsers.add_parser("task", help="update tasks").add_subparsers(
         dest="task_command", required=True
@@ -811,7 +712,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m otaflow.ops_cli ...``) until otaflow's CLI wires it."""
+    """Stand-alone entry (``python -m otaflow.cli.ops ...``) until otaflow's CLI wires it."""
     parser = argparse.ArgumentParser(prog="otaflow")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m otaflow.plan_cli ...``."""
+    """Stand-alone entry point: ``python -m otaflow.cli.plan ...``."""
     parser = argparse.ArgumentParser(prog="otaflow plan", description=_DESCRIPTION)
     _add_arguments(parser)
     return run(parser.parse_args(argv))
