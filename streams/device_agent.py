@@ -28,8 +28,9 @@ from otaflow.domain.open_tasks import OpenTaskWatch
 from otaflow.domain.partition import DeadlineHeap, PartitionEngine
 from otaflow.plain_reports import VersionReport, read_version_report
 from streams import app as streams_app
-from streams import observe
+from streams import observe, transactions
 from streams.app import app, device_events, devices, partition_meta, settings
+from streams.checkpoint import Checkpoint, Round
 from streams.effects import EffectSender
 from streams.envelope_store import EnvelopeStore
 from streams.partition_scan import scan_partition
@@ -40,24 +41,44 @@ CODEC = codec()
 REPORT_HEADER = CODEC.schema("DeviceReport").header
 decode_report = CODEC.schema("DeviceReport").coder.binary_decode
 
-# Device states are written once per envelope in one RocksDB batch, with their
-# changelog through librdkafka (see table_writer: Faust's per-key write was the cap).
-_device_writer: TableWriter | None = None
-_effect_sender: EffectSender | None = None
+# Device states and the partition's progress are written once per envelope, each
+# table in one RocksDB batch, with their changelog through librdkafka (see
+# table_writer: Faust's per-key write was the cap); in what order a round's effects,
+# states, progress and input offset become durable is ``streams.checkpoint``'s.
+_checkpoint: Checkpoint | None = None
+
+
+def checkpoint() -> Checkpoint:
+    global _checkpoint
+    if _checkpoint is None:
+        # exactly_once: one transactional producer for the whole round.
+        transaction = transactions.round_transaction(settings)
+        producer = transaction.producer if transaction is not None else None
+        _checkpoint = Checkpoint(
+            EffectSender(settings, producer),
+            TableWriter(devices, settings, producer),
+            TableWriter(partition_meta, settings, producer),
+            transaction,
+        )
+    return _checkpoint
 
 
 def device_writer() -> TableWriter:
-    global _device_writer
-    if _device_writer is None:
-        _device_writer = TableWriter(devices, settings)
-    return _device_writer
+    writer = checkpoint().states
+    assert isinstance(writer, TableWriter)
+    return writer
 
 
 def effect_sender() -> EffectSender:
-    global _effect_sender
-    if _effect_sender is None:
-        _effect_sender = EffectSender(settings)
-    return _effect_sender
+    sender = checkpoint().effects
+    assert isinstance(sender, EffectSender)
+    return sender
+
+
+# The partition progress's map of source offsets carries, under this key, the offset
+# of the last envelope of otaflow.device-events applied (no source partition is -1;
+# an older reader takes it for one and never looks it up).
+ENVELOPE_OFFSET_KEY = "-1"
 
 
 # Records the partition engine applies (by schema name).
@@ -87,6 +108,8 @@ class DevicePartition:
     # Source partition of ota.device.reports -> the last offset applied from it.
     source_offsets: dict[int, int]
     watermark: int
+    # The last envelope applied (its offset in otaflow.device-events); -1: none known.
+    envelope_offset: int = -1
     deadlines: DeadlineHeap | None = None
     # Static batches to count again (otaflow.domain.open_tasks); a new one after a rebuild.
     open_tasks: OpenTaskWatch = field(default_factory=OpenTaskWatch)
@@ -107,6 +130,7 @@ def partition_view(partition: int) -> DevicePartition:
     groups = GroupRegistry()
     offsets: dict[int, int] = {}
     watermark = 0
+    envelope_offset = -1
     for key, raw in scan_partition(partition_meta, partition, _meta_prefix(partition)):
         name, record = CODEC.decode(raw)
         if name == "Batch":
@@ -115,8 +139,11 @@ def partition_view(partition: int) -> DevicePartition:
             groups.put(Group.from_control(record))
         elif name == "PartitionProgress" and key == f"{partition}/progress".encode():
             offsets = {int(p): offset for p, offset in record["source_offsets"].items()}
+            envelope_offset = offsets.pop(int(ENVELOPE_OFFSET_KEY), -1)
             watermark = record["watermark"]
-    view = _views[partition] = DevicePartition(partition, registry, groups, offsets, watermark)
+    view = _views[partition] = DevicePartition(
+        partition, registry, groups, offsets, watermark, envelope_offset
+    )
     return view
 
 
@@ -139,6 +166,8 @@ class EnvelopeRun:
         self.fx = Effects()
         self.dead: list[tuple[str, str, bytes]] = []
         self.meta_dirty = False
+        # Batches and groups the partition was told about: written with its progress.
+        self.meta_writes: list[tuple[bytes, bytes | None]] = []
         partition = view.partition
         self.store = EnvelopeStore(
             device_writer().reader(partition),
@@ -197,11 +226,11 @@ class EnvelopeRun:
         partition = self.view.partition
         if name == "BatchControl":
             batch_id = record["batch"]["batch_id"]
-            partition_meta[f"{partition}/batch/{batch_id}".encode()] = CODEC.encode(
-                "Batch", record["batch"]
+            self.meta_writes.append(
+                (f"{partition}/batch/{batch_id}".encode(), CODEC.encode("Batch", record["batch"]))
             )
         elif name == "GroupControl":
-            partition_meta[f"{partition}/group/{record['group_id']}".encode()] = item
+            self.meta_writes.append((f"{partition}/group/{record['group_id']}".encode(), item))
 
     def _record_version(self, report: VersionReport) -> bool:
         """The byte path, where the domain decides nothing on this version (see
@@ -249,13 +278,30 @@ class EnvelopeRun:
         self.fx = Effects()
         self.dead.clear()
 
+    def progress(self) -> list[tuple[bytes, bytes | None]]:
+        """The partition meta this round changed: batches, groups, then the progress."""
+        view = self.view
+        writes = self.meta_writes
+        if self.meta_dirty:
+            offsets = {str(p): o for p, o in view.source_offsets.items()}
+            offsets[ENVELOPE_OFFSET_KEY] = view.envelope_offset
+            progress = {"source_offsets": offsets, "watermark": view.watermark}
+            writes = [
+                *writes,
+                (
+                    f"{view.partition}/progress".encode(),
+                    CODEC.encode("PartitionProgress", progress),
+                ),
+            ]
+        return writes
+
     async def finish(self) -> None:
         view = self.view
         view.deadlines = self.engine.deadlines
-        # Effects first, acknowledged, then the states that record them: a crash in
-        # between replays the envelope, and the engine (deterministic task ids) sends
-        # the same events again. The other order would lose them: the replay would
-        # find the tasks already in the states and send nothing.
+        # The order in which this becomes durable (effects, states, progress, stores,
+        # then the input offset) and why is streams.checkpoint's.
+        round_checkpoint = checkpoint()
+        round_checkpoint.begin()
         sender = effect_sender()
         # The byte path's task events first: a device it handled and the engine then
         # loaded (a later record of the envelope) has its later events in fx.
@@ -263,34 +309,26 @@ class EnvelopeRun:
         sender.send(self.fx, view.watermark)
         for source, reason, raw in self.dead:
             sender.dead_letter(source, reason, raw, view.watermark)
-        sender.flush()
-        writes = self.store.writes()
-        if writes:
-            writer = device_writer()
-            writer.write(view.partition, writes)
-            # Acknowledged before this envelope is, so no committed offset outruns state.
-            writer.flush()
-        if self.meta_dirty:
-            partition_meta[f"{view.partition}/progress".encode()] = CODEC.encode(
-                "PartitionProgress",
-                {
-                    # An Avro map: its keys are strings.
-                    "source_offsets": {str(p): o for p, o in view.source_offsets.items()},
-                    "watermark": view.watermark,
-                },
-            )
+        round_checkpoint.commit(Round(view.partition, self.store.writes(), self.progress()))
 
 
-async def process_envelope(partition: int, value: bytes) -> None:
+async def process_envelope(partition: int, value: bytes, envelope_offset: int = -1) -> None:
     view = partition_view(partition)
+    if 0 <= envelope_offset <= view.envelope_offset:
+        # A replay of an envelope whose round is durable (its progress is the last thing
+        # of a round made durable, streams.checkpoint): nothing to apply or send again.
+        return
     run = EnvelopeRun(view)
+    if envelope_offset >= 0:
+        view.envelope_offset = envelope_offset
+        run.meta_dirty = True
     try:
         envelope = CODEC.decode_as("DeviceEventBatch", value)
     except DecodeError as exc:
-        sender = effect_sender()
         source = f"{streams_app.device_events.get_topic_name()}/{partition}"
-        sender.dead_letter(source, str(exc), value, view.watermark)
-        sender.flush()
+        run.dead.append((source, str(exc), value))
+        await run.finish()
+        run.release()
         return
     sources = envelope["source_partitions"]
     offsets = envelope["source_offsets"]
@@ -317,4 +355,4 @@ async def process_envelope(partition: int, value: bytes) -> None:
 @app.agent(device_events)
 async def device_agent(stream: Any) -> None:
     async for event in stream.events():
-        await process_envelope(event.message.partition, event.value)
+        await process_envelope(event.message.partition, event.value, event.message.offset)
