@@ -17,7 +17,9 @@ What is bent, and why (each is used by the commit path, ``streams.checkpoint``):
   writes through ``table[key]``).
 - ``wrap_perform_seek`` / ``committed_offsets``: see ``streams.stream_positions``
   (uncommitted stream partitions read from their start after a rebalance).
-- ``PromptTableManager``: Faust's table manager without its fixed 1 s pause at start.
+- ``PromptTableManager``: Faust's table manager without its fixed 1 s pause at start,
+  and, when rounds are transactions, a recovery that ends at a changelog's last
+  transaction marker (``TransactionalRecoveryApp``).
 - ``read_committed_consumer``: the worker's consumer skips aborted transactions (the
   changelogs and effects of a round a killed worker never committed) without turning
   on Faust's own exactly-once mode, which would route every send through aiokafka.
@@ -30,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 from faust.types import TP
 
 FAUST_CHECKED = "0.15.3"
@@ -71,6 +74,34 @@ def wrap_perform_seek(consumer: Any, after: Callable[[], Awaitable[None]]) -> No
     consumer._otaflow_seek_wrapped = True
 
 
+class TransactionalRecoveryApp:
+    """The app as Faust's table recovery sees it when rounds are transactions.
+
+    A changelog written in transactions ends with a commit (or abort) marker: Faust's
+    highwater is that marker's offset, which is never delivered, so recovery waited for
+    it for ever ("No event received for active tp ... -changelog"). Faust's own
+    exactly-once mode handles this: after two idle 5 s waits it takes a consumer position
+    at the highwater as done (``detect_aborted_tx``), asked for through
+    ``app.in_transaction``. This view says "in a transaction" to the recovery only;
+    everything else, set or read, is the app's.
+    """
+
+    in_transaction = True
+
+    def __init__(self, app: Any) -> None:
+        object.__setattr__(self, "_app", app)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._app, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._app, name, value)
+
+
+# Set by the worker before it starts (streams.worker) when rounds are transactions.
+TRANSACTIONAL_CHANGELOGS = False
+
+
 class PromptTableManager(TableManager):
     """``TableManager.on_start`` sleeps 1 s "for tables to be declared" before recovery.
 
@@ -78,6 +109,13 @@ class PromptTableManager(TableManager):
     starts, so the pause only delayed every start and restart (SIGKILL recovery 7.5 s, of
     which this was one). Plugged in through Faust's documented ``TableManager`` setting.
     """
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            app: Any = TransactionalRecoveryApp(self.app) if TRANSACTIONAL_CHANGELOGS else self.app
+            self._recovery = Recovery(app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
     async def on_start(self) -> None:
         if not self.should_stop:
@@ -100,7 +138,10 @@ def read_committed_consumer(consumer: Any) -> Iterator[None]:
 
 
 def install_read_committed() -> None:
-    """Every worker consumer Faust creates from now on reads committed records only."""
+    """Every worker consumer Faust creates from now on reads committed records only, and
+    table recovery ends at a changelog's last transaction marker."""
+    global TRANSACTIONAL_CHANGELOGS
+    TRANSACTIONAL_CHANGELOGS = True
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     create = AIOKafkaConsumerThread._create_worker_consumer

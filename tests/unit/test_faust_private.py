@@ -40,6 +40,31 @@ def test_the_replacement_does_the_same_without_the_pause() -> None:
     assert "_update_channels()" in ours and "recovery.start()" in ours
 
 
+def test_the_recovery_the_manager_builds_and_its_aborted_transaction_check() -> None:
+    # PromptTableManager.recovery builds the same Recovery, with the app's view when
+    # changelogs are transactional; Faust's recovery asks that view before it takes a
+    # position at the highwater (a transaction marker) as caught up.
+    from faust.tables import recovery
+
+    built = inspect.getsource(TableManager.recovery.fget)  # type: ignore[attr-defined]
+    assert "Recovery(\n                self.app, self, beacon=self.beacon, loop=self.loop" in built
+    slurp = inspect.getsource(recovery.Recovery)
+    assert "if timeout and self.app.in_transaction and timeout_count > 1:" in slurp
+    assert "await detect_aborted_tx()" in slurp
+
+
+def test_the_recovery_view_is_the_app_apart_from_the_transaction_flag() -> None:
+    class App:
+        in_transaction = False
+        in_recovery = False
+
+    app: Any = App()
+    view: Any = faust_private.TransactionalRecoveryApp(app)
+    view.in_recovery = True
+    assert view.in_transaction is True and app.in_transaction is False
+    assert app.in_recovery is True and view.in_recovery is True
+
+
 def test_faust_still_has_the_seek_the_stream_positions_wrap() -> None:
     assert callable(getattr(Consumer, "perform_seek", None))
     assert "_committed_offset" in inspect.getsource(Consumer.__init__)
