@@ -66,7 +66,7 @@ app = faust.App(
     broker_heartbeat_interval=membership.heartbeat_interval_s(),
     consumer_group_instance_id=membership.instance_id(_datadir, "worker"),
     # Faust's own pauses 1 s at start for tables that are all declared by then.
-    TableManager="streams.table_manager:PromptTableManager",
+    TableManager="streams.faust_private:PromptTableManager",
 )
 
 log = logging.getLogger("otaflow.worker")

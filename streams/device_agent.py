@@ -24,32 +24,47 @@ from typing import Any
 
 from otaflow.codec import DecodeError
 from streams import app as streams_app
-from streams import observe
+from streams import observe, transactions
 from streams.app import app, device_events, devices, partition_meta, settings
+from streams.checkpoint import Checkpoint, Round
 from streams.device_envelopes import CODEC, DevicePartition, EnvelopeRun, meta_prefix
 from streams.effects import EffectSender
 from streams.envelope_store import EnvelopeStore
 from streams.table_scan import scan_table_partition
 from streams.table_writer import TableWriter
 
-# Device states are written once per envelope in one RocksDB batch, with their
-# changelog through librdkafka (see table_writer: Faust's per-key write was the cap).
-_device_writer: TableWriter | None = None
-_effect_sender: EffectSender | None = None
+# Device states and the partition's progress are written once per envelope, each
+# table in one RocksDB batch, with their changelog through librdkafka (see
+# table_writer: Faust's per-key write was the cap); in what order a round's effects,
+# states, progress and input offset become durable is ``streams.checkpoint``'s.
+_checkpoint: Checkpoint | None = None
+
+
+def checkpoint() -> Checkpoint:
+    global _checkpoint
+    if _checkpoint is None:
+        # exactly_once: one transactional producer for the whole round.
+        transaction = transactions.round_transaction(settings)
+        producer = transaction.producer if transaction is not None else None
+        _checkpoint = Checkpoint(
+            EffectSender(settings, producer),
+            TableWriter(devices, settings, producer),
+            TableWriter(partition_meta, settings, producer),
+            transaction,
+        )
+    return _checkpoint
 
 
 def device_writer() -> TableWriter:
-    global _device_writer
-    if _device_writer is None:
-        _device_writer = TableWriter(devices, settings)
-    return _device_writer
+    writer = checkpoint().states
+    assert isinstance(writer, TableWriter)
+    return writer
 
 
 def effect_sender() -> EffectSender:
-    global _effect_sender
-    if _effect_sender is None:
-        _effect_sender = EffectSender(settings)
-    return _effect_sender
+    sender = checkpoint().effects
+    assert isinstance(sender, EffectSender)
+    return sender
 
 
 _views: dict[int, DevicePartition] = {}
@@ -74,58 +89,61 @@ async def _forget_views_on_assign(*args: Any, **kwargs: Any) -> None:
     _views.clear()
 
 
-def _write_meta(key: bytes, value: bytes) -> None:
-    partition_meta[key] = value
+class DeviceRound:
+    """One envelope's run and the partition metadata it changed (batches and groups it
+    was told about), written with its progress in the round's checkpoint."""
+
+    def __init__(self, view: DevicePartition) -> None:
+        partition = view.partition
+        self.meta_writes: list[tuple[bytes, bytes | None]] = []
+        store = EnvelopeStore(
+            device_writer().reader(partition),
+            lambda prefix: scan_table_partition(devices, partition, prefix),
+        )
+        self.run = EnvelopeRun(view, store, lambda k, v: self.meta_writes.append((k, v)))
+
+    def progress(self) -> list[tuple[bytes, bytes | None]]:
+        """The partition meta this round changed: batches, groups, then the progress."""
+        if not self.run.meta_dirty:
+            return self.meta_writes
+        return [*self.meta_writes, self.run.view.progress()]
+
+    async def finish(self) -> None:
+        run = self.run
+        view = run.view
+        view.deadlines = run.engine.deadlines
+        # The order in which this becomes durable (effects, states, progress, stores,
+        # then the input offset) and why is streams.checkpoint's.
+        round_checkpoint = checkpoint()
+        round_checkpoint.begin()
+        sender = effect_sender()
+        # The byte path's task events first: a device it handled and the engine then
+        # loaded (a later record of the envelope) has its later events in fx.
+        sender.send_task_events(run.store.task_events)
+        sender.send(run.fx, view.watermark)
+        for source, reason, raw in run.dead:
+            sender.dead_letter(source, reason, raw, view.watermark)
+        round_checkpoint.commit(Round(view.partition, run.store.writes(), self.progress()))
 
 
-def envelope_run(view: DevicePartition) -> EnvelopeRun:
-    partition = view.partition
-    store = EnvelopeStore(
-        device_writer().reader(partition),
-        lambda prefix: scan_table_partition(devices, partition, prefix),
-    )
-    return EnvelopeRun(view, store, _write_meta)
-
-
-async def finish(run: EnvelopeRun) -> None:
-    view = run.view
-    view.deadlines = run.engine.deadlines
-    # Effects first, acknowledged, then the states that record them: a crash in
-    # between replays the envelope, and the engine (deterministic task ids) sends
-    # the same events again. The other order would lose them: the replay would
-    # find the tasks already in the states and send nothing.
-    sender = effect_sender()
-    # The byte path's task events first: a device it handled and the engine then
-    # loaded (a later record of the envelope) has its later events in fx.
-    sender.send_task_events(run.store.task_events)
-    sender.send(run.fx, view.watermark)
-    for source, reason, raw in run.dead:
-        sender.dead_letter(source, reason, raw, view.watermark)
-    sender.flush()
-    writes = run.store.writes()
-    if writes:
-        writer = device_writer()
-        writer.write(view.partition, writes)
-        # Acknowledged before this envelope is, so no committed offset outruns state.
-        writer.flush()
-    if run.meta_dirty:
-        key, value = view.progress()
-        partition_meta[key] = value
-
-
-async def process_envelope(partition: int, value: bytes) -> None:
+async def process_envelope(partition: int, value: bytes, envelope_offset: int = -1) -> None:
     view = partition_view(partition)
+    if view.already_applied(envelope_offset):
+        # A replay of an envelope whose round is durable: nothing to apply or send again.
+        return
+    device_round = DeviceRound(view)
+    run = device_round.run
     try:
         envelope = CODEC.decode_as("DeviceEventBatch", value)
     except DecodeError as exc:
-        sender = effect_sender()
         source = f"{streams_app.device_events.get_topic_name()}/{partition}"
-        sender.dead_letter(source, str(exc), value, view.watermark)
-        sender.flush()
+        run.start(envelope_offset)
+        run.dead.append((source, str(exc), value))
+        await device_round.finish()
+        run.release()
         return
-    run = envelope_run(view)
-    reports = run.apply_envelope(envelope)
-    await finish(run)
+    reports = run.apply_envelope(envelope, envelope_offset)
+    await device_round.finish()
     run.release()
     observe.applied(1, reports)  # per envelope: a metric per report would cost as much
 
@@ -133,4 +151,4 @@ async def process_envelope(partition: int, value: bytes) -> None:
 @app.agent(device_events)
 async def device_agent(stream: Any) -> None:
     async for event in stream.events():
-        await process_envelope(event.message.partition, event.value)
+        await process_envelope(event.message.partition, event.value, event.message.offset)

@@ -63,6 +63,12 @@ def progress_key(partition: int) -> bytes:
     return f"{partition}/progress".encode()
 
 
+# The partition progress's map of source offsets carries, under this key, the offset
+# of the last envelope of otaflow.device-events applied (no source partition is -1;
+# an older reader takes it for one and never looks it up).
+ENVELOPE_OFFSET_KEY = "-1"
+
+
 @dataclass
 class DevicePartition:
     """What the agent keeps in memory for one partition it owns; rebuilt after a rebalance."""
@@ -73,6 +79,8 @@ class DevicePartition:
     # Source partition of ota.device.reports -> the last offset applied from it.
     source_offsets: dict[int, int]
     watermark: int
+    # The last envelope applied (its offset in otaflow.device-events); -1: none known.
+    envelope_offset: int = -1
     deadlines: DeadlineHeap | None = None
     # Static batches to count again (otaflow.domain.open_tasks); a new one after a rebuild.
     open_tasks: OpenTaskWatch = field(default_factory=OpenTaskWatch)
@@ -84,6 +92,7 @@ class DevicePartition:
         groups = GroupRegistry()
         offsets: dict[int, int] = {}
         watermark = 0
+        envelope_offset = -1
         progress = progress_key(partition)
         for key, raw in meta:
             name, record = CODEC.decode(raw)
@@ -93,8 +102,15 @@ class DevicePartition:
                 groups.put(Group.from_control(record))
             elif name == "PartitionProgress" and key == progress:
                 offsets = {int(p): offset for p, offset in record["source_offsets"].items()}
+                envelope_offset = offsets.pop(int(ENVELOPE_OFFSET_KEY), -1)
                 watermark = record["watermark"]
-        return cls(partition, registry, groups, offsets, watermark)
+        return cls(partition, registry, groups, offsets, watermark, envelope_offset)
+
+    def already_applied(self, envelope_offset: int) -> bool:
+        """Is this envelope a replay of one whose round is durable? Its progress (which
+        carries the envelope's offset) is the last thing of a round made durable
+        (``streams.checkpoint``), so such an envelope has nothing to apply or send."""
+        return 0 <= envelope_offset <= self.envelope_offset
 
     def progress(self) -> tuple[bytes, bytes]:
         """The metadata entry that records the applied offsets and the watermark."""
@@ -102,7 +118,10 @@ class DevicePartition:
             "PartitionProgress",
             {
                 # An Avro map: its keys are strings.
-                "source_offsets": {str(p): o for p, o in self.source_offsets.items()},
+                "source_offsets": {
+                    **{str(p): o for p, o in self.source_offsets.items()},
+                    ENVELOPE_OFFSET_KEY: self.envelope_offset,
+                },
                 "watermark": self.watermark,
             },
         )
@@ -143,8 +162,11 @@ class EnvelopeRun:
 
     # -- the envelope ---------------------------------------------------------------------
 
-    def apply_envelope(self, envelope: dict[str, Any]) -> int:
-        """Apply a decoded ``DeviceEventBatch``; returns how many reports it applied."""
+    def apply_envelope(self, envelope: dict[str, Any], envelope_offset: int = -1) -> int:
+        """Apply a decoded ``DeviceEventBatch`` read at ``envelope_offset`` (-1: not
+        known); returns how many reports it applied. The caller skips an envelope
+        ``view.already_applied``."""
+        self.start(envelope_offset)
         sources = envelope["source_partitions"]
         offsets = envelope["source_offsets"]
         applied = self.view.source_offsets
@@ -164,6 +186,12 @@ class EnvelopeRun:
                 apply(item, -1, -1)
         self.view.deadlines = self.engine.deadlines
         return reports
+
+    def start(self, envelope_offset: int) -> None:
+        """The round's progress will record this envelope as the last one applied."""
+        if envelope_offset >= 0:
+            self.view.envelope_offset = envelope_offset
+            self.meta_dirty = True
 
     # -- records ------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 The device agent's effects go out through one librdkafka producer (``EffectSender``):
 a START over a large fleet makes one task event per device, and Faust's one-record-at-
 a-time send was a quarter of the worker's time there. The agent flushes it before it
-writes the states that record those effects (see ``device_agent.EnvelopeRun.finish``).
+writes the states that record those effects (see ``streams.checkpoint``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class EffectError(RuntimeError):
 
 
 class EffectSender:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+        """``producer``: a shared one (the round's transactional producer); by default
+        its own."""
         self.task_events = topics.TASK_EVENTS.full_name(settings)
         self.notifications = topics.NOTIFICATIONS.full_name(settings)
         self.rate_events = topics.RATE_EVENTS.full_name(settings)
@@ -48,7 +50,7 @@ class EffectSender:
         self.json_copies = settings.public_json
         self.task_events_json = topics.json_copy(topics.TASK_EVENTS).full_name(settings)
         self.dead_letters_json = topics.json_copy(topics.DEAD_LETTERS).full_name(settings)
-        self.producer = Producer(
+        self.producer = producer or Producer(
             {
                 **kafka_client_config(settings.kafka_bootstrap),
                 # Keyed records land where Kafka's default partitioner (and Faust) put them.

@@ -1,7 +1,8 @@
 """After every rebalance, a stream partition nobody has committed yet is read from its
 start, not from wherever an early fetch left it.
 
-Faust (faust-streaming 0.15.3 over aiokafka) fetches a newly assigned partition while
+Faust (faust-streaming 0.15.3 over aiokafka; its private parts through
+``streams.faust_private``) fetches a newly assigned partition while
 its tables recover, drops the records it fetched (the partition is not active yet) and
 then "seeks stream partitions to committed offsets" -- but aiokafka's
 ``seek_to_committed`` moves only partitions with a committed offset above 0. A
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from streams import faust_private
 from streams.app import app
 
 log = logging.getLogger("otaflow.worker")
@@ -44,16 +46,11 @@ async def _seek_uncommitted_to_start(consumer: Any, committed: dict[Any, Any]) -
 def _install(consumer: Any) -> None:
     """Faust calls ``perform_seek`` after recovery and whenever it drops a fetch made
     while its flow is stopped; both must put uncommitted partitions back at the start."""
-    if getattr(consumer, "_otaflow_seeks_uncommitted", False):
-        return
-    perform_seek = consumer.perform_seek
 
-    async def seek_committed_or_start() -> None:
-        await perform_seek()
-        await _seek_uncommitted_to_start(consumer, dict(consumer._committed_offset))
+    async def seek_uncommitted_to_start() -> None:
+        await _seek_uncommitted_to_start(consumer, faust_private.committed_offsets(consumer))
 
-    consumer.perform_seek = seek_committed_or_start
-    consumer._otaflow_seeks_uncommitted = True
+    faust_private.wrap_perform_seek(consumer, seek_uncommitted_to_start)
 
 
 @app.on_partitions_assigned.connect

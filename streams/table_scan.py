@@ -11,16 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from otaflow.kafka_partitions import partition_for
-
-FAUST_OFFSET_KEY = b"__faust\0offset__"
+from streams.faust_private import FAUST_OFFSET_KEY, partition_db
 
 
 def scan_table_partition(
     table: Any, partition: int, prefix: bytes = b""
 ) -> Iterator[tuple[bytes, bytes]]:
-    store = table.data
-    if hasattr(store, "_db_for_partition"):
-        db = store._db_for_partition(partition)
+    db = partition_db(table, partition)
+    if db is not None:
         for key, value in db.items(from_key=prefix) if prefix else db.items():
             if prefix and not key.startswith(prefix):
                 break
@@ -28,6 +26,6 @@ def scan_table_partition(
                 yield key, value
         return
     # Memory store (unit tests): filter by the partition the key hashes to.
-    for key, value in list(store.items()):
+    for key, value in list(table.data.items()):
         if key.startswith(prefix) and partition_for(key, table.partitions) == partition:
             yield key, value

@@ -63,8 +63,13 @@ def main(with_batcher: bool = True) -> int:
     import streams.rate_agent
     import streams.stream_positions
     import streams.ticker  # noqa: F401  (registers agents and timers)
-    from streams import observe
+    from streams import faust_private, observe, transactions
     from streams.app import app, declare_changelogs
+
+    if transactions.processing_guarantee() == transactions.EXACTLY_ONCE:
+        # Aborted rounds (a killed worker's) must not be read back, in changelogs or
+        # envelopes: streams.checkpoint.
+        faust_private.install_read_committed()
 
     declare_changelogs()
     gc_tuning.apply()

@@ -744,7 +744,13 @@ class EnvelopePartition(Partition):
     def apply(self, name: str, record: dict[str, Any]) -> Effects:
         store = EnvelopeStore(self.table.get, self._scan)
         view = DevicePartition(
-            0, self.batches, self.groups, {}, 0, self.deadlines, open_tasks=self.open_tasks
+            0,
+            self.batches,
+            self.groups,
+            {},
+            0,
+            deadlines=self.deadlines,
+            open_tasks=self.open_tasks,
         )
         run = EnvelopeRun(view, store, lambda key, value: None, self.keep_finished)
         engine = run.engine

@@ -57,12 +57,4 @@ def test_a_partition_whose_log_starts_later_goes_to_its_log_start() -> None:
     assert consumer.positions[DEVICE_EVENTS_1] == 7
 
 
-def test_faust_still_has_what_the_adapter_wraps() -> None:
-    # streams/stream_positions.py wraps these (checked against faust-streaming 0.15.3):
-    # if Faust renames them, this fails and the adapter is looked at again.
-    from faust.transport.consumer import Consumer
-
-    assert callable(getattr(Consumer, "perform_seek", None))
-    assert "_committed_offset" in Consumer.__init__.__code__.co_names or hasattr(
-        Consumer, "_committed_offset"
-    )
+# Faust's side of the wrap is guarded in tests/unit/test_faust_private.py.
