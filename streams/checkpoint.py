@@ -32,6 +32,11 @@ round is stored in the progress (3), inside the transaction, so a replayed envel
 recognised and skipped: no task event or offer is sent twice. Step 4 still follows the
 commit (an aborted round must not be in the store).
 
+Upstream, the report batcher (``streams.batcher``, its own process) has its own order:
+envelopes produced and acknowledged, then its source offsets committed. The envelopes it
+sends again after a crash carry the same source offsets, and step 3's progress makes
+the device agent skip them.
+
 This module decides the order and nothing else: it holds no Kafka client and no Faust.
 Its ports are the three small protocols below, implemented by ``streams.table_writer``
 (changelogged tables), ``streams.effects`` (the effects' producer) and

@@ -56,13 +56,18 @@ class KafkaTransaction:
             log.warning("abort failed: %s", exc)
 
 
+def _report_error(err: Any) -> None:
+    log.warning("round producer: %s", err)
+
+
 def round_transaction(settings: Settings) -> KafkaTransaction | None:
     if processing_guarantee() != EXACTLY_ONCE:
         return None
     from otaflow.kafka_partitions import CONFLUENT_PARTITIONER
 
-    errors: list[Any] = []
-    config = changelog_producer_config(settings, errors.append)
+    # A fatal error also fails the round's commit, which raises (the agent crashes and
+    # the worker is restarted); the callback only reports.
+    config = changelog_producer_config(settings, _report_error)
     # Gapless is implied by a transaction (all or nothing); librdkafka refuses both.
     config.pop("enable.gapless.guarantee", None)
     instance = instances.instance_name(settings, "worker")
