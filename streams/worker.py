@@ -62,7 +62,7 @@ def main(with_batcher: bool = True) -> int:
     import streams.device_agent
     import streams.rate_agent
     import streams.stream_positions
-    import streams.ticker  # noqa: F401  (registers agents and timers)
+    import streams.ticker  # (registers agents and timers)
     from streams import faust_private, observe, transactions
     from streams.app import app, declare_changelogs
 
@@ -70,6 +70,10 @@ def main(with_batcher: bool = True) -> int:
         # Aborted rounds (a killed worker's) must not be read back, in changelogs or
         # envelopes: streams.checkpoint.
         faust_private.install_read_committed()
+        # The round producer now, not at the first round: its init fences the killed
+        # worker's producer and aborts the round it left open, which otherwise holds
+        # back every read-committed reader (table recovery first) until it times out.
+        streams.device_agent.checkpoint()
 
     declare_changelogs()
     gc_tuning.apply()
