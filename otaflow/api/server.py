@@ -128,9 +128,12 @@ def _gateway_error(request_id: str, code: str, message: str, status: int) -> web
     return json_response(_gateway_body(request_id, code, message), status=status)
 
 
-#: View reads served at once: two, so one page's answer overlaps the next one's I/O;
-#: more only lets page reads crowd out other calls on the one event loop.
-VIEW_LANE_SIZE = 2
+#: View reads served at once. One: each read runs in a worker thread, and every other
+#: thread running Python takes the GIL from the event loop that serves the other calls.
+#: Measured (benchmarks/api_view_bench.py, 20 listers of a 100,000-task batch, one
+#: unrelated caller, 2-core machine): one lane, unrelated p99 7.8 ms and lists p99
+#: 59.6 ms; two lanes, 11.7 ms and 59.1 ms (lists are bound by the CPU either way).
+VIEW_LANE_SIZE = 1
 
 
 def _new_request_id() -> str:
@@ -354,9 +357,9 @@ class Api:
 
     async def handle(self, request: web.Request) -> web.Response:
         """One call. Reads of the task view (a page of a 100,000-task batch) are served
-        at most ``VIEW_LANE_SIZE`` at a time, in arrival order; the rest wait, parked,
-        before any work is spent on them. So twenty clients paging a big batch keep one
-        lane busy and no more, and every other call (a write, a device query) is served
+        ``VIEW_LANE_SIZE`` at a time, in arrival order; the rest wait, parked, before
+        any work is spent on them. So twenty clients paging a big batch keep one lane
+        busy and no more, and every other call (a write, a device query) is served
         between two pages instead of behind all twenty. The lane is chosen from the
         ``x-acs-action`` header that every ACS3 call is signed with; a call without it is
         served in the general lane, which only costs it its place in the queue."""
