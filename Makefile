@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit integration up down status bench bench-smoke clean
+.PHONY: setup demo test lint unit integration up down status bench bench-smoke clean soak
 
 # -qq: pip prints errors only; setuptools' notes about editable installs (printed on
 # every fresh set-up) are not warnings about this project.
@@ -39,8 +39,12 @@ integration: setup
 	$(BIN)/pytest tests -q -m integration
 
 # --durations: the slowest tests in CI's output, to keep the suite within its budget.
+# Soak tests (known-flaky shapes marked xfail, which cannot fail CI) run with `make soak`.
 test: setup lint
-	$(BIN)/pytest tests -q --durations=25
+	$(BIN)/pytest tests -q --durations=25 -m "not soak"
+
+soak: setup
+	$(BIN)/pytest tests -q -m soak -rxX
 
 up: setup
 	$(BIN)/otaflow up
