@@ -8,7 +8,6 @@ batcher) against the real Kafka and Mosquitto.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from otaflow.control.client import ControlClient
 from otaflow.dev import devstack
 from otaflow.device_keys import device_key
 from otaflow.kafka_partitions import CONFLUENT_PARTITIONER, partition_for
+from tests.served_api import free_port as free_port  # one definition; re-exported here
 
 REPO = Path(__file__).resolve().parents[2]
 CODEC = codec()
@@ -54,13 +54,6 @@ def _delete_session_topics() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def stack() -> devstack.DevStack:
     return devstack.up()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Otaflow:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,12 @@ from otaflow import config
 from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from tests.sdkdevice import SdkDevice
+from tests.served_api import free_port
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 AK, SECRET = "upAK", "upSecret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

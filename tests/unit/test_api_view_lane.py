@@ -9,7 +9,6 @@ reads the server lets in at once and whether another call gets through meanwhile
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from otaflow.api.views import TaskView
 from otaflow.control.client import CommandResult
 from otaflow.control.common import utc
 from otaflow.packages import PackageStore
+from tests.served_api import free_port
 
 AK, SK = "laneAK", "laneSecret"
 JOB = "lane-job"
@@ -61,12 +61,6 @@ class HeldView(TaskView):
                 self.inside -= 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _call(session: ClientSession, port: int, action: str, query: dict[str, str]) -> Any:
     host = f"127.0.0.1:{port}"
     headers = sign_request(
@@ -89,7 +83,7 @@ def test_twenty_held_page_reads_take_one_lane_and_another_call_is_answered_meanw
         view.apply_task_event(_event(i, "QUEUED"))
 
     async def scenario() -> None:
-        port = _free_port()
+        port = free_port()
         settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
         packages = PackageStore(settings, root=Path(tempfile.mkdtemp()))
         app = create_app(settings, InstantCommands(), view, packages=packages)
