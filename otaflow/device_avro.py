@@ -437,22 +437,33 @@ def _decode_plain(raw: bytes) -> DeviceState | None:
     )
 
 
+def encode_queued_task(task: Mapping[str, Any]) -> bytes:
+    """One ``QueuedTask`` (a dict), as ``encode_tasks_queued_from`` takes it: its fields'
+    encodings one after the other (``otaflow.start_splicer`` writes them from bytes)."""
+    product_key = task["product_key"]
+    return b"".join(
+        (
+            _string(task["task_id"]),
+            _repeated.get(product_key) or _repeated_string(product_key),
+            _string(task["device_name"]),
+        )
+    )
+
+
 def encode_tasks_queued(batch_id: str, tasks: Sequence[Mapping[str, Any]], now: int) -> bytes:
     """A ``RateEvent`` whose body is ``TasksQueued`` (``QueuedTask`` records as dicts)."""
-    repeated = _repeated.get
+    return encode_tasks_queued_from(batch_id, [encode_queued_task(t) for t in tasks], now)
+
+
+def encode_tasks_queued_from(batch_id: str, encoded: Sequence[bytes], now: int) -> bytes:
+    """A ``RateEvent`` whose body is ``TasksQueued``, from encoded ``QueuedTask`` records."""
     parts = [
         _RATE_EVENT_SCHEMA.header,
         _ZERO,  # union branch 0: TasksQueued
         _string(batch_id),
     ]
-    if tasks:
-        parts.append(_unsigned(len(tasks) << 1))
-        for task in tasks:
-            product_key = task["product_key"]
-            parts += (
-                _string(task["task_id"]),
-                repeated(product_key) or _repeated_string(product_key),
-                _string(task["device_name"]),
-            )
+    if encoded:
+        parts.append(_unsigned(len(encoded) << 1))
+        parts += encoded
     parts += (_ZERO, _long(now))
     return b"".join(parts)

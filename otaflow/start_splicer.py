@@ -27,6 +27,7 @@ from otaflow.device_avro import (
 from otaflow.domain.start_by_kind import PROTOTYPE_NAME, PlainOutcome, PlainStart
 
 _ONE_TASK = b"\x00\x02"  # end of modules; a task block of one entry
+_TASK_ID = encode_string("0" * 20)[:1]  # a task id's length prefix (make_task_id: 20 digits)
 _END_TASKS_NO_COUNTS = b"\x00\x00"
 
 
@@ -40,12 +41,14 @@ class _Template:
 
 class StartSplicer:
     """One START's plain devices, in bytes. ``task_events``: the events written so far,
-    as records for ``produce_batch`` (``key`` and ``value``)."""
+    as records for ``produce_batch`` (``key`` and ``value``); ``queued``: their push-queue
+    entries, encoded ``QueuedTask`` records of ``start.batch`` (``encode_queued_task``)."""
 
     def __init__(self, start: PlainStart) -> None:
         self.start = start
         self._product = encode_string(start.batch.product_key)
         self.task_events: list[dict[str, bytes]] = []
+        self.queued: list[bytes] = []
         # The bytes a kind is told by (online, module, version, registered) -> its template.
         self._templates: dict[bytes, _Template | None] = {}
 
@@ -70,12 +73,14 @@ class StartSplicer:
         outcome = template.outcome
         if outcome.task is None:
             return raw
-        try:
-            device_name = raw[product_end + 1 : names_end].decode()
-        except UnicodeDecodeError:
-            return None
-        task_id = self.start.task_id(key)
-        task_id_bytes = encode_string(task_id)
+        # The id's 20 hex digits, as an Avro string (its length is the one byte _TASK_ID).
+        task_id_bytes = _TASK_ID + self.start.task_id_ascii(key)
+        device_name = raw[product_end:names_end]  # as an Avro string: length and UTF-8
+        if not device_name.isascii():  # platform names are; anything else must be UTF-8
+            try:
+                device_name[1:].decode()
+            except UnicodeDecodeError:
+                return None
         self.task_events.append(
             {
                 "key": key.encode(),
@@ -84,13 +89,15 @@ class StartSplicer:
                         TASK_EVENT_HEADER,
                         task_id_bytes,
                         template.event_middle,
-                        raw[product_end:names_end],
+                        device_name,
                         template.event_tail,
                     )
                 ),
             }
         )
-        self.start.started(key, device_name, task_id, outcome)
+        if outcome.queued:
+            self.queued.append(task_id_bytes + self._product + device_name)
+        self.start.started(key, outcome)
         return b"".join(
             (
                 raw[:version_end],

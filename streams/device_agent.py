@@ -119,8 +119,9 @@ class DeviceRound:
         sender = effect_sender()
         # The byte path's task events first: a device it handled and the engine then
         # loaded (a later record of the envelope) has its later events in fx.
-        sender.send_task_events(run.store.task_events)
-        sender.send(run.fx, view.watermark)
+        sender.send_task_events(run.store.task_events, view.partition)
+        sender.send_queued(run.store.queued, view.watermark)
+        sender.send(run.fx, view.watermark, view.partition)
         for source, reason, raw in run.dead:
             sender.dead_letter(source, reason, raw, view.watermark)
         round_checkpoint.commit(Round(view.partition, run.store.writes(), self.progress()))

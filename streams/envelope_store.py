@@ -41,8 +41,10 @@ class EnvelopeStore:
         self.dirty: set[str] = set()
         # Device key -> its new encoded state, from the byte path.
         self.spliced: dict[bytes, bytes] = {}
-        # Task events the byte path wrote (a START's), to send before the engine's.
+        # Task events the byte path wrote (a START's), to send before the engine's, and
+        # its push-queue entries per batch (encoded QueuedTask records).
         self.task_events: list[dict[str, bytes]] = []
+        self.queued: dict[str, list[bytes]] = {}
 
     # -- DeviceStore --------------------------------------------------------------------
 
@@ -90,7 +92,7 @@ class EnvelopeStore:
                 cached = self.states[key]
                 if cached is not None:
                     yield cached
-            elif passes(raw, needles):
+            elif not needles or passes(raw, needles):  # no needles: every device
                 if splicer is not None:
                     new = splicer.apply(key, raw)
                     if new is not None:
@@ -100,6 +102,8 @@ class EnvelopeStore:
                 yield decode_device_state(raw)
         if splicer is not None:
             self.task_events += splicer.task_events
+            if splicer.queued:
+                self.queued.setdefault(splicer.start.batch.batch_id, []).extend(splicer.queued)
         for key, extra in list(self.states.items()):
             if extra is not None and key not in seen and key.startswith(prefix):
                 yield extra  # created in this envelope, not in the table yet
@@ -136,3 +140,4 @@ class EnvelopeStore:
         self.dirty.clear()
         self.spliced.clear()
         self.task_events = []
+        self.queued = {}

@@ -8,7 +8,8 @@ channel phased batches count on). A task is open unless it is final (succeeded,
 failed, canceled) with nothing more to come: a failed task whose retry is still
 pending is open, since the retry brings it back to the queue.
 
-When to count:
+When to count (a count is a scan of the batch's devices, unless the START in this
+partition counted them just before and nothing has changed them since: ``counted``):
 
 * the plane sends each partition an ``OpenTaskProbe`` after everything that gives
   the partition its tasks (the START, a targeted batch's ``BatchTarget`` records, a
@@ -71,6 +72,12 @@ class OpenTaskWatch:
     next_count: dict[str, int] = field(default_factory=dict)
     # False until the first tick after the watch was made (see the module doc).
     rebuilt: bool = False
+    # Batch id -> (open, all) tasks, as the partition's START counted them over the
+    # devices it scanned, kept while no record since could have changed them
+    # (``PartitionEngine.apply`` forgets them): the START's probe then needs no scan. A
+    # START is followed by its probe; the probe's scan decoded every device that the
+    # START had just given a task, which cost more than the START itself.
+    counted: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def due(self, now: int) -> list[str]:
         """The dirty batches that may be counted at ``now`` (in id order)."""

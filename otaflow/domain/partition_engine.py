@@ -36,13 +36,17 @@ from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.devices import DeviceState
 from otaflow.domain.engine import KEEP_FINISHED_TASKS, DeviceEngine, Effects
 from otaflow.domain.groups import Group, GroupRegistry
-from otaflow.domain.open_tasks import OpenTaskWatch, count_tasks, report_id
+from otaflow.domain.open_tasks import OpenTaskWatch, count_tasks, is_open, report_id
 from otaflow.domain.schedule import takes_new_tasks
 from otaflow.domain.scopes import Needles, passes, scan_needles, scans_at_start, version_needles
 from otaflow.domain.start_by_kind import PlainStart, applies_to
 from otaflow.domain.tasks import TaskStatus
 
 Record = dict[str, Any]
+
+# Records that change a task only with a task event (or by settling it), so a batch's
+# task counts stay known after them when they sent none (``OpenTaskWatch.counted``).
+KEEPS_TASK_COUNTS = frozenset({"TaskRelease", "Tick", "OpenTaskProbe"})  # and DeviceReport
 
 
 class DeviceStore(Protocol):
@@ -104,12 +108,22 @@ class PartitionEngine:
     def apply(self, name: str, record: Record, fx: Effects) -> None:
         """Apply one record (by schema name); unknown names raise ``KeyError``."""
         if name == "DeviceReport":
-            self.report(record, fx)  # counts its own outcomes (the agent calls it directly)
+            # Counts its own outcomes and forgets counts (the agent calls it directly).
+            self.report(record, fx)
         else:
+            counted = list(self.open_tasks.counted)
             seen = len(fx.task_events)
             self._handlers[name](record, fx)
             if len(fx.task_events) > seen:
                 self._count_outcomes(fx, seen)
+            if counted and (
+                len(fx.task_events) > seen or fx.settling or name not in KEEPS_TASK_COUNTS
+            ):
+                # A task may have changed (each change sends a task event; a dropped
+                # retry settles), or the record may add or remove tasks in other ways
+                # (a START's own count is made after this snapshot): count by scan.
+                for batch_id in counted:
+                    self.open_tasks.counted.pop(batch_id, None)
         now = record.get("event_time")
         if isinstance(now, int):
             self.count_settling(now, fx)
@@ -155,6 +169,9 @@ class PartitionEngine:
         self._settle(state, record["event_time"], fx)
         if len(fx.task_events) > seen:
             self._count_outcomes(fx, seen)
+            self.open_tasks.counted.clear()  # a task changed: count by scan (apply)
+        elif fx.settling:
+            self.open_tasks.counted.clear()
 
     def release(self, record: Record, fx: Effects) -> None:
         state = self.store.load(device_key(record["product_key"], record["device_name"]))
@@ -233,9 +250,21 @@ class PartitionEngine:
                 else None
             )
             needles = scan_needles(batch, self.groups)
+            open_, every = 0, 0
             for state in self.store.scan(f"{batch.product_key}/", needles, start):
                 self.engine.on_static_start(state, batch, now, fx)
                 self._settle(state, now, fx)
+                for task in state.tasks:
+                    if task.batch_id == batch.batch_id:
+                        every += 1
+                        open_ += is_open(task)
+            if start is not None:
+                every += start.tasks_started
+                open_ += start.open_started
+            # Every task of the batch here is on a device the scan saw: the devices that
+            # miss its needles cannot have one (the START gives the batch its tasks; a
+            # replayed START finds the devices as it left them).
+            self.open_tasks.counted[batch.batch_id] = (open_, every)
             return
         if batch.dynamic_mode == 2 or not takes_new_tasks(batch, now):
             return  # only versions reported from now on
@@ -267,8 +296,12 @@ class PartitionEngine:
         if batch is None:
             self.open_tasks.dirty.discard(batch_id)
             return
-        states = self._each(batch.product_key, [frozenset({batch_id.encode()})])
-        open_, every = count_tasks(states, batch_id)
+        known = self.open_tasks.counted.get(batch_id)
+        if known is not None:
+            open_, every = known
+        else:
+            states = self._each(batch.product_key, [frozenset({batch_id.encode()})])
+            open_, every = count_tasks(states, batch_id)
         report = {
             "batch_id": batch_id,
             "partition": self.partition,

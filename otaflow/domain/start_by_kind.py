@@ -24,7 +24,8 @@ from typing import Any
 from otaflow.domain.batches import Batch, BatchScope
 from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.devices import DeviceState
-from otaflow.domain.engine import DeviceEngine, Effects, make_task_id
+from otaflow.domain.engine import BatchTaskIds, DeviceEngine, Effects
+from otaflow.domain.open_tasks import is_open
 from otaflow.domain.tasks import Task
 
 Record = dict[str, Any]
@@ -41,6 +42,7 @@ class PlainOutcome:
     event: Record | None = None
     queued: bool = False
     deadline: int | None = None
+    task_open: bool = False  # open_tasks.is_open(task)
 
 
 UNCHANGED = PlainOutcome()
@@ -69,6 +71,10 @@ class PlainStart:
         self.fx = fx
         self.deadlines = deadlines
         self._outcomes: dict[tuple[bool, str, str, bool], PlainOutcome | None] = {}
+        self._task_ids = BatchTaskIds(batch.batch_id)
+        # The batch's tasks started here, and how many of them are open (open_tasks).
+        self.tasks_started = 0
+        self.open_started = 0
 
     def outcome(
         self, online: bool, module: str, version: str, registered: bool
@@ -117,23 +123,24 @@ class PlainStart:
             event=fx.task_events[0][1],
             queued=bool(queued),
             deadline=self.engine.next_deadline(state, self.now),
+            task_open=is_open(task),
         )
 
     def task_id(self, key: str) -> str:
         """The id of the task START gives the device ``key`` (its first match)."""
-        return make_task_id(self.batch.batch_id, key, 1)
+        return self._task_ids(key, 1)
 
-    def started(self, key: str, device_name: str, task_id: str, outcome: PlainOutcome) -> None:
+    def task_id_ascii(self, key: str) -> bytes:
+        """``task_id`` as ASCII bytes."""
+        return self._task_ids.ascii(key, 1)
+
+    def started(self, key: str, outcome: PlainOutcome) -> None:
         """Record the effects the engine would have for this device, but its task event
-        (the caller writes that from the template)."""
-        if outcome.queued:
-            self.fx.queued[self.batch.batch_id].append(
-                {
-                    "task_id": task_id,
-                    "product_key": self.batch.product_key,
-                    "device_name": device_name,
-                }
-            )
+        and, when ``outcome.queued``, its push-queue entry (the caller writes both from
+        the template, in bytes: ``Effects.queued`` would have the entry as
+        ``{"task_id", "product_key", "device_name"}``, in the order of the devices)."""
         self.fx.touched.add(key)  # as the engine's task_changed does
+        self.tasks_started += 1
+        self.open_started += outcome.task_open
         if self.deadlines is not None:
             self.deadlines.note(key, outcome.deadline)

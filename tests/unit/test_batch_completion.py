@@ -3,14 +3,32 @@ device partition (its open-task counts) and the pure control plane (the decision
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from otaflow.domain.open_tasks import REPORT_EVERY_MS, OpenTaskWatch
-from otaflow.domain.simulation import MINUTE, Partition, make_batch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otaflow.codec import codec
+from otaflow.device_avro import decode_device_state
+from otaflow.domain.open_tasks import REPORT_EVERY_MS, OpenTaskWatch, count_tasks
+from otaflow.domain.simulation import (
+    MINUTE,
+    PK,
+    Partition,
+    command_record,
+    control_record,
+    make_batch,
+    registration_record,
+    report_record,
+)
+from streams.device_envelopes import DevicePartition, EnvelopeRun
+from streams.envelope_store import EnvelopeStore
 from tests.unit.test_console_rules import package, static
 from tests.unit.test_control_plane import MIN, NOW, World
 
 T = 1_000_000
+CODEC = codec()
 
 
 def counts(p: Partition) -> list[tuple[int, int]]:
@@ -159,3 +177,94 @@ def test_a_large_batch_is_counted_less_often() -> None:
     assert watch.due(T + REPORT_EVERY_MS - 1) == []
     assert watch.due(T + REPORT_EVERY_MS) == ["small"]
     assert watch.due(T + 60_000) == ["large", "small"]
+
+
+# -- a START's own count: its probe needs no scan -------------------------------------------
+
+
+class EnvelopePartition:
+    """A partition as the device agent runs it: one ``EnvelopeRun`` per record over an
+    ``EnvelopeStore`` of encoded states (so a START over plain devices takes the byte
+    path), the partition's in-memory watch kept between envelopes. Counts prefix scans."""
+
+    def __init__(self) -> None:
+        self.table: dict[bytes, bytes] = {}
+        self.view = DevicePartition.rebuild(0, [])
+        self.scans = 0
+        self.counts: list[tuple[int, int, int]] = []  # (open, tasks, probe) reported
+
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        self.scans += 1
+        return iter([(k, v) for k, v in sorted(self.table.items()) if k.startswith(prefix)])
+
+    def apply(self, name: str, record: dict[str, Any]) -> None:
+        run = EnvelopeRun(self.view, EnvelopeStore(self.table.get, self._scan), lambda k, v: None)
+        run.apply(CODEC.encode(name, record), -1, -1)
+        assert not run.dead
+        for key, raw in run.store.writes():
+            if raw is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = raw
+        for schema, report in run.fx.control_reports:
+            if schema == "OpenTaskCount":
+                self.counts.append((report["open"], report["tasks"], report["probe"]))
+
+    def probe(self, batch_id: str, at: int) -> tuple[int, int]:
+        self.apply("OpenTaskProbe", {"batch_id": batch_id, "event_time": at})
+        open_, tasks, probe = self.counts[-1]
+        assert probe == 1
+        return open_, tasks
+
+    def truth(self, batch_id: str) -> tuple[int, int]:
+        """What a scan of every device counts."""
+        return count_tasks((decode_device_state(raw) for raw in self.table.values()), batch_id)
+
+
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["version", "progress", "fail", "cancel", "tick", "delete", "register"]),
+        st.integers(0, 5),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.sampled_from(["1.0", "2.0", None]), min_size=1, max_size=6),
+    st.booleans(),
+    STEPS,
+)
+def test_a_probe_after_the_start_answers_what_a_scan_of_every_device_counts(
+    versions: list[str | None], regional: bool, steps: list[tuple[str, int]]
+) -> None:
+    p = EnvelopePartition()
+    for i, version in enumerate(versions):
+        # Regional devices take the engine's path; the others the START's byte path.
+        if regional and i % 2:
+            p.apply("DeviceRegistration", registration_record(PK, f"d{i}", T, province="Zhejiang"))
+        if version is not None:
+            p.apply("DeviceReport", report_record(PK, f"d{i}", "VERSION", T, version=version))
+    batch = make_batch("S", at=T + 1, retry_interval_minutes=10, retry_count=1)
+    p.apply("BatchControl", control_record("START", batch, T + 1))
+    scans = p.scans
+    assert p.probe("S", T + 1) == p.truth("S")
+    assert p.scans == scans  # counted by the START: no scan
+    at = T + 2
+    for action, i in steps:
+        dn, at = f"d{i % len(versions)}", at + 1
+        if action == "version":
+            p.apply("DeviceReport", report_record(PK, dn, "VERSION", at, version="2.0"))
+        elif action in ("progress", "fail"):
+            step = 50 if action == "progress" else -2
+            p.apply("DeviceReport", report_record(PK, dn, "PROGRESS", at, step=step, desc=""))
+        elif action == "cancel":
+            p.apply("TaskCommand", command_record("CANCEL", PK, dn, at, batch_id="S"))
+        elif action == "tick":
+            at += 11 * MINUTE
+            p.apply("Tick", {"event_time": at})
+        else:
+            act = "DELETE" if action == "delete" else "REGISTER"
+            p.apply("DeviceRegistration", registration_record(PK, dn, at, action=act))
+        assert p.probe("S", at) == p.truth("S"), (action, dn)

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otaflow.codec import codec
-from otaflow.device_avro import decode_device_state
+from otaflow.device_avro import decode_device_state, encode_tasks_queued_from
 from otaflow.device_keys import device_key
 from otaflow.domain.batches import Batch, BatchKind, BatchScope, BatchStatus
 from otaflow.domain.devices import DeviceState
@@ -762,6 +762,10 @@ class EnvelopePartition(Partition):
         self.deadlines = engine.deadlines
         started = [CODEC.decode_as("TaskEvent", e["value"]) for e in store.task_events]
         self.byte_paths["start"] += len(started)
+        for batch_id, entries in store.queued.items():
+            # The byte path's push-queue entries, read back as the rate agent reads them.
+            queued = CODEC.decode_as("RateEvent", encode_tasks_queued_from(batch_id, entries, 0))
+            self.push_queue.extend((batch_id, t) for t in queued["body"][1]["tasks"])
         for written, raw in store.writes():
             if raw is None:
                 self.table.pop(written, None)

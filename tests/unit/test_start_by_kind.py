@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otaflow.device_avro import encode_device_state, encode_task_event
+from otaflow.device_avro import encode_device_state, encode_queued_task, encode_task_event
 from otaflow.domain.batches import Batch, BatchRegistry, BatchScope
 from otaflow.domain.deadlines import DeadlineHeap
 from otaflow.domain.devices import DeviceState
@@ -93,7 +93,10 @@ def test_a_fleet_start_in_bytes_is_what_the_engine_decides(
             written[device.key] = new
     assert written == expected
     assert [(e["key"], e["value"]) for e in splicer.task_events] == expected_events
-    assert byte_fx.queued == fx.queued
+    # Push-queue entries: written in bytes by the splicer, none left in the effects.
+    assert not byte_fx.queued
+    assert splicer.queued == [encode_queued_task(t) for t in fx.queued.get(batch.batch_id, [])]
+    assert set(fx.queued) <= {batch.batch_id}
     assert not byte_fx.notifications and not fx.notifications
     assert byte_heap._at == heap._at
 
