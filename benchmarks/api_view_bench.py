@@ -40,8 +40,8 @@ from typing import Any
 from aiohttp import ClientSession, web
 
 from otaflow import config
+from otaflow.api.client import signed_call_headers
 from otaflow.api.server import ApiRunner, create_app
-from otaflow.api.signature import sign_request
 from otaflow.api.views import STATUSES, TaskView
 from otaflow.control.client import CommandResult
 from otaflow.packages import PackageStore
@@ -102,16 +102,7 @@ async def _load(
     pages = max(1, min(tasks // 100, 1000))
 
     async def call(session: ClientSession, action: str, query: dict[str, str]) -> None:
-        headers = sign_request(
-            access_key_id=AK,
-            access_key_secret=SK,
-            method="POST",
-            host=host,
-            query=query,
-            headers={"content-type": "application/x-www-form-urlencoded"},
-            action=action,
-            version="2018-01-20",
-        )
+        headers = signed_call_headers(AK, SK, host, action, query)
         started = time.perf_counter()
         async with session.post(
             f"http://{host}/", params=query, headers=headers, data=b""

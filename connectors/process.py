@@ -4,13 +4,18 @@ exit on it)."""
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable, Sequence
 
-from otaflow import config, logs, metrics, topics
+from otaflow import bounded_stop, config, logs, metrics, topics
 from otaflow.config import Settings
 from otaflow.topics import TopicSpec, ensure_topics
+
+# A connector's stop drains for at most 10 s (in-flight MQTT and Kafka acknowledgements),
+# then commits, closes and flushes; past this the kernel ends it whatever librdkafka
+# waits on (otaflow.bounded_stop). What it did not acknowledge (MQTT QoS 1) or commit
+# (Kafka) is delivered again.
+STOP_DEADLINE_S = 30
 
 
 def start_process(
@@ -20,8 +25,7 @@ def start_process(
     settings = config.load()
     ensure_topics(settings.kafka_bootstrap, settings, topics_used)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    bounded_stop.stop_on_signals(stop, STOP_DEADLINE_S)
     return settings, stop
 
 

@@ -27,13 +27,19 @@ with its own Router (its partitions are not ``ota.device.reports``' partitions) 
 source partitions offset by ``SOURCE_PARTITION_BASE`` in the envelope.
 
 Commit order: produce envelopes -> flush (all acknowledged) -> commit source offsets.
+
+Stopping is bounded (otaflow.bounded_stop): on SIGTERM a flush in progress stops
+waiting, the last flush and the consumer close have seconds each, and the process ends
+``STOP_DEADLINE_S`` after the signal whatever librdkafka waits for (a batcher whose
+worker was SIGKILLed and whose topics were then deleted stayed alive, orphaned). Leaving
+without committing is safe by the commit order: uncommitted reports are only read again
+and re-sent, and the device agent skips offsets it has applied.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -42,7 +48,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from otaflow import instances, membership, topics
+from otaflow import bounded_stop, instances, membership, topics
 from otaflow.codec import codec
 from otaflow.config import Settings
 from otaflow.kafka_partitions import partition_for
@@ -69,6 +75,15 @@ POLL_TIMEOUT_S = 0.005
 ENVELOPE_MAX_BYTES = 700_000
 # One record in this many per source partition is checked against murmur2(key).
 SAMPLE_EVERY = 64
+# Envelopes are acknowledged within this in normal operation; longer means a broker or
+# topic is gone, and the reports are re-read after a restart.
+ACKNOWLEDGE_TIMEOUT_S = 30.0
+# The stop path: the last flush, then the consumer close, each bounded; the kernel ends
+# the process STOP_DEADLINE_S after SIGTERM whatever is still waiting (a worker waits 10 s
+# for its batcher before SIGKILL: streams.worker).
+STOP_FLUSH_S = 2.0
+STOP_CLOSE_S = 3.0
+STOP_DEADLINE_S = 8
 
 
 class Router:
@@ -182,7 +197,13 @@ class ReportBatcher:
             }
         )
         self.forwarded = 0
+        # Records taken from polls; those not yet forwarded wait for acknowledgement.
+        self.received = 0
         self._failed: list[str] = []
+        self._stop = threading.Event()
+        # Whether the consumer closed on stop (else the process must leave without
+        # destroying it: bounded_stop.close_within).
+        self.closed = False
         self.router = Router(
             self.partitions,
             same_partitioning=topics.DEVICE_REPORTS.partition_count(settings) == self.partitions,
@@ -213,6 +234,7 @@ class ReportBatcher:
             self._failed.append(str(err))
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         self.consumer.subscribe([self.source, *self.mapped])
         try:
             while not stop.is_set():
@@ -220,14 +242,27 @@ class ReportBatcher:
                 if msgs:
                     self.forward(msgs)
         finally:
-            self.producer.flush(10)
-            self.consumer.close()
+            # No commit here: forward commits what was acknowledged; the rest is re-read.
+            remaining = self.producer.flush(STOP_FLUSH_S)
+            if remaining:
+                log.warning("stopping with %d envelopes unacknowledged; re-sent later", remaining)
+            self.closed = bounded_stop.close_within(self.consumer, STOP_CLOSE_S, "consumer")
+
+    def _acknowledge(self, timeout: float) -> int:
+        """Wait for the envelopes' acknowledgements, at most ``timeout`` and no longer
+        than a stop request; how many are still unacknowledged."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self.producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            if not remaining or self._stop.is_set() or time.monotonic() >= deadline:
+                return int(remaining)
 
     def forward(self, msgs: list[Any]) -> None:
         items: dict[int, list[bytes]] = defaultdict(list)
         sources: dict[int, list[int]] = defaultdict(list)
         offsets: dict[int, list[int]] = defaultdict(list)
         sizes: dict[int, int] = defaultdict(int)
+        self.received += len(msgs)
         now_ms = int(time.time() * 1000)
         valid: list[tuple[bytes, bytes, int, int]] = []
         telemetry: dict[str, list[Any]] = {}
@@ -260,7 +295,10 @@ class ReportBatcher:
                 sizes[target] += len(value) + 16
         for target in list(items):
             self._send(target, items[target], sources[target], offsets[target])
-        remaining = self.producer.flush(30)
+        remaining = self._acknowledge(ACKNOWLEDGE_TIMEOUT_S)
+        if remaining and self._stop.is_set():
+            log.info("stop requested with %d envelopes unacknowledged; not committing", remaining)
+            return
         if remaining or self._failed:
             # Not committing means the next owner re-reads these; the device agent
             # skips what it already applied.
@@ -316,18 +354,29 @@ def main() -> int:
 
     gc_tuning.apply()  # same reason as the worker: short-lived objects per report
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    bounded_stop.stop_on_signals(stop, STOP_DEADLINE_S)
     # Beside a worker: its state directory keeps the batcher's group member id.
     state_dir = os.environ.get(instances.BATCHER_STATE_ENV)
     batcher = ReportBatcher(settings, state_dir=Path(state_dir) if state_dir else None)
     metrics.expose_counts(
         "batcher",
-        {"otaflow_batcher_forwarded": ("Reports put in envelopes", lambda: batcher.forwarded)},
+        {
+            "otaflow_batcher_forwarded": ("Reports put in envelopes", lambda: batcher.forwarded),
+            "otaflow_batcher_received": (
+                "Reports taken from polls (less forwarded: in envelopes not yet acknowledged)",
+                lambda: batcher.received,
+            ),
+        },
     )
     metrics.ready_when(lambda: True)
     metrics.serve(settings, "batcher")
-    batcher.run(stop)
+    try:
+        batcher.run(stop)
+    except BaseException:
+        bounded_stop.arm_deadline(STOP_DEADLINE_S)  # Python's exit may wait on the clients
+        raise
+    if not batcher.closed:
+        bounded_stop.exit_now(0)
     return 0
 
 

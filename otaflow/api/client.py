@@ -10,11 +10,45 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from otaflow.api.params import API_VERSION, flatten
 from otaflow.api.signature import sign_request
+
+
+def signed_call_headers(
+    access_key_id: str,
+    access_key_secret: str,
+    host: str,
+    action: str,
+    query: Mapping[str, str],
+    *,
+    date: datetime | float | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The headers of one signed RPC call to ``host``: a POST of ``query`` (in the URL)
+    with an empty body, as ``OpsClient`` sends it; ``date`` and ``nonce`` default to now
+    and a fresh one (set them to test stale or replayed calls). Any HTTP client can send
+    the call with these headers and no others."""
+    return sign_request(
+        access_key_id=access_key_id,
+        access_key_secret=access_key_secret,
+        method="POST",
+        host=host,
+        query=query,
+        action=action,
+        version=API_VERSION,
+        # urllib (and aiohttp) send a content type with every POST: sign it (the body is
+        # empty), so the header sent is the header signed.
+        headers={
+            "accept": "application/json",
+            "content-type": "application/x-www-form-urlencoded",
+        },
+        date=date,
+        nonce=nonce,
+    )
 
 
 class ApiCallError(Exception):
@@ -36,19 +70,8 @@ class OpsClient:
     def call(self, action: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Send one operation; returns the answer body or raises ``ApiCallError``."""
         query = flatten(dict(params or {}))
-        headers = sign_request(
-            access_key_id=self.access_key_id,
-            access_key_secret=self.access_key_secret,
-            method="POST",
-            host=self.host,
-            query=query,
-            action=action,
-            version=API_VERSION,
-            # urllib sends this content type with every POST: sign it (the body is empty).
-            headers={
-                "accept": "application/json",
-                "content-type": "application/x-www-form-urlencoded",
-            },
+        headers = signed_call_headers(
+            self.access_key_id, self.access_key_secret, self.host, action, query
         )
         url = f"{self.endpoint}/?{urlencode(query)}" if query else f"{self.endpoint}/"
         request = urllib.request.Request(url, data=b"", headers=headers, method="POST")

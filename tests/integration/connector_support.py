@@ -127,23 +127,31 @@ class TopicReader:
 
 
 @contextlib.contextmanager
-def mqtt_client(
-    address: MqttAddress, client_id: str | None = None, clean_session: bool = True
+def connected(
+    client: mqtt.Client, address: MqttAddress, who: str = "the test client"
 ) -> Iterator[mqtt.Client]:
-    # The harness publishes for many devices and watches every offer: the service login.
-    client = service_client(address, client_id, clean_session=clean_session)
-    client.max_inflight_messages_set(200)
-    client.reconnect_delay_set(min_delay=1, max_delay=2)
-    connected = threading.Event()
-    client.on_connect = lambda *_: connected.set()
+    """``client`` connected to ``address`` (its CONNACK received), its network loop
+    running; disconnected when the block ends."""
+    accepted = threading.Event()
+    client.on_connect = lambda *_: accepted.set()
     client.connect(address.host, address.port, keepalive=30)
     client.loop_start()
     try:
-        assert connected.wait(10), "the test client could not connect"
+        assert accepted.wait(10), f"{who} could not connect"
         yield client
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def mqtt_client(
+    address: MqttAddress, client_id: str | None = None, clean_session: bool = True
+) -> contextlib.AbstractContextManager[mqtt.Client]:
+    # The harness publishes for many devices and watches every offer: the service login.
+    client = service_client(address, client_id, clean_session=clean_session)
+    client.max_inflight_messages_set(200)
+    client.reconnect_delay_set(min_delay=1, max_delay=2)
+    return connected(client, address)
 
 
 def publish_all(address: MqttAddress, messages: list[tuple[str, bytes]]) -> None:

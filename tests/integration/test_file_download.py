@@ -8,14 +8,12 @@ share the requests through the MQTT shared subscription.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ from otaflow.dev import devstack
 from otaflow.packages import PackageStore
 from otaflow.topics import BATCHES, DEAD_LETTERS, ensure_topics
 from tests.integration.conftest import scratch
-from tests.integration.connector_support import TopicReader, running
+from tests.integration.connector_support import TopicReader, connected, running
 from tests.mqtt_logins import device_client
 
 pytestmark = pytest.mark.integration
@@ -123,21 +121,6 @@ class Device:
         return parse_download_reply(self.replies.get(timeout=timeout))
 
 
-@contextlib.contextmanager
-def logged_in_device(address: MqttAddress, pk: str, dn: str) -> Iterator[mqtt.Client]:
-    client = device_client(pk, dn)
-    connected = threading.Event()
-    client.on_connect = lambda *_: connected.set()
-    client.connect(address.host, address.port, keepalive=30)
-    client.loop_start()
-    try:
-        assert connected.wait(10), "the device could not connect"
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def setup_package(
     settings: Settings, tmp_path: Path, pk: str, size: int = PACKAGE_BYTES
 ) -> tuple[PackageStore, bytes, str]:
@@ -162,7 +145,7 @@ def test_device_downloads_a_package_in_blocks_and_gets_error_replies(
     try:
         with (
             running(responder.run) as thread,
-            logged_in_device(settings.mqtt, pk, "dev-1") as client,
+            connected(device_client(pk, "dev-1"), settings.mqtt, "the device") as client,
         ):
             assert responder.ready.wait(30), "the responder never subscribed"
             device = Device(client, pk, "dev-1")
@@ -224,7 +207,7 @@ def test_two_responders_share_the_requests(stack: devstack.DevStack, tmp_path: P
     with (
         running(first.run),
         running(second.run),
-        logged_in_device(settings.mqtt, pk, "dev-2") as client,
+        connected(device_client(pk, "dev-2"), settings.mqtt, "the device") as client,
     ):
         assert first.ready.wait(30) and second.ready.wait(30), "a responder never subscribed"
         device = Device(client, pk, "dev-2")

@@ -21,8 +21,8 @@ from aiohttp import ClientSession, web
 
 from otaflow import config
 from otaflow.api import observe
+from otaflow.api.client import signed_call_headers
 from otaflow.api.server import VIEW_LANE_SIZE, ApiRunner, create_app, json_response
-from otaflow.api.signature import sign_request
 from otaflow.api.views import TaskView
 from otaflow.control.client import CommandResult
 from otaflow.control.common import utc
@@ -63,16 +63,7 @@ class HeldView(TaskView):
 
 async def _call(session: ClientSession, port: int, action: str, query: dict[str, str]) -> Any:
     host = f"127.0.0.1:{port}"
-    headers = sign_request(
-        access_key_id=AK,
-        access_key_secret=SK,
-        method="POST",
-        host=host,
-        query=query,
-        headers={"content-type": "application/x-www-form-urlencoded"},
-        action=action,
-        version="2018-01-20",
-    )
+    headers = signed_call_headers(AK, SK, host, action, query)
     async with session.post(f"http://{host}/", params=query, headers=headers, data=b"") as r:
         return await r.json()
 

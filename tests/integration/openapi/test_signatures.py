@@ -15,7 +15,7 @@ import requests
 from alibabacloud_iot20180120 import models as m
 from Tea.exceptions import TeaException
 
-from otaflow.api.signature import sign_request
+from otaflow.api.client import signed_call_headers
 from tests.integration.api_support import (
     AK,
     SK,
@@ -28,18 +28,7 @@ pytestmark = pytest.mark.integration
 def _signed_post(api: Deployment, date: float, nonce: str, secret: str = SK) -> requests.Response:
     host = f"127.0.0.1:{api.settings.api_port}"
     query = {"ProductKey": "nothing"}
-    headers = sign_request(
-        access_key_id=AK,
-        access_key_secret=secret,
-        method="POST",
-        host=host,
-        query=query,
-        action="QueryProduct",
-        version="2018-01-20",
-        date=date,
-        nonce=nonce,
-        headers={"accept": "application/json"},
-    )
+    headers = signed_call_headers(AK, secret, host, "QueryProduct", query, date=date, nonce=nonce)
     return requests.post(f"http://{host}/", params=query, headers=headers, timeout=30)
 
 
