@@ -48,8 +48,9 @@ def read_partitions(settings: Settings, count: int, expected: int) -> dict[bytes
     try:
         for _ in range(200):
             for msg in consumer.consume(1000, 0.1):
-                if msg.error() is None:
-                    found[msg.key()] = msg.partition()
+                key, partition = msg.key(), msg.partition()
+                if msg.error() is None and key is not None and partition is not None:
+                    found[key] = partition
             if len(found) >= expected:
                 break
     finally:
