@@ -52,9 +52,9 @@ class StartSplicer:
         # The bytes a kind is told by (online, module, version, registered) -> its template.
         self._templates: dict[bytes, _Template | None] = {}
 
-    def apply(self, key: str, raw: bytes) -> bytes | None:
+    def apply(self, key: str, raw: bytes, key_bytes: bytes | None = None) -> bytes | None:
         """The device's new state (``raw`` itself when START leaves it as it is), or None:
-        the engine must see this device."""
+        the engine must see this device. ``key_bytes``: ``key`` in UTF-8, when known."""
         layout = plain_layout(raw)
         if layout is None:
             return None
@@ -74,7 +74,9 @@ class StartSplicer:
         if outcome.task is None:
             return raw
         # The id's 20 hex digits, as an Avro string (its length is the one byte _TASK_ID).
-        task_id_bytes = _TASK_ID + self.start.task_id_ascii(key)
+        if key_bytes is None:
+            key_bytes = key.encode()
+        task_id_bytes = _TASK_ID + self.start.task_id_ascii(key_bytes)
         device_name = raw[product_end:names_end]  # as an Avro string: length and UTF-8
         if not device_name.isascii():  # platform names are; anything else must be UTF-8
             try:
@@ -83,7 +85,7 @@ class StartSplicer:
                 return None
         self.task_events.append(
             {
-                "key": key.encode(),
+                "key": key_bytes,
                 "value": b"".join(
                     (
                         TASK_EVENT_HEADER,

@@ -94,7 +94,7 @@ class EnvelopeStore:
                     yield cached
             elif not needles or passes(raw, needles):  # no needles: every device
                 if splicer is not None:
-                    new = splicer.apply(key, raw)
+                    new = splicer.apply(key, raw, key_bytes)
                     if new is not None:
                         if new is not raw:
                             self.spliced[key_bytes] = new

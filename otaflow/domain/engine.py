@@ -103,10 +103,12 @@ class BatchTaskIds:
         digest.update(f"{key}|{match_number}".encode())
         return digest.hexdigest()
 
-    def ascii(self, key: str, match_number: int) -> bytes:
-        """The same id as ASCII bytes (for writers of encoded records)."""
+    def ascii(self, key: bytes, match_number: int) -> bytes:
+        """The same id as ASCII bytes, from the key's UTF-8 (for writers of encoded
+        records, which hold both in bytes)."""
         digest = self._batch.copy()
-        digest.update(f"{key}|{match_number}".encode())
+        digest.update(key)
+        digest.update(b"|%d" % match_number)
         return hexlify(digest.digest())
 
 

@@ -130,8 +130,8 @@ class PlainStart:
         """The id of the task START gives the device ``key`` (its first match)."""
         return self._task_ids(key, 1)
 
-    def task_id_ascii(self, key: str) -> bytes:
-        """``task_id`` as ASCII bytes."""
+    def task_id_ascii(self, key: bytes) -> bytes:
+        """``task_id`` as ASCII bytes, from the key's UTF-8."""
         return self._task_ids.ascii(key, 1)
 
     def started(self, key: str, outcome: PlainOutcome) -> None:
