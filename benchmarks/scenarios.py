@@ -195,7 +195,7 @@ def raw_pass_through(d: BenchDeployment, n: int) -> float:
 
 
 INGEST_TARGET = 50_000  # reports/s per worker
-RATIO_TARGET = 0.5  # of the raw pass-through
+RATIO_TARGET = 0.6  # of the raw pass-through (issue 15; was 0.5)
 TARGETS = {"reports/s end to end": INGEST_TARGET, "ratio to pass-through": RATIO_TARGET}
 
 
@@ -247,7 +247,7 @@ def _ingest(d: BenchDeployment, n: int, workers: int, pass_through_runs: int) ->
         raws = [raw_pass_through(d, n) for _ in range(pass_through_runs)]
         raw = statistics.median(raws)
         result.add("raw confluent pass-through (median)", raw, "records/s")
-        result.add("ratio to pass-through", rate / raw, "", "≥ 0.5", rate / raw >= RATIO_TARGET)
+        result.add("ratio to pass-through", rate / raw, "", "≥ 0.6", rate / raw >= RATIO_TARGET)
         result.notes.append(f"pass-through runs: {[round(r) for r in raws]}")
     return result
 
@@ -336,7 +336,8 @@ def fan_out(n: int, d: BenchDeployment, name: str = "fan-out") -> ScenarioResult
         elapsed = time.perf_counter() - start
     result.series["tasks queued"] = series
     result.chart_axes = ("seconds", "tasks queued")
-    result.add("create call to every task queued", elapsed, "s", "≤ 30 s", elapsed <= 30)
+    # One worker: 15 s (issue 15; was 30 s). Two workers are printed against the same.
+    result.add("create call to every task queued", elapsed, "s", "≤ 15 s", elapsed <= 15)
     return result
 
 

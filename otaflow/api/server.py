@@ -128,12 +128,18 @@ def _gateway_error(request_id: str, code: str, message: str, status: int) -> web
     return json_response(_gateway_body(request_id, code, message), status=status)
 
 
-#: View reads served at once. One: each read runs in a worker thread, and every other
-#: thread running Python takes the GIL from the event loop that serves the other calls.
-#: Measured (benchmarks/api_view_bench.py, 20 listers of a 100,000-task batch, one
-#: unrelated caller, 2-core machine): one lane, unrelated p99 7.8 ms and lists p99
-#: 59.6 ms; two lanes, 11.7 ms and 59.1 ms (lists are bound by the CPU either way).
+#: View reads served at once: one, on the event loop, while no other call is in
+#: progress (``Api.handle``). Measured (benchmarks/api_view_bench.py, 20 listers of a
+#: 100,000-task batch, one unrelated caller, 2-core machine): reads in a worker thread
+#: (one lane) gave lists p99 59-71 ms and the unrelated call 7.8-8.4 ms; on the loop
+#: with no priority, lists 32-35 ms but the unrelated call 83-110 ms; on the loop after
+#: the other calls, lists 37-48 ms and the unrelated call 9.4-12.9 ms (docs/openapi-ota.md
+#: section 12 has the medians). Two lanes in threads: 59.1 and 11.7 ms.
 VIEW_LANE_SIZE = 1
+#: How long a view read waits for other calls in progress to finish before it starts
+#: anyway: other calls go first, but a steady stream of them (each in progress while
+#: its command travels through Kafka) must not starve the reads.
+OTHERS_FIRST_S = 0.01
 
 
 def _new_request_id() -> str:
@@ -308,6 +314,7 @@ class Api:
         command_timeout: float = 30.0,
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_body_bytes: int = MAX_BODY_BYTES,
+        others_first_s: float = OTHERS_FIRST_S,
     ) -> None:
         self.settings = settings
         self.commands = control_client
@@ -317,9 +324,15 @@ class Api:
         self.command_timeout = command_timeout
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
+        self.others_first_s = others_first_s
         # Reads of the task view take their own lane (see ``handle``); created lazily so
         # the semaphore belongs to the loop that serves.
         self._view_lane: asyncio.Semaphore | None = None
+        # Calls other than view reads in progress; a view read starts only when there is
+        # none (see ``handle``).
+        self._others = 0
+        self._others_done = asyncio.Event()
+        self._others_done.set()
 
     async def read_body(self, request: web.Request, request_id: str) -> bytes | web.Response:
         """The body, once the headers passed every check that needs no body; a body over
@@ -357,18 +370,30 @@ class Api:
 
     async def handle(self, request: web.Request) -> web.Response:
         """One call. Reads of the task view (a page of a 100,000-task batch) are served
-        ``VIEW_LANE_SIZE`` at a time, in arrival order; the rest wait, parked, before
-        any work is spent on them. So twenty clients paging a big batch keep one lane
-        busy and no more, and every other call (a write, a device query) is served
-        between two pages instead of behind all twenty. The lane is chosen from the
-        ``x-acs-action`` header that every ACS3 call is signed with; a call without it is
-        served in the general lane, which only costs it its place in the queue."""
+        ``VIEW_LANE_SIZE`` at a time, in arrival order, and only while no other call is in
+        progress; the rest wait, parked, before any work is spent on them. So twenty
+        clients paging a big batch keep one lane busy and no more, and every other call
+        (a write, a device query) goes first: it waits at most for the page being built.
+        The lane is chosen from the ``x-acs-action`` header that every ACS3 call is
+        signed with; a call without it is served in the general lane, which only costs
+        it its place in the queue."""
         if request.headers.get("x-acs-action", "") in VIEW_ACTIONS:
             if self._view_lane is None:
                 self._view_lane = asyncio.Semaphore(VIEW_LANE_SIZE)
             async with self._view_lane:
+                if not self._others_done.is_set():
+                    # Bounded: a steady stream of other calls must not starve the reads.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._others_done.wait(), self.others_first_s)
                 return await self._handle(request)
-        return await self._handle(request)
+        self._others += 1
+        self._others_done.clear()
+        try:
+            return await self._handle(request)
+        finally:
+            self._others -= 1
+            if not self._others:
+                self._others_done.set()
 
     async def _handle(self, request: web.Request) -> web.Response:
         request_id = _new_request_id()
@@ -406,7 +431,13 @@ class Api:
                 data = self.local(action, params)
             elif action in VIEW_ACTIONS:
                 self.views.check_ready()
-                data, top = await asyncio.to_thread(self.views.answer, action, rpc.structured())
+                structured = rpc.structured()
+                if self.views.answers_at_once(action, structured):
+                    # An index lookup (a page of 100 tasks: ~0.4 ms) on the loop: a thread
+                    # would cost more in hand-overs and GIL waits than the read itself.
+                    data, top = self.views.answer(action, structured)
+                else:  # it may wait on Kafka (an unknown batch: catch up first)
+                    data, top = await asyncio.to_thread(self.views.answer, action, structured)
             elif ControlPlane.supports(action):
                 data, top = await self.command(action, params, request_id, signed.replay_key())
             else:

@@ -114,6 +114,16 @@ class TaskView:
         # Reads every batch written so far into the view (set by TaskViewConsumer).
         self.catch_up: Callable[[], bool] | None = None
 
+    def answers_at_once(self, action: str, p: Mapping[str, Any]) -> bool:
+        """Whether ``answer`` needs no wait: every view read is an index lookup, but a
+        task list of a batch the view has not seen first catches up with the batch topic
+        (``knows_batch``), which waits on Kafka (milliseconds, seconds if it is away)."""
+        if action != "ListOTATaskByJob":
+            return True
+        job_id = p.get("JobId")
+        with self._lock:
+            return isinstance(job_id, str) and (job_id in self.batches or job_id in self.jobs)
+
     def knows_batch(self, batch_id: str) -> bool:
         """Has the view seen the batch? Unknown: catch up with the batch topic first."""
         with self._lock:

@@ -22,7 +22,7 @@ from aiohttp import ClientSession, web
 from otaflow import config
 from otaflow.api import observe
 from otaflow.api.client import signed_call_headers
-from otaflow.api.server import VIEW_LANE_SIZE, ApiRunner, create_app, json_response
+from otaflow.api.server import API_KEY, VIEW_LANE_SIZE, ApiRunner, create_app, json_response
 from otaflow.api.views import TaskView
 from otaflow.control.client import CommandResult
 from otaflow.control.common import utc
@@ -40,7 +40,9 @@ class InstantCommands:
 
 
 class HeldView(TaskView):
-    """A view whose answers wait until the test lets them go, counting how many wait."""
+    """A view whose answers wait until the test lets them go, counting how many wait.
+    Its answers go to a worker thread (as an unknown batch's do, which may wait on
+    Kafka): held on the event loop, they would hold every call."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,6 +50,9 @@ class HeldView(TaskView):
         self.inside = 0
         self.most_inside = 0
         self._count = threading.Lock()
+
+    def answers_at_once(self, action: str, p: Mapping[str, Any]) -> bool:
+        return False
 
     def answer(self, action: str, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         with self._count:
@@ -105,6 +110,80 @@ def test_twenty_held_page_reads_take_one_lane_and_another_call_is_answered_meanw
             await runner.cleanup()
         assert all(p["Success"] is True and p["Total"] == 10 for p in pages), pages[0]
         assert view.most_inside == VIEW_LANE_SIZE
+
+    asyncio.run(scenario())
+
+
+class HeldCommands:
+    """Control-plane calls held (in their worker thread) until the test lets them go."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+        self.release = threading.Event()
+        self.called = threading.Event()
+
+    def call(self, action: str, params: Mapping[str, str], **_: Any) -> CommandResult:
+        self.called.set()
+        assert self.release.wait(30)
+        self.order.append(action)
+        return CommandResult("r", True, None, None, {"ProductKey": "pk"})
+
+
+class OrderedView(TaskView):
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+
+    def answer(self, action: str, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        self.order.append(action)
+        return super().answer(action, p)
+
+
+def test_page_reads_wait_for_another_call_in_progress() -> None:
+    """Reads of a known batch are answered on the event loop, after the other calls:
+    with the wait long enough, five reads sent while a QueryProduct is in progress are
+    all answered after it."""
+    order: list[str] = []
+    commands = HeldCommands(order)
+    view = OrderedView(order)
+    for i in range(10):
+        view.apply_task_event(_event(i, "QUEUED"))
+
+    async def scenario() -> None:
+        port = free_port()
+        settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
+        packages = PackageStore(settings, root=Path(tempfile.mkdtemp()))
+        app = create_app(settings, commands, view, packages=packages, others_first_s=30.0)
+        runner = ApiRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with ClientSession() as session:
+                other = asyncio.create_task(
+                    _call(session, port, "QueryProduct", {"ProductKey": "pk"})
+                )
+                while not commands.called.is_set():
+                    await asyncio.sleep(0.01)
+                page = {"JobId": JOB, "PageSize": "5"}
+                reads = [
+                    asyncio.create_task(_call(session, port, "ListOTATaskByJob", page))
+                    for _ in range(5)
+                ]
+                api = app[API_KEY]
+                deadline = asyncio.get_running_loop().time() + 10
+                # Until a read has the lane (and waits), or one was answered (it did not).
+                while not order and (api._view_lane is None or not api._view_lane.locked()):
+                    assert asyncio.get_running_loop().time() < deadline, "no read arrived"
+                    await asyncio.sleep(0.01)
+                assert order == []  # nothing read while the other call is in progress
+                commands.release.set()
+                assert (await other)["Success"] is True
+                pages = await asyncio.gather(*reads)
+        finally:
+            commands.release.set()
+            await runner.cleanup()
+        assert all(p["Success"] is True and p["Total"] == 10 for p in pages), pages[0]
+        assert order == ["QueryProduct"] + ["ListOTATaskByJob"] * 5
 
     asyncio.run(scenario())
 
