@@ -33,20 +33,15 @@ from otaflow.codec import codec
 from otaflow.device_avro import encode_device_state
 from otaflow.device_keys import device_key
 from otaflow.domain.devices import DeviceState
+from otaflow.domain.rate import RateConfig
+from otaflow.domain.rate_settings import to_settings
 from otaflow.domain.simulation import control_record, make_batch
 from streams.device_envelopes import DevicePartition, EnvelopeRun
 from streams.envelope_store import EnvelopeStore
 
 CODEC = codec()
 PK = "pkBench"
-RATE = {
-    "kind": "constant",
-    "max_rate": 10_000,
-    "base_rate": None,
-    "factor_hundredths": None,
-    "threshold": None,
-    "condition": None,
-}
+RATE = to_settings(RateConfig.constant(10_000))
 T0 = 1_800_000_000_000
 
 

@@ -25,6 +25,8 @@ from otaflow.api.views import TaskView
 from otaflow.codec import codec
 from otaflow.device_keys import device_key
 from otaflow.domain.batches import Batch
+from otaflow.domain.rate import RateConfig
+from otaflow.domain.rate_settings import to_settings
 from otaflow.domain.simulation import (
     command_record,
     control_record,
@@ -40,14 +42,7 @@ CODEC = codec()
 ENVELOPE_LIMIT = 700_000
 T0 = 1_800_000_000_000  # event time of the tests' world, far from the wall clock
 S = 1000
-FAST = {
-    "kind": "constant",
-    "max_rate": 10_000,
-    "base_rate": None,
-    "factor_hundredths": None,
-    "threshold": None,
-    "condition": None,
-}
+FAST = to_settings(RateConfig.constant(10_000))
 
 
 class EngineDriver:

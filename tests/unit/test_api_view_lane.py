@@ -9,9 +9,10 @@ reads the server lets in at once and whether another call gets through meanwhile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,25 @@ class HeldView(TaskView):
                 self.inside -= 1
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    view: TaskView, commands: Any, **limits: Any
+) -> AsyncIterator[tuple[int, web.Application]]:
+    """The API for real (aiohttp, ``ApiRunner``, signatures checked) on a free port in
+    the caller's event loop: (port, application)."""
+    port = free_port()
+    settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
+    packages = PackageStore(settings, root=Path(tempfile.mkdtemp()))
+    app = create_app(settings, commands, view, packages=packages, **limits)
+    runner = ApiRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port, app
+    finally:
+        await runner.cleanup()
+
+
 async def _call(session: ClientSession, port: int, action: str, query: dict[str, str]) -> Any:
     host = f"127.0.0.1:{port}"
     headers = signed_call_headers(AK, SK, host, action, query)
@@ -79,35 +99,30 @@ def test_twenty_held_page_reads_take_one_lane_and_another_call_is_answered_meanw
         view.apply_task_event(_event(i, "QUEUED"))
 
     async def scenario() -> None:
-        port = free_port()
-        settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
-        packages = PackageStore(settings, root=Path(tempfile.mkdtemp()))
-        app = create_app(settings, InstantCommands(), view, packages=packages)
-        runner = ApiRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with ClientSession() as session:
-                reads = [
-                    asyncio.create_task(
-                        _call(session, port, "ListOTATaskByJob", {"JobId": JOB, "PageSize": "5"})
+        async with serving(view, InstantCommands()) as (port, _):
+            try:
+                async with ClientSession() as session:
+                    reads = [
+                        asyncio.create_task(
+                            _call(
+                                session, port, "ListOTATaskByJob", {"JobId": JOB, "PageSize": "5"}
+                            )
+                        )
+                        for _ in range(HELD_READS)
+                    ]
+                    while view.inside < VIEW_LANE_SIZE:
+                        await asyncio.sleep(0.01)
+                    # Every page read has arrived and waits; an unrelated call still gets its
+                    # answer (before the lane, twenty reads held every worker thread).
+                    other = await asyncio.wait_for(
+                        _call(session, port, "QueryProduct", {"ProductKey": "pk"}), 10
                     )
-                    for _ in range(HELD_READS)
-                ]
-                while view.inside < VIEW_LANE_SIZE:
-                    await asyncio.sleep(0.01)
-                # Every page read has arrived and waits; an unrelated call still gets its
-                # answer (before the lane, twenty reads held every worker thread).
-                other = await asyncio.wait_for(
-                    _call(session, port, "QueryProduct", {"ProductKey": "pk"}), 10
-                )
-                assert other["Success"] is True, other
-                assert view.most_inside == VIEW_LANE_SIZE
+                    assert other["Success"] is True, other
+                    assert view.most_inside == VIEW_LANE_SIZE
+                    view.release.set()
+                    pages = await asyncio.gather(*reads)
+            finally:
                 view.release.set()
-                pages = await asyncio.gather(*reads)
-        finally:
-            view.release.set()
-            await runner.cleanup()
         assert all(p["Success"] is True and p["Total"] == 10 for p in pages), pages[0]
         assert view.most_inside == VIEW_LANE_SIZE
 
@@ -150,38 +165,31 @@ def test_page_reads_wait_for_another_call_in_progress() -> None:
         view.apply_task_event(_event(i, "QUEUED"))
 
     async def scenario() -> None:
-        port = free_port()
-        settings = replace(config.load(), access_keys={AK: SK}, api_port=port)
-        packages = PackageStore(settings, root=Path(tempfile.mkdtemp()))
-        app = create_app(settings, commands, view, packages=packages, others_first_s=30.0)
-        runner = ApiRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with ClientSession() as session:
-                other = asyncio.create_task(
-                    _call(session, port, "QueryProduct", {"ProductKey": "pk"})
-                )
-                while not commands.called.is_set():
-                    await asyncio.sleep(0.01)
-                page = {"JobId": JOB, "PageSize": "5"}
-                reads = [
-                    asyncio.create_task(_call(session, port, "ListOTATaskByJob", page))
-                    for _ in range(5)
-                ]
-                api = app[API_KEY]
-                deadline = asyncio.get_running_loop().time() + 10
-                # Until a read has the lane (and waits), or one was answered (it did not).
-                while not order and (api._view_lane is None or not api._view_lane.locked()):
-                    assert asyncio.get_running_loop().time() < deadline, "no read arrived"
-                    await asyncio.sleep(0.01)
-                assert order == []  # nothing read while the other call is in progress
+        async with serving(view, commands, others_first_s=30.0) as (port, app):
+            try:
+                async with ClientSession() as session:
+                    other = asyncio.create_task(
+                        _call(session, port, "QueryProduct", {"ProductKey": "pk"})
+                    )
+                    while not commands.called.is_set():
+                        await asyncio.sleep(0.01)
+                    page = {"JobId": JOB, "PageSize": "5"}
+                    reads = [
+                        asyncio.create_task(_call(session, port, "ListOTATaskByJob", page))
+                        for _ in range(5)
+                    ]
+                    api = app[API_KEY]
+                    deadline = asyncio.get_running_loop().time() + 10
+                    # Until a read has the lane (and waits), or one was answered (it did not).
+                    while not order and (api._view_lane is None or not api._view_lane.locked()):
+                        assert asyncio.get_running_loop().time() < deadline, "no read arrived"
+                        await asyncio.sleep(0.01)
+                    assert order == []  # nothing read while the other call is in progress
+                    commands.release.set()
+                    assert (await other)["Success"] is True
+                    pages = await asyncio.gather(*reads)
+            finally:
                 commands.release.set()
-                assert (await other)["Success"] is True
-                pages = await asyncio.gather(*reads)
-        finally:
-            commands.release.set()
-            await runner.cleanup()
         assert all(p["Success"] is True and p["Total"] == 10 for p in pages), pages[0]
         assert order == ["QueryProduct"] + ["ListOTATaskByJob"] * 5
 
