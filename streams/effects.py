@@ -9,6 +9,7 @@ writes the states that record those effects (see ``streams.checkpoint``).
 from __future__ import annotations
 
 import hashlib
+import logging
 from functools import cache
 from typing import Any
 
@@ -28,6 +29,7 @@ from streams.produce import produce_all
 from streams.table_writer import librdkafka_log
 
 CODEC = codec()
+log = logging.getLogger("otaflow.effects")
 
 # Tasks per TasksQueued record: large enough to amortise the rate agent's per-event
 # cost, small enough to stay far below Kafka's 1 MiB default record limit.
@@ -79,6 +81,8 @@ class EffectSender:
         # Fatal: this producer is done for; the next flush raises and the round is replayed.
         if err.fatal():
             self._errors.append(f"fatal: {err}")
+        else:
+            log.warning("effects producer: %s", err)
 
     def copartitioned(self) -> bool:
         """Whether task events and device events have as many partitions, so a device's
