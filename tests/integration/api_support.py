@@ -241,6 +241,21 @@ def job_ids(api: Deployment, firmware_id: str) -> list[str]:
     return [j.job_id for j in body.data.simple_otajob_info]
 
 
+def jobs_of_device(api: Deployment, pk: str, device_name: str, firmware_id: str) -> Any:
+    """ListOTAJobByDevice's first page (up to 10) of the device's batches of the package."""
+    return ok(
+        api.client.list_otajob_by_device(
+            m.ListOTAJobByDeviceRequest(
+                product_key=pk,
+                device_name=device_name,
+                firmware_id=firmware_id,
+                current_page=1,
+                page_size=10,
+            )
+        ).body
+    ).data.simple_otajob_info
+
+
 def device_items(api: Deployment, schema: str) -> list[tuple[int, dict[str, Any]]]:
     """(partition, record) of every ``schema`` item sent to the device partitions so far."""
     reader = api.otaflow.reader(topics.DEVICE_EVENTS)

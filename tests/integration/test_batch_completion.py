@@ -14,6 +14,7 @@ from tests.integration.api_support import (
     Deployment,
     api,
     eventually,
+    jobs_of_device,
     new_product,
     now_ms,
     ok,
@@ -62,17 +63,7 @@ def test_a_static_batch_completes_when_every_task_is_final(api: Deployment) -> N
     eventually(lambda: job_status(api, job_id), lambda s: s == "COMPLETED")
 
     def device_jobs() -> list[tuple[str, str, str, str]]:
-        rows = ok(
-            c.list_otajob_by_device(
-                m.ListOTAJobByDeviceRequest(
-                    product_key=pk,
-                    device_name="cp000001",
-                    firmware_id=firmware_id,
-                    current_page=1,
-                    page_size=10,
-                )
-            ).body
-        ).data.simple_otajob_info
+        rows = jobs_of_device(api, pk, "cp000001", firmware_id)
         return [(r.job_id, r.job_type, r.selection_type, r.job_status) for r in rows]
 
     # The view follows the batch topic: the completion is a Batch record like any change,

@@ -24,6 +24,7 @@ from tests.integration.api_support import (
     dynamic_job,
     eventually,
     job_ids,
+    jobs_of_device,
     new_product,
     now_ms,
     ok,
@@ -103,17 +104,7 @@ def test_list_jobs_by_device_shows_the_real_type_and_status(api: Deployment) -> 
         ).body
     ).data
     eventually(lambda: task_statuses(api, verify.job_id), lambda s: "jt000001" in s)
-    rows = ok(
-        c.list_otajob_by_device(
-            m.ListOTAJobByDeviceRequest(
-                product_key=pk,
-                device_name="jt000001",
-                firmware_id=firmware_id,
-                current_page=1,
-                page_size=10,
-            )
-        ).body
-    ).data.simple_otajob_info
+    rows = jobs_of_device(api, pk, "jt000001", firmware_id)
     assert [(r.job_id, r.job_type, r.job_status) for r in rows] == [
         (verify.job_id, "VERFIY_FIRMWARE", "IN_PROGRESS")
     ]

@@ -18,6 +18,7 @@ from tests.integration.api_support import (
     dynamic_job,
     eventually,
     job_ids,
+    jobs_of_device,
     new_product,
     now_ms,
     ok,
@@ -71,20 +72,8 @@ def test_dynamic_batch_tasks_statistics_edits_and_cancels(api: Deployment) -> No
     assert [
         (t.job_id, t.task_status, t.module_name) for t in unfinished.data.simple_otatask_info
     ] == [(job.job_id, "CONFIRM", "default")]
-    by_device = ok(
-        c.list_otajob_by_device(
-            m.ListOTAJobByDeviceRequest(
-                product_key=pk,
-                device_name="dyn0000",
-                firmware_id=firmware_id,
-                current_page=1,
-                page_size=10,
-            )
-        ).body
-    )
-    assert [(j.job_id, j.selection_type) for j in by_device.data.simple_otajob_info] == [
-        (job.job_id, "DYNAMIC")
-    ]
+    by_device = jobs_of_device(api, pk, "dyn0000", firmware_id)
+    assert [(j.job_id, j.selection_type) for j in by_device] == [(job.job_id, "DYNAMIC")]
 
     # Task actions become TaskCommand records on the device's partition.
     first = infos[0]
