@@ -9,7 +9,6 @@ writes the states that record those effects (see ``streams.checkpoint``).
 from __future__ import annotations
 
 import hashlib
-import logging
 from functools import cache
 from typing import Any
 
@@ -22,14 +21,12 @@ from otaflow.control.guard import counts_to_params
 from otaflow.device_avro import encode_task_event, encode_tasks_queued, encode_tasks_queued_from
 from otaflow.domain.engine import Effects
 from otaflow.kafka_partitions import CONFLUENT_PARTITIONER
-from otaflow.kafka_security import kafka_client_config
 from otaflow.public_json import to_json
 from streams.app import dead_letters, settings, topic
 from streams.produce import produce_all
-from streams.table_writer import librdkafka_log
+from streams.table_writer import keep_fatal, round_producer_config
 
 CODEC = codec()
-log = logging.getLogger("otaflow.effects")
 
 # Tasks per TasksQueued record: large enough to amortise the rate agent's per-event
 # cost, small enough to stay far below Kafka's 1 MiB default record limit.
@@ -54,35 +51,18 @@ class EffectSender:
         self.task_events_json = topics.json_copy(topics.TASK_EVENTS).full_name(settings)
         self.dead_letters_json = topics.json_copy(topics.DEAD_LETTERS).full_name(settings)
         self.device_events = topics.DEVICE_EVENTS.full_name(settings)
+        self._errors: list[str] = []
+        # The round's producer settings (table_writer): gaps are fatal, so a round's task
+        # events need a delivery report for their last record only (``send_task_events``).
         self.producer = producer or Producer(
             {
-                **kafka_client_config(settings.kafka_bootstrap),
+                **round_producer_config(settings, keep_fatal(self._errors, "effects producer")),
                 # Keyed records land where Kafka's default partitioner (and Faust) put them.
                 "partitioner": CONFLUENT_PARTITIONER,
-                "enable.idempotence": True,
-                "linger.ms": 1,
-                "batch.size": 1_000_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 1_048_576,
-                # A failure that could leave a gap in a partition is fatal and fails every
-                # later record of it: a round's task events then need a delivery report for
-                # their last record only (``send_task_events``), as the changelog's do
-                # (``streams.table_writer``, where the setting's caveat is written).
-                "enable.gapless.guarantee": True,
-                "error_cb": self._on_error,
-                "logger": librdkafka_log,
             }
         )
-        self._errors: list[str] = []
         self.pending = 0
         self._copartitioned: bool | None = None
-
-    def _on_error(self, err: Any) -> None:
-        # Fatal: this producer is done for; the next flush raises and the round is replayed.
-        if err.fatal():
-            self._errors.append(f"fatal: {err}")
-        else:
-            log.warning("effects producer: %s", err)
 
     def copartitioned(self) -> bool:
         """Whether task events and device events have as many partitions, so a device's

@@ -54,9 +54,9 @@ class ChangelogError(RuntimeError):
     pass
 
 
-def changelog_producer_config(
-    settings: Settings, on_error: Callable[[Any], None]
-) -> dict[str, Any]:
+def round_producer_config(settings: Settings, on_error: Callable[[Any], None]) -> dict[str, Any]:
+    """The producers of a device agent's round (changelogs, effects, the transaction):
+    idempotent, large batches, and gaps made fatal."""
     return {
         **kafka_client_config(settings.kafka_bootstrap),
         "enable.idempotence": True,
@@ -76,6 +76,20 @@ def changelog_producer_config(
     }
 
 
+def keep_fatal(errors: list[str], what: str) -> Callable[[Any], None]:
+    """librdkafka's error callback for a round's producer: a fatal error stops it for
+    good, so it is kept in ``errors`` (the next flush raises, the agent crashes, the
+    worker is restarted and the envelope replayed); any other is logged."""
+
+    def on_error(err: Any) -> None:
+        if err.fatal():
+            errors.append(f"fatal: {err}")
+        else:
+            log.warning("%s: %s", what, err)
+
+    return on_error
+
+
 class TableWriter:
     """A ``streams.checkpoint.ChangelogTable`` over one Faust table.
 
@@ -85,9 +99,11 @@ class TableWriter:
     def __init__(self, table: Any, settings: Settings, producer: Producer | None = None) -> None:
         self.table = table
         self.topic = table.changelog_topic.get_topic_name()
-        self.producer = producer or Producer(changelog_producer_config(settings, self._on_error))
-        self._persisted: dict[int, int] = {}
         self._errors: list[str] = []
+        self.producer = producer or Producer(
+            round_producer_config(settings, keep_fatal(self._errors, "changelog producer"))
+        )
+        self._persisted: dict[int, int] = {}
         # Sent, not yet stored: (partition, items), in order.
         self._pending: list[tuple[int, list[tuple[bytes, bytes | None]]]] = []
         self._acknowledged = False
@@ -128,14 +144,6 @@ class TableWriter:
         partition, offset = msg.partition(), msg.offset()
         if offset > self._persisted.get(partition, -1):
             self._persisted[partition] = offset
-
-    def _on_error(self, err: Any) -> None:
-        # A fatal error stops this producer for good: the next flush raises, the agent
-        # crashes and the worker must be restarted (the envelope is then replayed).
-        if err.fatal():
-            self._errors.append(f"fatal: {err}")
-        else:
-            log.warning("changelog producer: %s", err)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every changelog record sent is acknowledged."""

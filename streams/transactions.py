@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 
 from otaflow import instances
 from otaflow.config import Settings
-from streams.table_writer import changelog_producer_config
+from streams.table_writer import round_producer_config
 
 log = logging.getLogger("otaflow.transactions")
 
@@ -67,7 +67,7 @@ def round_transaction(settings: Settings) -> KafkaTransaction | None:
 
     # A fatal error also fails the round's commit, which raises (the agent crashes and
     # the worker is restarted); the callback only reports.
-    config = changelog_producer_config(settings, _report_error)
+    config = round_producer_config(settings, _report_error)
     # Gapless is implied by a transaction (all or nothing); librdkafka refuses both.
     config.pop("enable.gapless.guarantee", None)
     instance = instances.instance_name(settings, "worker")
