@@ -98,14 +98,9 @@ class BatchTaskIds:
     def __init__(self, batch_id: str) -> None:
         self._batch = hashlib.blake2b(f"{batch_id}|".encode(), digest_size=10)
 
-    def __call__(self, key: str, match_number: int) -> str:
-        digest = self._batch.copy()
-        digest.update(f"{key}|{match_number}".encode())
-        return digest.hexdigest()
-
     def ascii(self, key: bytes, match_number: int) -> bytes:
-        """The same id as ASCII bytes, from the key's UTF-8 (for writers of encoded
-        records, which hold both in bytes)."""
+        """The id as ASCII bytes, from the key's UTF-8 (for writers of encoded records,
+        which hold both in bytes)."""
         digest = self._batch.copy()
         digest.update(key)
         digest.update(b"|%d" % match_number)

@@ -126,12 +126,9 @@ class PlainStart:
             task_open=is_open(task),
         )
 
-    def task_id(self, key: str) -> str:
-        """The id of the task START gives the device ``key`` (its first match)."""
-        return self._task_ids(key, 1)
-
     def task_id_ascii(self, key: bytes) -> bytes:
-        """``task_id`` as ASCII bytes, from the key's UTF-8."""
+        """The id of the task START gives the device whose key is ``key`` in UTF-8 (its
+        first match), as ASCII bytes."""
         return self._task_ids.ascii(key, 1)
 
     def started(self, key: str, outcome: PlainOutcome) -> None:
