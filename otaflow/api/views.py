@@ -121,18 +121,19 @@ class TaskView:
         if action != "ListOTATaskByJob":
             return True
         job_id = p.get("JobId")
+        return isinstance(job_id, str) and self._has_batch(job_id)
+
+    def _has_batch(self, batch_id: str) -> bool:
         with self._lock:
-            return isinstance(job_id, str) and (job_id in self.batches or job_id in self.jobs)
+            return batch_id in self.batches or batch_id in self.jobs
 
     def knows_batch(self, batch_id: str) -> bool:
         """Has the view seen the batch? Unknown: catch up with the batch topic first."""
-        with self._lock:
-            if batch_id in self.batches or batch_id in self.jobs:
-                return True
+        if self._has_batch(batch_id):
+            return True
         if self.catch_up is not None:
             self.catch_up()
-        with self._lock:
-            return batch_id in self.batches or batch_id in self.jobs
+        return self._has_batch(batch_id)
 
     # -- feeding ----------------------------------------------------------------------
 
