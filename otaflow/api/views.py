@@ -268,21 +268,24 @@ class TaskView:
         result: tuple[Any, dict[str, Any]] = handler(p)
         return result
 
-    def _task_info(self, row: TaskRow, module: bool) -> dict[str, Any]:
+    def _task_info(
+        self, row: TaskRow, module: bool, batch: dict[str, Any] | None
+    ) -> dict[str, Any]:
         # Built key by key, leaving out what is None (as drop_none would): a page of 100
-        # rows is most of a list call's cost, so no second pass over each row.
+        # rows is most of a list call's cost, so no second pass over each row, and the
+        # caller looks the batch up (``batch``: the row's, None if unknown) once a page.
         e = row.event
-        batch = self.batches.get(e["batch_id"])
+        product_key, device_name = e["product_key"], e["device_name"]
         info: dict[str, Any] = {"TaskId": e["task_id"], "JobId": e["batch_id"]}
         if batch:
             info["FirmwareId"] = batch["firmware"]["firmware_id"]
-        info["ProductKey"] = e["product_key"]
-        info["DeviceName"] = e["device_name"]
-        info["IotId"] = self._iot_id(e["product_key"], e["device_name"])
-        if e["src_version"] is not None:
-            info["SrcVersion"] = e["src_version"]
-        if e["dest_version"] is not None:
-            info["DestVersion"] = e["dest_version"]
+        info["ProductKey"] = product_key
+        info["DeviceName"] = device_name
+        info["IotId"] = self._iot_id(product_key, device_name)
+        if (src := e["src_version"]) is not None:
+            info["SrcVersion"] = src
+        if (dest := e["dest_version"]) is not None:
+            info["DestVersion"] = dest
         info["TaskStatus"] = e["status"]
         info["UtcCreate"] = utc(row.created_at)
         info["UtcModified"] = utc(e["event_time"])
@@ -296,8 +299,7 @@ class TaskView:
         # The task's own timeout (a batch's change applies to new tasks only); an
         # event written before events carried it (-1) shows the batch's.
         own = e.get("timeout_minutes", -1)
-        batch_timeout = batch["timeout_minutes"] if batch else None
-        timeout = (own or None) if own >= 0 else batch_timeout
+        timeout = (own or None) if own >= 0 else (batch["timeout_minutes"] if batch else None)
         if timeout is not None:
             info["Timeout"] = str(timeout)
         return info
@@ -334,7 +336,8 @@ class TaskView:
                 order = job.order_by_status.get(status) or []
             start = (paging.current - 1) * paging.size
             page_rows = [job.tasks[t] for _, t in order[start : start + paging.size]]
-            infos = [self._task_info(r, module=False) for r in page_rows]
+            batch = self.batches.get(job_id)
+            infos = [self._task_info(r, False, batch) for r in page_rows]
             total = len(order)
         return {"SimpleOTATaskInfo": infos}, paging.top(total)
 
@@ -358,7 +361,10 @@ class TaskView:
                 ):
                     rows.append(row)
             rows.sort(key=lambda r: (r.created_at, r.event["task_id"]))
-            infos = [self._task_info(r, module=True) for r in rows]
+            batches = self.batches
+            infos = [
+                self._task_info(r, True, batches.get(r.event["batch_id"])) for r in rows
+            ]
         return {"SimpleOTATaskInfo": infos}, {}
 
     def _ListOTAJobByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
