@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from aiohttp import ClientSession, web
@@ -154,10 +155,11 @@ class OrderedView(TaskView):
         return super().answer(action, p)
 
 
-def test_page_reads_wait_for_another_call_in_progress() -> None:
-    """Reads of a known batch are answered on the event loop, after the other calls:
-    with the wait long enough, five reads sent while a QueryProduct is in progress are
-    all answered after it."""
+def test_page_reads_wait_for_the_calls_in_flight_parsed_ones_included() -> None:
+    """Reads of a known batch are answered on the event loop, after the other calls in
+    flight: two QueryProducts pipelined on one connection, the first held in the control
+    plane, the second parsed and waiting its turn (HTTP/1.1 answers in order). Five
+    reads sent meanwhile wait for both (the wait long enough here)."""
     order: list[str] = []
     commands = HeldCommands(order)
     view = OrderedView(order)
@@ -167,12 +169,16 @@ def test_page_reads_wait_for_another_call_in_progress() -> None:
     async def scenario() -> None:
         async with serving(view, commands, others_first_s=30.0) as (port, app):
             try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                # Two calls (each signed with its own nonce) in one write.
+                query = {"ProductKey": "pk"}
+                writer.write(
+                    _raw_call(port, "QueryProduct", query) + _raw_call(port, "QueryProduct", query)
+                )
+                await writer.drain()
+                while not commands.called.is_set():
+                    await asyncio.sleep(0.01)
                 async with ClientSession() as session:
-                    other = asyncio.create_task(
-                        _call(session, port, "QueryProduct", {"ProductKey": "pk"})
-                    )
-                    while not commands.called.is_set():
-                        await asyncio.sleep(0.01)
                     page = {"JobId": JOB, "PageSize": "5"}
                     reads = [
                         asyncio.create_task(_call(session, port, "ListOTATaskByJob", page))
@@ -184,14 +190,14 @@ def test_page_reads_wait_for_another_call_in_progress() -> None:
                     while not order and (api._view_lane is None or not api._view_lane.locked()):
                         assert asyncio.get_running_loop().time() < deadline, "no read arrived"
                         await asyncio.sleep(0.01)
-                    assert order == []  # nothing read while the other call is in progress
+                    assert order == []  # nothing read while the parsed call waits its turn
                     commands.release.set()
-                    assert (await other)["Success"] is True
                     pages = await asyncio.gather(*reads)
+                writer.close()
             finally:
                 commands.release.set()
         assert all(p["Success"] is True and p["Total"] == 10 for p in pages), pages[0]
-        assert order == ["QueryProduct"] + ["ListOTATaskByJob"] * 5
+        assert order == ["QueryProduct"] * 2 + ["ListOTATaskByJob"] * 5
 
     asyncio.run(scenario())
 
@@ -257,3 +263,50 @@ def test_an_answer_is_labelled_with_its_code_so_the_middleware_need_not_parse_it
     big = json_response({"RequestId": "R4", "Success": True, "Data": 2**70})
     assert isinstance(big.body, bytes)
     assert orjson.loads(big.body.replace(b"1180591620717411303424", b"0"))["Data"] == 0
+
+
+def _raw_call(port: int, action: str, query: dict[str, str]) -> bytes:
+    """One signed call as the bytes a client writes (so two can go in one write)."""
+    host = f"127.0.0.1:{port}"
+    headers = signed_call_headers(AK, SK, host, action, query)
+    lines = [f"POST /?{urlencode(query)} HTTP/1.1", f"Host: {host}", "Content-Length: 0"]
+    lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "host"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_call_counts_in_flight_from_its_parse_and_not_after_its_connection_is_gone() -> None:
+    """Two QueryProducts pipelined on one connection: the first is held in the control
+    plane; the second is parsed but not handled (HTTP/1.1 answers in order), and counts
+    already, so a page read would wait for it too. The connection closes: the second will
+    never be handled and no longer counts; the first, once answered, neither. (Counted
+    from the handler's start, the second never counted: 1, not 2.)"""
+    commands = HeldCommands([])
+    view = TaskView()
+
+    async def scenario() -> None:
+        async with serving(view, commands) as (port, app):
+            priority = app[API_KEY].priority
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                query = {"ProductKey": "pk"}
+                # Two calls (each signed with its own nonce) in one write.
+                writer.write(
+                    _raw_call(port, "QueryProduct", query) + _raw_call(port, "QueryProduct", query)
+                )
+                await writer.drain()
+                while not commands.called.is_set():
+                    await asyncio.sleep(0.01)
+                assert priority.in_flight == 2
+                writer.close()
+                deadline = asyncio.get_running_loop().time() + 10
+                while priority.in_flight != 1:
+                    assert asyncio.get_running_loop().time() < deadline, priority.in_flight
+                    await asyncio.sleep(0.01)
+                commands.release.set()
+                while priority.in_flight:
+                    assert asyncio.get_running_loop().time() < deadline, priority.in_flight
+                    await asyncio.sleep(0.01)
+            finally:
+                commands.release.set()
+
+    asyncio.run(scenario())
