@@ -133,12 +133,14 @@ def _gateway_error(request_id: str, code: str, message: str, status: int) -> web
 #: 100,000-task batch, one unrelated caller, 2-core machine): reads in a worker thread
 #: (one lane) gave lists p99 59-71 ms and the unrelated call 7.8-8.4 ms; on the loop
 #: with no priority, lists 32-35 ms but the unrelated call 83-110 ms; on the loop after
-#: the other calls, lists 37-48 ms and the unrelated call 9.4-12.9 ms (docs/openapi-ota.md
-#: section 12 has the medians). Two lanes in threads: 59.1 and 11.7 ms.
+#: the other calls, lists 37-48 ms and the unrelated call 9.4-12.9 ms; the other calls
+#: counted from their parse (``CallPriority``), lists 40-43 ms and the unrelated call
+#: 5.7-7.1 ms (docs/openapi-ota.md section 12 has the medians). Two lanes in threads:
+#: 59.1 and 11.7 ms.
 VIEW_LANE_SIZE = 1
-#: How long a view read waits for other calls in progress to finish before it starts
-#: anyway: other calls go first, but a steady stream of them (each in progress while
-#: its command travels through Kafka) must not starve the reads.
+#: How long a view read waits for other calls in flight to finish before it starts
+#: anyway: other calls go first, but a steady stream of them (each in flight while
+#: its command travels through Kafka) must not starve the reads. 3 ms measured no better.
 OTHERS_FIRST_S = 0.01
 
 
