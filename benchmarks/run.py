@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from benchmarks.results import RESULTS_DIR, ScenarioResult, print_summary, save
 FULL = {
     "devices": 1_000_000,
     "rollout": 100_000,
+    "rollout_step": 1000,
     "latency": 1000,
     "pass_through_runs": 3,
     "ingest_runs": 3,
@@ -31,6 +33,7 @@ FULL = {
 SMOKE = {
     "devices": 2000,
     "rollout": 2000,
+    "rollout_step": 100,
     "latency": 100,
     "pass_through_runs": 1,
     "ingest_runs": 1,
@@ -80,11 +83,14 @@ def run(
         results.append(result)
 
     def attempt(name: str, scenario: Callable[[], None]) -> None:
+        started = time.monotonic()
         try:
             scenario()
         except Exception as exc:
             failures[name] = f"{type(exc).__name__}: {exc}"
             console.print(f"[red]✗[/] {name}: {failures[name]}", markup=False)
+        # Wall time per scenario, set-up and clean-up included: what it costs CI's smoke run.
+        console.print(f"  {name}: {time.monotonic() - started:.1f} s", markup=False)
 
     n = sizes["devices"]
     fleet_scenarios = {"ingest", "fan-out", "state", "recovery"} & set(names)
@@ -95,7 +101,7 @@ def run(
     if "failover" in names:
         attempt("failover", lambda: keep(scenarios.failover(min(n, 20_000))))
     if "rollout" in names:
-        attempt("rollout", lambda: keep(scenarios.rollout(sizes["rollout"])))
+        attempt("rollout", lambda: keep(scenarios.rollout(sizes["rollout"], sizes["rollout_step"])))
     if "abort" in names:
         from benchmarks.abort_bench import abort_rollout
 
