@@ -169,15 +169,7 @@ def test_page_reads_wait_for_the_calls_in_flight_parsed_ones_included() -> None:
     async def scenario() -> None:
         async with serving(view, commands, others_first_s=30.0) as (port, app):
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                # Two calls (each signed with its own nonce) in one write.
-                query = {"ProductKey": "pk"}
-                writer.write(
-                    _raw_call(port, "QueryProduct", query) + _raw_call(port, "QueryProduct", query)
-                )
-                await writer.drain()
-                while not commands.called.is_set():
-                    await asyncio.sleep(0.01)
+                writer = await _two_pipelined_calls_the_first_held(port, commands)
                 async with ClientSession() as session:
                     page = {"JobId": JOB, "PageSize": "5"}
                     reads = [
@@ -274,6 +266,20 @@ def _raw_call(port: int, action: str, query: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+async def _two_pipelined_calls_the_first_held(
+    port: int, commands: HeldCommands
+) -> asyncio.StreamWriter:
+    """Two QueryProducts (each signed with its own nonce) in one write on one connection;
+    returns once the first is held in ``commands`` (the second is parsed, not handled)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    query = {"ProductKey": "pk"}
+    writer.write(_raw_call(port, "QueryProduct", query) + _raw_call(port, "QueryProduct", query))
+    await writer.drain()
+    while not commands.called.is_set():
+        await asyncio.sleep(0.01)
+    return writer
+
+
 def test_a_call_counts_in_flight_from_its_parse_and_not_after_its_connection_is_gone() -> None:
     """Two QueryProducts pipelined on one connection: the first is held in the control
     plane; the second is parsed but not handled (HTTP/1.1 answers in order), and counts
@@ -287,15 +293,7 @@ def test_a_call_counts_in_flight_from_its_parse_and_not_after_its_connection_is_
         async with serving(view, commands) as (port, app):
             priority = app[API_KEY].priority
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                query = {"ProductKey": "pk"}
-                # Two calls (each signed with its own nonce) in one write.
-                writer.write(
-                    _raw_call(port, "QueryProduct", query) + _raw_call(port, "QueryProduct", query)
-                )
-                await writer.drain()
-                while not commands.called.is_set():
-                    await asyncio.sleep(0.01)
+                writer = await _two_pipelined_calls_the_first_held(port, commands)
                 assert priority.in_flight == 2
                 writer.close()
                 deadline = asyncio.get_running_loop().time() + 10
