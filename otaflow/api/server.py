@@ -462,9 +462,9 @@ class Api:
         """One call. Reads of the task view (a page of a 100,000-task batch) are served
         ``VIEW_LANE_SIZE`` at a time, in arrival order, and only while no other call is in
         flight (``CallPriority``: from its parse to its answer); the rest wait, parked,
-        before any work is spent on them. So twenty
-        clients paging a big batch keep one lane busy and no more, and every other call
-        (a write, a device query) goes first: it waits at most for the page being built.
+        before any work is spent on them. So twenty clients paging a big batch keep one
+        lane busy and no more, and every other call (a write, a device query) goes
+        first: it waits at most for the page being built.
         The lane is chosen from the ``x-acs-action`` header that every ACS3 call is
         signed with; a call without it is served in the general lane, which only costs
         it its place in the queue."""
