@@ -362,9 +362,7 @@ class TaskView:
                     rows.append(row)
             rows.sort(key=lambda r: (r.created_at, r.event["task_id"]))
             batches = self.batches
-            infos = [
-                self._task_info(r, True, batches.get(r.event["batch_id"])) for r in rows
-            ]
+            infos = [self._task_info(r, True, batches.get(r.event["batch_id"])) for r in rows]
         return {"SimpleOTATaskInfo": infos}, {}
 
     def _ListOTAJobByDevice(self, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
