@@ -24,7 +24,7 @@ def test_a_failing_scenario_leaves_the_others_run_and_is_named(
     def broken(_sizes: dict[str, int]) -> ScenarioResult:
         raise RuntimeError("mosquitto_sub not found")
 
-    monkeypatch.setattr(scenarios, "rollout", lambda n: figures("rollout"))
+    monkeypatch.setattr(scenarios, "rollout", lambda n, step: figures("rollout"))
     monkeypatch.setattr(scenarios, "latency", lambda n: figures("latency"))
     monkeypatch.setattr(bench_run, "egress_scenario", broken)
 
