@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -278,17 +279,17 @@ class ApiRequestHandler(RequestHandler):
     #: Set by ``ApiRunner`` (the Api's): the calls this connection has parsed and not
     #: yet handled count as in flight from here.
     priority: CallPriority | None = None
+    #: Parsed calls other than view reads, counted in ``priority``, not yet handled.
+    _early_calls = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._partial_since: float | None = None
-        # Parsed calls other than view reads, counted in ``priority``, not yet handled.
-        self._early_calls = 0
 
     def connection_lost(self, exc: BaseException | None) -> None:
         # Parsed calls that will never be handled are no longer in flight.
         if self.priority is not None:
-            for _ in range(getattr(self, "_early_calls", 0)):
+            for _ in range(self._early_calls):
                 self.priority.end()
         self._early_calls = 0
         super().connection_lost(exc)
@@ -297,7 +298,7 @@ class ApiRequestHandler(RequestHandler):
         parsed = len(self._messages)
         super().data_received(data)
         if self.priority is not None and len(self._messages) > parsed:
-            for message, _ in list(self._messages)[parsed:]:
+            for message, _ in itertools.islice(self._messages, parsed, None):
                 headers = getattr(message, "headers", None)  # None: a parse error
                 if headers is not None and headers.get("x-acs-action", "") not in VIEW_ACTIONS:
                     self._early_calls += 1
