@@ -6,6 +6,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The tests of the modules otaflow.native compiles, run again from source by `make test`.
+NATIVE_TESTS := tests/unit/test_plain_reports.py tests/unit/test_device_avro.py \
+	tests/unit/test_device_envelopes.py tests/unit/test_envelope_store.py \
+	tests/unit/test_plain_devices.py tests/unit/test_engine_model.py \
+	tests/unit/test_native.py
 
 .PHONY: setup demo test lint unit integration up down status bench bench-smoke clean soak
 
@@ -21,8 +26,11 @@ $(STAMP): pyproject.toml
 # `devstack up` also installs with apt-get every program the code and tests run, listed
 # in otaflow/dev/system_packages.py: mosquitto, mosquitto-clients (mosquitto_sub,
 # mosquitto_pub), kcat, jq, chromium, and gcc with the broker plugin's headers.
+# Last, the hot-path modules compiled with mypyc (gcc comes with `devstack up`; cached
+# until their sources change; see otaflow/native.py).
 setup: $(STAMP)
 	$(BIN)/otaflow devstack up
+	$(BIN)/python -m otaflow.dev.native
 
 demo: setup
 	$(BIN)/otaflow demo
@@ -40,8 +48,12 @@ integration: setup
 
 # --durations: the slowest tests in CI's output, to keep the suite within its budget.
 # Soak tests (known-flaky shapes marked xfail, which cannot fail CI) run with `make soak`.
+# The byte-path and envelope tests run a second time from source (OTAFLOW_NATIVE=0):
+# the compiled builds are what the suite runs, the source is what a machine without a
+# compiler runs.
 test: setup lint
 	$(BIN)/pytest tests -q --durations=25 -m "not soak"
+	OTAFLOW_NATIVE=0 $(BIN)/pytest -q $(NATIVE_TESTS)
 
 soak: setup
 	$(BIN)/pytest tests -q -m soak -rxX

@@ -1,0 +1,3 @@
+# Importing otaflow first makes stale compiled builds of streams' hot-path modules load
+# from source (otaflow.native).
+import otaflow  # noqa: F401

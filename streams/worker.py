@@ -5,13 +5,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from otaflow import config, instances, logs, topics
+from otaflow import config, instances, logs, native, topics
 from otaflow.instances import BATCHER_STATE_ENV
 from otaflow.packages import UnsafeSettings, require_private_signing_key
 from streams import gc_tuning
@@ -77,6 +78,8 @@ def main(with_batcher: bool = True) -> int:
 
     declare_changelogs()
     gc_tuning.apply()
+    # Compiled or from source: a worker several times slower per report says why here.
+    logging.getLogger("otaflow.worker").info("%s", native.summary())
 
     observe.serve()
     # otaflow.logs configured logging (level, format, quiet libraries): Faust keeps it.

@@ -1,0 +1,129 @@
+"""Compiled builds of the hot-path modules, used only while they match their source.
+
+The device agent's per-report work (parse a version report, splice the device's new
+state, the envelope loop around it) is plain Python, and at fleet scale it was the
+worker's whole budget. ``make setup`` compiles these modules, unchanged, with mypyc
+(``otaflow.dev.native``): the extension modules sit beside their ``.py`` files, and
+Python imports an extension before a source file of the same name. One source stays
+the one definition; the compiled build only runs it faster (ingest figures in
+docs/delivery-guarantees.md).
+
+A compiled module runs the source it was built from, not the one in the tree now. So
+a build records each source's SHA-256 in a manifest, and ``install`` (run by
+``import otaflow`` and ``import streams``, before any of these modules is imported)
+makes every module the manifest does not vouch for load from its ``.py``: an edited
+source without a rebuild is slower, never stale. ``OTAFLOW_NATIVE=0`` loads them all
+from source (``make test`` runs the byte-path tests that way too, so the fallback
+stays tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+# Compiled by ``make setup``: the device agent's byte path and its envelope loop.
+MODULES: tuple[str, ...] = (
+    "otaflow.device_avro",
+    "otaflow.plain_reports",
+    "streams.envelope_store",
+    "streams.device_envelopes",
+)
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "build" / "native" / "manifest.json"
+DISABLE_ENV = "OTAFLOW_NATIVE"
+
+
+def source_path(module: str, root: Path = ROOT) -> Path:
+    return root.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def source_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
+    """Module name -> SHA-256 of the source its extension was built from."""
+    try:
+        built = json.loads(path.read_text())["modules"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return built if isinstance(built, dict) else {}
+
+
+def fresh(
+    modules: Sequence[str] = MODULES, manifest: Path = MANIFEST, root: Path = ROOT
+) -> frozenset[str]:
+    """The modules whose compiled build was made from their source as it is now."""
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        return frozenset()
+    built = read_manifest(manifest)
+    vouched = set()
+    for module in modules:
+        source = source_path(module, root)
+        if module in built and source.exists() and built[module] == source_digest(source):
+            vouched.add(module)
+    return frozenset(vouched)
+
+
+class SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds ``modules`` as their ``.py`` files, ahead of any extension beside them."""
+
+    def __init__(self, modules: frozenset[str]) -> None:
+        self.modules = modules
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.modules:
+            return None
+        leaf = fullname.rpartition(".")[2]
+        for entry in path or ():
+            source = Path(entry) / f"{leaf}.py"
+            if source.is_file():
+                return importlib.util.spec_from_file_location(fullname, source)
+        return None
+
+
+_installed: SourceFinder | None = None
+
+
+def install() -> None:
+    """Make every module in ``MODULES`` that no fresh build vouches for load from source
+    (once per process; before any of them is imported)."""
+    global _installed
+    if _installed is not None:
+        return
+    _installed = SourceFinder(frozenset(MODULES) - fresh())
+    sys.meta_path.insert(0, _installed)
+
+
+def compiled(module: ModuleType) -> bool:
+    """Is this imported module an extension (a compiled build)?"""
+    return not str(getattr(module, "__file__", "")).endswith(".py")
+
+
+def summary() -> str:
+    """For a process's start-up log: which hot-path modules run compiled."""
+    loaded = [name for name in MODULES if name in sys.modules]
+    native = [name for name in loaded if compiled(sys.modules[name])]
+    if not loaded:
+        return "hot-path modules: none imported"
+    if len(native) == len(loaded):
+        return f"hot-path modules compiled ({len(native)} of {len(loaded)})"
+    source = sorted(set(loaded) - set(native))
+    return (
+        f"hot-path modules compiled: {len(native)} of {len(loaded)}; from source: "
+        f"{', '.join(source)} (run `make setup` to build them; {DISABLE_ENV}=0 forces source)"
+    )

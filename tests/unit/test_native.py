@@ -1,0 +1,110 @@
+"""Compiled builds of the hot-path modules (otaflow.native): used while they match their
+source, never when they do not, and built by ``make setup``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from otaflow import native
+from otaflow.dev import native as native_build
+
+FORCED_SOURCE = os.environ.get(native.DISABLE_ENV) == "0"
+
+
+def _package(root: Path, body: str) -> None:
+    package = root / "hotpkg"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "hot.py").write_text(textwrap.dedent(body))
+
+
+def _import_hot(root: Path, manifest: Path, env: dict[str, str] | None = None) -> list[str]:
+    """In a fresh interpreter, as ``otaflow.native.install`` does for ``hotpkg.hot``:
+    what ``answer()`` returns and where the module came from."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from otaflow import native
+        fresh = native.fresh(["hotpkg.hot"], Path({str(manifest)!r}), Path({str(root)!r}))
+        sys.meta_path.insert(0, native.SourceFinder(frozenset({{"hotpkg.hot"}}) - fresh))
+        sys.path.insert(0, {str(root)!r})
+        import hotpkg.hot
+        print(hotpkg.hot.answer(), native.compiled(hotpkg.hot))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, native.DISABLE_ENV: "1", **(env or {})},
+    )
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(bool(native_build.missing_tools()), reason="no compiler on this machine")
+def test_a_compiled_build_runs_only_while_its_source_is_the_one_it_was_built_from(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "build" / "manifest.json"
+    _package(tmp_path, "def answer() -> int:\n    return 1\n")
+    assert native_build.build(["hotpkg.hot"], tmp_path, manifest)
+    assert json.loads(manifest.read_text())["modules"]["hotpkg.hot"] == native.source_digest(
+        tmp_path / "hotpkg" / "hot.py"
+    )
+    # Beside its source, the extension is what Python imports.
+    assert _import_hot(tmp_path, manifest) == ["1", "True"]
+    # Forced to source.
+    assert _import_hot(tmp_path, manifest, {native.DISABLE_ENV: "0"}) == ["1", "False"]
+    # The source changed and nobody rebuilt: the new source runs, not the old build.
+    _package(tmp_path, "def answer() -> int:\n    return 2\n")
+    assert _import_hot(tmp_path, manifest) == ["2", "False"]
+    # Without a manifest nothing is vouched for.
+    manifest.unlink()
+    assert _import_hot(tmp_path, manifest) == ["2", "False"]
+
+
+def test_only_a_digest_that_matches_the_source_vouches_for_a_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(native.DISABLE_ENV, raising=False)
+    _package(tmp_path, "X = 1\n")
+    digest = native.source_digest(tmp_path / "hotpkg" / "hot.py")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest, "hotpkg.gone": digest}}))
+    assert native.fresh(["hotpkg.hot", "hotpkg.gone"], manifest, tmp_path) == {"hotpkg.hot"}
+    manifest.write_text(json.dumps({"modules": {"hotpkg.hot": "0" * 64}}))
+    assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
+    manifest.write_text("not json")
+    assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
+    manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest}}))
+    monkeypatch.setenv(native.DISABLE_ENV, "0")
+    assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
+
+
+def test_the_source_finder_answers_for_its_modules_only(tmp_path: Path) -> None:
+    _package(tmp_path, "X = 1\n")
+    finder = native.SourceFinder(frozenset({"hotpkg.hot"}))
+    spec = finder.find_spec("hotpkg.hot", [str(tmp_path / "hotpkg")])
+    assert spec is not None and spec.origin == str(tmp_path / "hotpkg" / "hot.py")
+    assert finder.find_spec("hotpkg.other", [str(tmp_path / "hotpkg")]) is None
+    assert finder.find_spec("hotpkg.hot", [str(tmp_path)]) is None  # no such file there
+
+
+@pytest.mark.skipif(
+    FORCED_SOURCE or bool(native_build.missing_tools()), reason="from source in this run"
+)
+def test_make_setup_compiled_the_hot_path_modules_this_suite_runs() -> None:
+    import streams.device_envelopes
+    import streams.envelope_store  # noqa: F401
+
+    source = [name for name in native.MODULES if not native.compiled(sys.modules[name])]
+    assert source == [], f"{native.summary()}: run `make setup` after editing them"
