@@ -30,10 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-# Compiled by ``make setup``: the device agent's byte path and its envelope loop.
+# Compiled by ``make setup``: the device agent's byte paths (a plain device's version
+# report, a START over plain devices) and its envelope loop.
 MODULES: tuple[str, ...] = (
     "otaflow.device_avro",
     "otaflow.plain_reports",
+    "otaflow.start_splicer",
     "streams.envelope_store",
     "streams.device_envelopes",
 )
