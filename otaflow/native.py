@@ -11,8 +11,8 @@ docs/delivery-guarantees.md).
 A compiled module runs the source it was built from, not the one in the tree now. So
 a build records each source's SHA-256 in a manifest, and ``install`` (run by
 ``import otaflow`` and ``import streams``, before any of these modules is imported)
-makes every module the manifest does not vouch for load from its ``.py``: an edited
-source without a rebuild is slower, never stale. ``OTAFLOW_NATIVE=0`` loads them all
+makes them all load from their ``.py`` unless the manifest vouches for every one: an
+edited source without a rebuild is slower, never stale. ``OTAFLOW_NATIVE=0`` loads them all
 from source (``make test`` runs the byte-path tests that way too, so the fallback
 stays tested).
 """
@@ -64,16 +64,21 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
 def fresh(
     modules: Sequence[str] = MODULES, manifest: Path = MANIFEST, root: Path = ROOT
 ) -> frozenset[str]:
-    """The modules whose compiled build was made from their source as it is now."""
+    """``modules`` when every one's compiled build was made from its source as it is
+    now; else none of them.
+
+    All or none: compiled modules built together call each other's compiled functions
+    directly, so a module that loads from source because it was edited would leave its
+    old compiled code running behind the others.
+    """
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return frozenset()
     built = read_manifest(manifest)
-    vouched = set()
     for module in modules:
         source = source_path(module, root)
-        if module in built and source.exists() and built[module] == source_digest(source):
-            vouched.add(module)
-    return frozenset(vouched)
+        if module not in built or not source.exists() or built[module] != source_digest(source):
+            return frozenset()
+    return frozenset(modules)
 
 
 class SourceFinder(importlib.abc.MetaPathFinder):

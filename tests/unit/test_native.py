@@ -18,26 +18,35 @@ from otaflow.dev import native as native_build
 FORCED_SOURCE = os.environ.get(native.DISABLE_ENV) == "0"
 
 
+MODULES = ["hotpkg.hot", "hotpkg.caller"]
+CALLER = "from hotpkg.hot import answer\n\n\ndef ask() -> int:\n    return answer()\n"
+
+
 def _package(root: Path, body: str) -> None:
+    """``hotpkg.hot`` with ``body``, and ``hotpkg.caller``, which calls it."""
     package = root / "hotpkg"
     package.mkdir(exist_ok=True)
     (package / "__init__.py").write_text("")
     (package / "hot.py").write_text(textwrap.dedent(body))
+    (package / "caller.py").write_text(CALLER)
 
 
 def _import_hot(root: Path, manifest: Path, env: dict[str, str] | None = None) -> list[str]:
-    """In a fresh interpreter, as ``otaflow.native.install`` does for ``hotpkg.hot``:
-    what ``answer()`` returns and where the module came from."""
+    """In a fresh interpreter, as ``otaflow.native.install`` does for ``MODULES``: what
+    ``answer()`` returns, called directly and through ``caller``, and whether each
+    module is compiled."""
     code = textwrap.dedent(
         f"""
         import sys
         from pathlib import Path
         from otaflow import native
-        fresh = native.fresh(["hotpkg.hot"], Path({str(manifest)!r}), Path({str(root)!r}))
-        sys.meta_path.insert(0, native.SourceFinder(frozenset({{"hotpkg.hot"}}) - fresh))
+        modules = {MODULES!r}
+        fresh = native.fresh(modules, Path({str(manifest)!r}), Path({str(root)!r}))
+        sys.meta_path.insert(0, native.SourceFinder(frozenset(modules) - fresh))
         sys.path.insert(0, {str(root)!r})
-        import hotpkg.hot
-        print(hotpkg.hot.answer(), native.compiled(hotpkg.hot))
+        import hotpkg.caller, hotpkg.hot
+        print(hotpkg.hot.answer(), hotpkg.caller.ask(),
+              native.compiled(hotpkg.hot), native.compiled(hotpkg.caller))
         """
     )
     out = subprocess.run(
@@ -56,31 +65,42 @@ def test_a_compiled_build_runs_only_while_its_source_is_the_one_it_was_built_fro
 ) -> None:
     manifest = tmp_path / "build" / "manifest.json"
     _package(tmp_path, "def answer() -> int:\n    return 1\n")
-    assert native_build.build(["hotpkg.hot"], tmp_path, manifest)
+    assert native_build.build(MODULES, tmp_path, manifest)
     assert json.loads(manifest.read_text())["modules"]["hotpkg.hot"] == native.source_digest(
         tmp_path / "hotpkg" / "hot.py"
     )
-    # Beside its source, the extension is what Python imports.
-    assert _import_hot(tmp_path, manifest) == ["1", "True"]
+    # Beside their sources, the extensions are what Python imports.
+    assert _import_hot(tmp_path, manifest) == ["1", "1", "True", "True"]
     # Forced to source.
-    assert _import_hot(tmp_path, manifest, {native.DISABLE_ENV: "0"}) == ["1", "False"]
-    # The source changed and nobody rebuilt: the new source runs, not the old build.
+    forced = _import_hot(tmp_path, manifest, {native.DISABLE_ENV: "0"})
+    assert forced == ["1", "1", "False", "False"]
+    # hot.py changed and nobody rebuilt: its new source runs, called directly and through
+    # the caller, whose own source did not change (compiled, it would call the old
+    # compiled answer).
     _package(tmp_path, "def answer() -> int:\n    return 2\n")
-    assert _import_hot(tmp_path, manifest) == ["2", "False"]
+    assert _import_hot(tmp_path, manifest) == ["2", "2", "False", "False"]
     # Without a manifest nothing is vouched for.
     manifest.unlink()
-    assert _import_hot(tmp_path, manifest) == ["2", "False"]
+    assert _import_hot(tmp_path, manifest) == ["2", "2", "False", "False"]
 
 
-def test_only_a_digest_that_matches_the_source_vouches_for_a_build(
+def test_only_digests_that_match_every_source_vouch_for_the_builds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(native.DISABLE_ENV, raising=False)
     _package(tmp_path, "X = 1\n")
     digest = native.source_digest(tmp_path / "hotpkg" / "hot.py")
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest, "hotpkg.gone": digest}}))
-    assert native.fresh(["hotpkg.hot", "hotpkg.gone"], manifest, tmp_path) == {"hotpkg.hot"}
+    (tmp_path / "hotpkg" / "cold.py").write_text("Y = 1\n")
+    cold = native.source_digest(tmp_path / "hotpkg" / "cold.py")
+    both = ["hotpkg.hot", "hotpkg.cold"]
+    manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest, "hotpkg.cold": cold}}))
+    assert native.fresh(both, manifest, tmp_path) == set(both)
+    # One edited module makes them all load from source (they call each other compiled).
+    (tmp_path / "hotpkg" / "cold.py").write_text("Y = 2\n")
+    assert native.fresh(both, manifest, tmp_path) == frozenset()
+    manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest}}))
+    assert native.fresh(both, manifest, tmp_path) == frozenset()  # one never built
     manifest.write_text(json.dumps({"modules": {"hotpkg.hot": "0" * 64}}))
     assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
     manifest.write_text("not json")
