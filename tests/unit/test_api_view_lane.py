@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,19 @@ from tests.served_api import free_port
 AK, SK = "laneAK", "laneSecret"
 JOB = "lane-job"
 HELD_READS = 20
+
+
+async def until(
+    condition: Callable[[], bool], failure: str | Callable[[], object], within_s: float = 10.0
+) -> None:
+    """Poll ``condition`` every 10 ms; fail with ``failure`` (or what it returns) once
+    ``within_s`` has passed."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, (
+            failure() if callable(failure) else failure
+        )
+        await asyncio.sleep(0.01)
 
 
 class InstantCommands:
@@ -111,8 +124,7 @@ def test_twenty_held_page_reads_take_one_lane_and_another_call_is_answered_meanw
                         )
                         for _ in range(HELD_READS)
                     ]
-                    while view.inside < VIEW_LANE_SIZE:
-                        await asyncio.sleep(0.01)
+                    await until(lambda: view.inside >= VIEW_LANE_SIZE, "reads never arrived")
                     # Every page read has arrived and waits; an unrelated call still gets its
                     # answer (before the lane, twenty reads held every worker thread).
                     other = await asyncio.wait_for(
@@ -177,11 +189,13 @@ def test_page_reads_wait_for_the_calls_in_flight_parsed_ones_included() -> None:
                         for _ in range(5)
                     ]
                     api = app[API_KEY]
-                    deadline = asyncio.get_running_loop().time() + 10
                     # Until a read has the lane (and waits), or one was answered (it did not).
-                    while not order and (api._view_lane is None or not api._view_lane.locked()):
-                        assert asyncio.get_running_loop().time() < deadline, "no read arrived"
-                        await asyncio.sleep(0.01)
+                    await until(
+                        lambda: (
+                            bool(order) or (api._view_lane is not None and api._view_lane.locked())
+                        ),
+                        "no read arrived",
+                    )
                     assert order == []  # nothing read while the parsed call waits its turn
                     commands.release.set()
                     pages = await asyncio.gather(*reads)
@@ -275,8 +289,7 @@ async def _two_pipelined_calls_the_first_held(
     query = {"ProductKey": "pk"}
     writer.write(_raw_call(port, "QueryProduct", query) + _raw_call(port, "QueryProduct", query))
     await writer.drain()
-    while not commands.called.is_set():
-        await asyncio.sleep(0.01)
+    await until(commands.called.is_set, "the first call never reached the control plane")
     return writer
 
 
@@ -296,14 +309,9 @@ def test_a_call_counts_in_flight_from_its_parse_and_not_after_its_connection_is_
                 writer = await _two_pipelined_calls_the_first_held(port, commands)
                 assert priority.in_flight == 2
                 writer.close()
-                deadline = asyncio.get_running_loop().time() + 10
-                while priority.in_flight != 1:
-                    assert asyncio.get_running_loop().time() < deadline, priority.in_flight
-                    await asyncio.sleep(0.01)
+                await until(lambda: priority.in_flight == 1, lambda: priority.in_flight)
                 commands.release.set()
-                while priority.in_flight:
-                    assert asyncio.get_running_loop().time() < deadline, priority.in_flight
-                    await asyncio.sleep(0.01)
+                await until(lambda: priority.in_flight == 0, lambda: priority.in_flight)
             finally:
                 commands.release.set()
 
