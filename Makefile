@@ -74,4 +74,5 @@ bench-smoke: setup
 	$(BIN)/python -m benchmarks.run smoke
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build/native
+	find otaflow streams -name '*.so' -delete
