@@ -5,16 +5,16 @@ state, the envelope loop around it) is plain Python, and at fleet scale it was t
 worker's whole budget. ``make setup`` compiles these modules, unchanged, with mypyc
 (``otaflow.dev.native``): the extension modules sit beside their ``.py`` files, and
 Python imports an extension before a source file of the same name. One source stays
-the one definition; the compiled build only runs it faster (ingest figures in
-docs/delivery-guarantees.md).
+the one definition; the compiled build only runs it faster (figures in
+docs/compiled-hot-path.md).
 
 A compiled module runs the source it was built from, not the one in the tree now. So
 a build records each source's SHA-256 in a manifest, and ``install`` (run by
 ``import otaflow`` and ``import streams``, before any of these modules is imported)
 makes them all load from their ``.py`` unless the manifest vouches for every one: an
-edited source without a rebuild is slower, never stale. ``OTAFLOW_NATIVE=0`` loads them all
-from source (``make test`` runs the byte-path tests that way too, so the fallback
-stays tested).
+edited source without a rebuild is slower, never stale. ``OTAFLOW_NATIVE=0`` loads
+them all from source (``make test`` runs the byte-path tests that way too, so the
+fallback stays tested).
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ _installed: SourceFinder | None = None
 
 
 def install() -> None:
-    """Make every module in ``MODULES`` that no fresh build vouches for load from source
-    (once per process; before any of them is imported)."""
+    """Make the modules of ``MODULES`` load from source unless a fresh build vouches
+    for all of them (once per process; before any of them is imported)."""
     global _installed
     if _installed is not None:
         return
