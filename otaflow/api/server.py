@@ -195,6 +195,14 @@ async def platform_errors(
 COUNTED_IN_FLIGHT = web.RequestKey("otaflow.counted_in_flight", bool)
 
 
+def is_view_read(headers: Mapping[str, str]) -> bool:
+    """Does this call read the task view (its own lane, after the other calls)? Chosen by
+    the ``x-acs-action`` header every ACS3 call is signed with. One rule for the count
+    at parse, its hand-over to the handler and the lane: were they to disagree, a call
+    would stay counted in flight for good."""
+    return headers.get("x-acs-action", "") in VIEW_ACTIONS
+
+
 class CallPriority:
     """Calls other than view reads in flight; a view read waits for none to be left
     (``Api.handle``), at most ``Api.others_first_s``.
@@ -300,7 +308,7 @@ class ApiRequestHandler(RequestHandler):
         if self.priority is not None and len(self._messages) > parsed:
             for message, _ in itertools.islice(self._messages, parsed, None):
                 headers = getattr(message, "headers", None)  # None: a parse error
-                if headers is not None and headers.get("x-acs-action", "") not in VIEW_ACTIONS:
+                if headers is not None and not is_view_read(headers):
                     self._early_calls += 1
                     self.priority.begin()
         if self._messages or getattr(self, "_request_in_progress", False):
@@ -315,11 +323,7 @@ class ApiRequestHandler(RequestHandler):
         self._partial_since = None
         # Calls are handled in the order parsed: this one takes over the count that
         # data_received began, until it is answered.
-        if (
-            self.priority is None
-            or not self._early_calls
-            or request.headers.get("x-acs-action", "") in VIEW_ACTIONS
-        ):
+        if self.priority is None or not self._early_calls or is_view_read(request.headers):
             return await super()._handle_request(request, *args)
         self._early_calls -= 1
         request[COUNTED_IN_FLIGHT] = True  # so ``Api.handle`` does not count it again
@@ -469,7 +473,7 @@ class Api:
         The lane is chosen from the ``x-acs-action`` header that every ACS3 call is
         signed with; a call without it is served in the general lane, which only costs
         it its place in the queue."""
-        if request.headers.get("x-acs-action", "") in VIEW_ACTIONS:
+        if is_view_read(request.headers):
             if self._view_lane is None:
                 self._view_lane = asyncio.Semaphore(VIEW_LANE_SIZE)
             async with self._view_lane:
