@@ -61,11 +61,23 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
     return built if isinstance(built, dict) else {}
 
 
+def built_from_sources(
+    modules: Sequence[str] = MODULES, manifest: Path = MANIFEST, root: Path = ROOT
+) -> bool:
+    """Was every module's compiled build made from its source as it is now?"""
+    built = read_manifest(manifest)
+    for module in modules:
+        source = source_path(module, root)
+        if module not in built or not source.exists() or built[module] != source_digest(source):
+            return False
+    return True
+
+
 def fresh(
     modules: Sequence[str] = MODULES, manifest: Path = MANIFEST, root: Path = ROOT
 ) -> frozenset[str]:
     """``modules`` when every one's compiled build was made from its source as it is
-    now; else none of them.
+    now (and ``OTAFLOW_NATIVE`` is not 0); else none of them.
 
     All or none: compiled modules built together call each other's compiled functions
     directly, so a module that loads from source because it was edited would leave its
@@ -73,12 +85,7 @@ def fresh(
     """
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return frozenset()
-    built = read_manifest(manifest)
-    for module in modules:
-        source = source_path(module, root)
-        if module not in built or not source.exists() or built[module] != source_digest(source):
-            return frozenset()
-    return frozenset(modules)
+    return frozenset(modules) if built_from_sources(modules, manifest, root) else frozenset()
 
 
 class SourceFinder(importlib.abc.MetaPathFinder):

@@ -108,6 +108,8 @@ def test_only_digests_that_match_every_source_vouch_for_the_builds(
     manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest}}))
     monkeypatch.setenv(native.DISABLE_ENV, "0")
     assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
+    # Forced to source, the build is still up to date: make setup does not compile again.
+    assert native.built_from_sources(["hotpkg.hot"], manifest, tmp_path)
 
 
 def test_the_source_finder_answers_for_its_modules_only(tmp_path: Path) -> None:
