@@ -8,8 +8,6 @@ never leaves orphans behind.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -19,6 +17,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
+
+from otaflow import bounded_stop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,11 +30,6 @@ COMPONENTS: dict[str, list[str]] = {
     "api": ["-m", "otaflow.api_main"],
     "console": ["-m", "otaflow.web.console"],
 }
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
 class ProcessGroup:
@@ -66,7 +61,7 @@ class ProcessGroup:
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=bounded_stop.die_with_parent,
         )
         self.procs[name] = proc
         if out is subprocess.PIPE and echo:

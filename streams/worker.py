@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from otaflow import config, instances, logs, native, topics
+from otaflow import bounded_stop, config, instances, logs, native, topics
 from otaflow.instances import BATCHER_STATE_ENV
 from otaflow.packages import UnsafeSettings, require_private_signing_key
 from streams import gc_tuning
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the batcher must not outlive a worker killed with SIGKILL.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
 def start_batcher(state_dir: Path | None = None) -> subprocess.Popen[bytes]:
@@ -31,7 +22,7 @@ def start_batcher(state_dir: Path | None = None) -> subprocess.Popen[bytes]:
     if state_dir is not None:
         env[BATCHER_STATE_ENV] = str(state_dir)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.batcher"], env=env, preexec_fn=_die_with_parent
+        [sys.executable, "-m", "streams.batcher"], env=env, preexec_fn=bounded_stop.die_with_parent
     )
 
     def stop() -> None:
