@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,6 +31,7 @@ T = TypeVar("T")
 # Event time of the benchmarks' simulated fleet (in 2027, far from the wall clock). A
 # scenario that measures on the wall clock must not mix it in (see ``warm_up``).
 T0 = 1_800_000_000_000
+LOG_TAIL_LINES = 40
 
 
 class BenchDeployment:
@@ -109,7 +111,11 @@ class BenchDeployment:
 
     def close(self, keep: bool = False) -> None:
         """Stop the processes; unless ``keep``, delete the deployment's topics and state
-        (its logs stay under ``root``)."""
+        (its logs stay under ``root``). Closed while an error propagates (a scenario's
+        ``finally``), it prints the end of each process's log first: on CI, where the
+        logs go with the machine, that is all there is to tell why."""
+        if sys.exc_info()[1] is not None:
+            self.print_log_tails()
         self.group.stop()
         self.producer.flush(10)
         if not keep:
@@ -118,6 +124,14 @@ class BenchDeployment:
             del self.producer
             topics.delete_deployment_topics(self.settings.kafka_bootstrap, self.settings)
             shutil.rmtree(self.root / "data", ignore_errors=True)
+
+    def print_log_tails(self, lines: int = LOG_TAIL_LINES) -> None:
+        log_dir = self.root / "logs"
+        for log in sorted(log_dir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- the last {len(tail)} lines of {log}", file=sys.stderr)
+            for line in tail:
+                print(f"    {line[:400]}", file=sys.stderr)
 
 
 def with_leader_retry(read: Callable[[], T], attempts: int = 50) -> T:
