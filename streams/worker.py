@@ -21,6 +21,7 @@ def start_batcher(state_dir: Path | None = None) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if state_dir is not None:
         env[BATCHER_STATE_ENV] = str(state_dir)
+    # It dies with its worker, even one killed with SIGKILL (PR_SET_PDEATHSIG).
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.batcher"], env=env, preexec_fn=bounded_stop.die_with_parent
     )
