@@ -38,7 +38,10 @@ app = faust.App(
     # Topics are created by otaflow.topics.ensure_topics with their real settings.
     topic_allow_declare=True,
     topic_disable_leader=True,
-    # One broker on loopback: standbys would double every changelog read for nothing.
+    # No standbys. Measured with two workers, 20,000 devices (30 Nov): one standby cut a
+    # failover from 11.6 to 8.8 s (medians of 6), but cost 30 % of the two workers' ingest
+    # (54,000 against 68,500-83,600 reports/s) and made their fan-out ten times slower
+    # (13.8-15.6 s against 1.3-1.5 s): each worker replays the other's changelogs.
     table_standby_replicas=0,
     topic_replication_factor=settings.replication,
     consumer_auto_offset_reset="earliest",
