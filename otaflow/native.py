@@ -73,19 +73,19 @@ def built_from_sources(
     return True
 
 
-def fresh(
+def runs_compiled(
     modules: Sequence[str] = MODULES, manifest: Path = MANIFEST, root: Path = ROOT
-) -> frozenset[str]:
-    """``modules`` when every one's compiled build was made from its source as it is
-    now (and ``OTAFLOW_NATIVE`` is not 0); else none of them.
+) -> bool:
+    """Do ``modules`` run compiled: every one's build made from its source as it is now,
+    and ``OTAFLOW_NATIVE`` not 0?
 
     All or none: compiled modules built together call each other's compiled functions
     directly, so a module that loads from source because it was edited would leave its
     old compiled code running behind the others.
     """
     if os.environ.get(DISABLE_ENV, "1") == "0":
-        return frozenset()
-    return frozenset(modules) if built_from_sources(modules, manifest, root) else frozenset()
+        return False
+    return built_from_sources(modules, manifest, root)
 
 
 class SourceFinder(importlib.abc.MetaPathFinder):
@@ -119,7 +119,7 @@ def install() -> None:
     global _installed
     if _installed is not None:
         return
-    _installed = SourceFinder(frozenset(MODULES) - fresh())
+    _installed = SourceFinder(frozenset() if runs_compiled() else frozenset(MODULES))
     sys.meta_path.insert(0, _installed)
 
 

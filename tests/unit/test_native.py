@@ -41,8 +41,9 @@ def _import_hot(root: Path, manifest: Path, env: dict[str, str] | None = None) -
         from pathlib import Path
         from otaflow import native
         modules = {MODULES!r}
-        fresh = native.fresh(modules, Path({str(manifest)!r}), Path({str(root)!r}))
-        sys.meta_path.insert(0, native.SourceFinder(frozenset(modules) - fresh))
+        compiled = native.runs_compiled(modules, Path({str(manifest)!r}), Path({str(root)!r}))
+        from_source = frozenset() if compiled else frozenset(modules)
+        sys.meta_path.insert(0, native.SourceFinder(from_source))
         sys.path.insert(0, {str(root)!r})
         import hotpkg.caller, hotpkg.hot
         print(hotpkg.hot.answer(), hotpkg.caller.ask(),
@@ -95,19 +96,19 @@ def test_only_digests_that_match_every_source_vouch_for_the_builds(
     cold = native.source_digest(tmp_path / "hotpkg" / "cold.py")
     both = ["hotpkg.hot", "hotpkg.cold"]
     manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest, "hotpkg.cold": cold}}))
-    assert native.fresh(both, manifest, tmp_path) == set(both)
+    assert native.runs_compiled(both, manifest, tmp_path)
     # One edited module makes them all load from source (they call each other compiled).
     (tmp_path / "hotpkg" / "cold.py").write_text("Y = 2\n")
-    assert native.fresh(both, manifest, tmp_path) == frozenset()
+    assert not native.runs_compiled(both, manifest, tmp_path)
     manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest}}))
-    assert native.fresh(both, manifest, tmp_path) == frozenset()  # one never built
+    assert not native.runs_compiled(both, manifest, tmp_path)  # one never built
     manifest.write_text(json.dumps({"modules": {"hotpkg.hot": "0" * 64}}))
-    assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
+    assert not native.runs_compiled(["hotpkg.hot"], manifest, tmp_path)
     manifest.write_text("not json")
-    assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
+    assert not native.runs_compiled(["hotpkg.hot"], manifest, tmp_path)
     manifest.write_text(json.dumps({"modules": {"hotpkg.hot": digest}}))
     monkeypatch.setenv(native.DISABLE_ENV, "0")
-    assert native.fresh(["hotpkg.hot"], manifest, tmp_path) == frozenset()
+    assert not native.runs_compiled(["hotpkg.hot"], manifest, tmp_path)
     # Forced to source, the build is still up to date: make setup does not compile again.
     assert native.built_from_sources(["hotpkg.hot"], manifest, tmp_path)
 
