@@ -126,12 +126,8 @@ class BenchDeployment:
             shutil.rmtree(self.root / "data", ignore_errors=True)
 
     def print_log_tails(self, lines: int = LOG_TAIL_LINES) -> None:
-        log_dir = self.root / "logs"
-        for log in sorted(log_dir.glob("*.log")):
-            tail = log.read_text(errors="replace").splitlines()[-lines:]
-            print(f"--- the last {len(tail)} lines of {log}", file=sys.stderr)
-            for line in tail:
-                print(f"    {line[:400]}", file=sys.stderr)
+        for log in sorted((self.root / "logs").glob("*.log")):
+            print(f"--- the end of {log}:\n{devstack.log_tail(log, lines)}", file=sys.stderr)
 
 
 def with_leader_retry(read: Callable[[], T], attempts: int = 50) -> T:

@@ -167,7 +167,8 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a running process (not a zombie)? A child of ours is reaped first."""
     _reap(pid)
     state = _proc_state(pid)
     return state is not None and state not in ("Z", "X")
@@ -190,7 +191,7 @@ def _managed_pid(service: str) -> int | None:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    if _alive(pid) and _SIGNATURES[service] in _cmdline(pid):
+    if pid_alive(pid) and _SIGNATURES[service] in _cmdline(pid):
         return pid
     with contextlib.suppress(OSError):
         pid_file.unlink()
@@ -226,21 +227,22 @@ def _stop(service: str, timeout: float = STOP_TIMEOUT_S) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
-    if _alive(pid):
+    if pid_alive(pid):
         _log.warning("%s (pid %d) ignored SIGTERM for %.0fs; killing it", service, pid, timeout)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
     with contextlib.suppress(OSError):
         _pid_file(service).unlink()
     return True
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` of a log, indented, for an error message."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -534,11 +536,11 @@ def _wait_kafka(bootstrap: str, pid: int | None, timeout: float) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        if pid is not None and not _alive(pid):
+        if pid is not None and not pid_alive(pid):
             raise DevstackError(
                 f"Kafka (pid {pid}) exited while starting.\n"
-                f"{_out_file('kafka')}:\n{_tail(_out_file('kafka'))}\n"
-                f"{_kafka_server_log()}:\n{_tail(_kafka_server_log())}"
+                f"{_out_file('kafka')}:\n{log_tail(_out_file('kafka'))}\n"
+                f"{_kafka_server_log()}:\n{log_tail(_kafka_server_log())}"
             )
         if _port_open(host, port, timeout=1.0):
             left = max(1.0, min(5.0, deadline - time.monotonic()))
@@ -547,8 +549,8 @@ def _wait_kafka(bootstrap: str, pid: int | None, timeout: float) -> None:
         time.sleep(0.25)
     raise DevstackError(
         f"Kafka did not answer on {bootstrap} within {timeout:.0f}s.\n"
-        f"{_out_file('kafka')}:\n{_tail(_out_file('kafka'))}\n"
-        f"{_kafka_server_log()}:\n{_tail(_kafka_server_log())}"
+        f"{_out_file('kafka')}:\n{log_tail(_out_file('kafka'))}\n"
+        f"{_kafka_server_log()}:\n{log_tail(_kafka_server_log())}"
     )
 
 
@@ -703,17 +705,17 @@ def _mqtt_answers(host: str, port: int, timeout: float = 3.0) -> bool:
 def _wait_mqtt(host: str, port: int, pid: int | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not pid_alive(pid):
             raise DevstackError(
                 f"mosquitto (pid {pid}) exited while starting.\n"
-                f"{_out_file('mqtt')}:\n{_tail(_out_file('mqtt'))}"
+                f"{_out_file('mqtt')}:\n{log_tail(_out_file('mqtt'))}"
             )
         if _port_open(host, port, timeout=0.5) and _mqtt_answers(host, port):
             return
         time.sleep(0.1)
     raise DevstackError(
         f"mosquitto did not answer on {host}:{port} within {timeout:.0f}s.\n"
-        f"{_out_file('mqtt')}:\n{_tail(_out_file('mqtt'))}"
+        f"{_out_file('mqtt')}:\n{log_tail(_out_file('mqtt'))}"
     )
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from otaflow import bounded_stop
+from otaflow.dev import devstack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,19 +139,11 @@ def test_a_child_whose_many_threaded_parent_is_killed_stops_on_its_own(tmp_path:
         parent.kill()
         parent.wait(10)
         # The child is the init process's now: it is gone from /proc once it ends.
-        while _running(child) and time.monotonic() < deadline:
+        while devstack.pid_alive(child) and time.monotonic() < deadline:
             time.sleep(0.02)
         try:
-            assert not _running(child), f"trial {trial}: the orphan still runs"
+            assert not devstack.pid_alive(child), f"trial {trial}: the orphan still runs"
             assert out.read_bytes() == b"ready\nstopped\n", f"trial {trial}"
         finally:
-            if _running(child):
+            if devstack.pid_alive(child):
                 os.kill(child, signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
